@@ -1,0 +1,3 @@
+from recipe.cli import main
+
+main()

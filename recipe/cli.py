@@ -1,0 +1,47 @@
+"""The Hydra entrypoint: compose the config, then run the stage it names.
+
+`gym-dpo stage=prepare data.input=rollouts.jsonl` (or `python -m recipe ...`). Each stage is a
+function `run(cfg)` in its own module, imported only when chosen, so the light data-preparation
+install never imports what training needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from recipe.errors import RecipeError
+
+log = logging.getLogger("gym-dpo")
+
+# stage name -> the modules whose `run(cfg)` it calls, in order
+STAGES: dict[str, list[str]] = {
+    "prepare": ["recipe.prepare.stage"],
+    "all": ["recipe.prepare.stage"],
+}
+
+
+def run_stage(cfg: DictConfig) -> None:
+    if cfg.stage not in STAGES:
+        raise RecipeError(f"stage={cfg.stage!r} is not a stage; choose one of {', '.join(STAGES)}")
+    for module in STAGES[cfg.stage]:
+        importlib.import_module(module).run(cfg)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://recipe.configs", config_name="recipe")
+def _hydra_main(cfg: DictConfig) -> None:
+    from recipe import report
+
+    try:
+        run_stage(cfg)
+    except RecipeError as exc:
+        report.console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(exc.exit_code)
+
+
+def main() -> None:
+    _hydra_main()

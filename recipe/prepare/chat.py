@@ -1,0 +1,133 @@
+"""Turn Responses API items into the chat messages NeMo RL trains on.
+
+The context is the request (instructions, input turns); the response is what the model produced
+(`response.output`). A single assistant turn becomes its text; a trajectory with tool calls or
+environment user turns stays a message list, since NeMo RL's PreferenceDataset completions are
+message lists and only their final message is trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from recipe.prepare.rollouts import Content, Item
+
+TEXT_PARTS = {"input_text", "output_text", "text", "summary_text", None}
+ROLES = {"system", "developer", "user", "assistant"}
+
+
+class Unusable(Exception):
+    """A valid rollout that cannot become training data; carries the reject reason."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    developer_role: str = "system"  # what a `developer` turn becomes
+    include_reasoning: bool = False  # prepend reasoning summaries as <think>...</think>
+
+
+def text_of(content: Content, where: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for part in content:
+        if part.type not in TEXT_PARTS:
+            raise Unusable("non_text_content", f"{where} holds a {part.type!r} part; only text is supported")
+        texts.append(part.text or "")
+    return "".join(texts)
+
+
+def to_messages(items: list[Item], options: ChatOptions, where: str) -> list[dict]:
+    """Items in order as chat messages: tool calls attach to the assistant turn they belong to."""
+    messages: list[dict] = []
+    pending_reasoning: list[str] = []
+    for item in items:
+        kind = item.type or ("message" if item.role else None)
+        if kind == "message":
+            role = item.role or "user"
+            if role not in ROLES:
+                raise Unusable("unknown_role", f"{where} has a message with role {role!r}")
+            if role == "developer":
+                role = options.developer_role
+            text = text_of(item.content, f"{where} {role} message")
+            if role == "assistant" and pending_reasoning:
+                text = "<think>\n" + "\n".join(pending_reasoning) + "\n</think>\n" + text
+                pending_reasoning = []
+            last = messages[-1] if messages else None
+            if role == "assistant" and last is not None and last["role"] == "assistant" \
+                    and "tool_calls" not in last:
+                # several message items of one assistant turn
+                last["content"] = "\n".join(t for t in (last["content"], text) if t)
+            else:
+                messages.append({"role": role, "content": text})
+        elif kind == "function_call":
+            call = {"id": item.call_id or "", "type": "function",
+                    "function": {"name": item.name or "", "arguments": item.arguments or ""}}
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant" and (
+                    "tool_calls" in last or not last["content"]):
+                last.setdefault("tool_calls", []).append(call)
+            else:
+                messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
+        elif kind == "function_call_output":
+            messages.append({"role": "tool", "tool_call_id": item.call_id or "",
+                             "content": text_of(item.output, f"{where} function_call_output")})
+        elif kind == "reasoning":
+            if options.include_reasoning:
+                pending_reasoning.extend(p.text for p in item.summary or () if p.text)
+        # other item kinds (web_search_call, ...) carry nothing a chat template can show
+    return messages
+
+
+def context_of(params_input, instructions: str | None, options: ChatOptions) -> list[dict]:
+    context: list[dict] = []
+    if instructions:
+        context.append({"role": "system", "content": instructions})
+    if isinstance(params_input, str):
+        if params_input:
+            context.append({"role": "user", "content": params_input})
+    elif params_input:
+        context.extend(to_messages(params_input, ChatOptions(options.developer_role), "input"))
+    if not context:
+        raise Unusable("empty_context", "the request has no input turns: the prompt was built "
+                       "outside the row (agent harness); nothing to condition the pair on")
+    return context
+
+
+def response_of(output: list[Item] | None, options: ChatOptions) -> str | list[dict]:
+    """The assistant text of a single turn, or the trajectory as messages.
+
+    Environment turns after the last assistant turn are not the model's and are dropped: NeMo RL
+    trains on the final message of a completion, which must be the model's own.
+    """
+    messages = to_messages(output or [], options, "output")
+    while messages and messages[-1]["role"] != "assistant":
+        messages.pop()
+    if not messages:
+        raise Unusable("no_assistant_output", "response.output holds no assistant turn")
+    last = messages[-1]
+    if not last["content"].strip() and "tool_calls" not in last:
+        raise Unusable("empty_response", "the final assistant turn has no text")
+    if len(messages) == 1 and "tool_calls" not in last:
+        return last["content"]
+    return messages
+
+
+def response_length(response: str | list[dict]) -> int:
+    """Characters the model wrote (assistant turns only): the length a length penalty sees."""
+    if isinstance(response, str):
+        return len(response)
+    total = 0
+    for message in response:
+        if message["role"] == "assistant":
+            total += len(message["content"])
+            for call in message.get("tool_calls", ()):
+                total += len(call["function"]["arguments"])
+    return total

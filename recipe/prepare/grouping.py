@@ -1,0 +1,75 @@
+"""Which rollouts are comparable (CONTRACT section 1).
+
+Two rollouts may form a pair only when they share the full context (instructions, system and
+developer turns, every earlier turn) and, when the rows carry it, the task identity
+(`agent_ref.name`, `_ng_task_index`, which restarts at 0 in every file) or the user's
+`data.group_by` field. Only a fixed-size record per usable rollout is kept in memory; the texts
+are re-read from the input by offset when a pair is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Iterator
+
+import msgspec
+import numpy as np
+
+# One usable rollout. `key` groups comparable rollouts; `context` (the prompt alone) decides the
+# train/val split so that a prompt never sits on both sides, even under two task identities.
+RECORD = np.dtype([
+    ("key_hi", "u8"),
+    ("key_lo", "u8"),
+    ("context", "u8"),
+    ("response", "u8"),  # hash of the response: identical texts never make a pair
+    ("reward", "f8"),
+    ("length", "u4"),  # characters of the response (length penalty, length bias)
+    ("file", "u2"),
+    ("nbytes", "u4"),
+    ("offset", "u8"),
+    ("line", "u8"),  # 1-based line number in its file
+])
+
+_encode = msgspec.json.Encoder(order="sorted").encode
+
+
+def digest(value: object, size: int) -> bytes:
+    return hashlib.blake2b(_encode(value), digest_size=size).digest()
+
+
+def identity(file_index: int, agent: str | None, task_index: int | None, group_value) -> object:
+    """The task identity part of a group key (None when the row carries none)."""
+    if group_value is not msgspec.UNSET:
+        return ["field", group_value]
+    if task_index is None and agent is None:
+        return None
+    # task indices restart at 0 in every collection run: scope them to their file
+    return ["task", agent, task_index, file_index if task_index is not None else None]
+
+
+def keys(context: list[dict], task: object) -> tuple[int, int, int]:
+    """(group key high, group key low, context hash) of one rollout."""
+    context_digest = digest(context, 16)
+    group = hashlib.blake2b(context_digest + _encode(task), digest_size=16).digest()
+    return (int.from_bytes(group[:8], "little"), int.from_bytes(group[8:], "little"),
+            int.from_bytes(context_digest[:8], "little"))
+
+
+def response_hash(response: str | list[dict]) -> int:
+    return int.from_bytes(digest(response, 8), "little")
+
+
+def sort_records(records: np.ndarray) -> np.ndarray:
+    """Records ordered by group, then by input position: a canonical order for any chunking."""
+    order = np.lexsort((records["line"], records["file"], records["key_lo"], records["key_hi"]))
+    return records[order]
+
+
+def group_bounds(records: np.ndarray) -> Iterator[tuple[int, int]]:
+    """(start, end) of each run of `sort_records` output that shares a group key."""
+    if len(records) == 0:
+        return
+    hi, lo = records["key_hi"], records["key_lo"]
+    starts = np.flatnonzero((hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])) + 1
+    bounds = np.concatenate(([0], starts, [len(records)])).tolist()
+    yield from zip(bounds[:-1], bounds[1:])

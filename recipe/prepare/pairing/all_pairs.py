@@ -1,0 +1,16 @@
+"""Every pair of the group whose gap reaches `min_gap`, largest gaps first, capped per group."""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+from recipe.prepare.pairing import best_gaps_first
+
+
+def select(group, options: dict) -> list[tuple[int, int]]:
+    candidates = []
+    for a, b in combinations(range(len(group)), 2):
+        chosen, rejected = (a, b) if group.scores[a] > group.scores[b] else (b, a)
+        if group.can_pair(chosen, rejected, options["min_gap"]):
+            candidates.append((chosen, rejected))
+    return best_gaps_first(group, candidates, options.get("max_pairs_per_prompt"))

@@ -1,0 +1,150 @@
+"""Read NeMo Gym rollout files: split them into line-aligned chunks and decode each line.
+
+The fast path is a typed msgspec decode: it checks the layout of `schemas/rollout.schema.json`
+while it parses, and skips every key we do not read. When a line fails, jsonschema (the slow,
+precise validator) explains which field is wrong. `tests/unit/test_schemas.py` checks that both
+agree on valid and invalid records.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Iterator
+
+import msgspec
+from msgspec import UNSET, Struct, UnsetType, field
+
+
+class Part(Struct):
+    type: str | None = None
+    text: str | None = None
+
+
+Content = str | list[Part] | None
+
+
+class Item(Struct):
+    """One Responses API item: message (with or without `type`), reasoning, function_call, ..."""
+
+    type: str | None = None
+    role: str | None = None
+    content: Content = None
+    name: str | None = None
+    arguments: str | None = None
+    call_id: str | None = None
+    output: Content = None
+    summary: list[Part] | None = None
+
+
+class Params(Struct):
+    input: str | list[Item] | None = None
+    instructions: str | None = None
+
+
+class Response(Struct):
+    output: list[Item] | None = None
+
+
+class AgentRef(Struct):
+    name: str | None = None
+
+
+_BASE_FIELDS = [
+    ("responses_create_params", Params),
+    ("response", Response | None, None),
+    ("output", list[Item] | None, None),
+    ("reward", float | None | UnsetType, UNSET),
+    ("mask_sample", bool | None, None),
+    ("task_index", int | None, field(default=None, name="_ng_task_index")),
+    ("rollout_index", int | None, field(default=None, name="_ng_rollout_index")),
+    ("agent_ref", AgentRef | None, None),
+]
+
+_RESERVED = {"responses_create_params", "response", "output", "reward", "mask_sample",
+             "_ng_task_index", "_ng_rollout_index", "agent_ref"}
+
+
+@lru_cache(maxsize=None)
+def rollout_type(group_by: str | None = None) -> type:
+    """The typed view of a rollout; `group_by` adds the user's grouping field (any JSON value)."""
+    fields = list(_BASE_FIELDS)
+    if group_by:
+        if group_by in _RESERVED:
+            raise ValueError(f"data.group_by={group_by!r} is a field gym-dpo already reads; "
+                             "name another top-level field (for example task_id)")
+        fields.append(("group_value", Any, field(default=UNSET, name=group_by)))
+    return msgspec.defstruct("Rollout", fields)
+
+
+@lru_cache(maxsize=None)
+def schema(name: str) -> dict:
+    text = resources.files("recipe.prepare").joinpath(f"schemas/{name}.schema.json").read_text()
+    return json.loads(text)
+
+
+def explain_invalid(line: bytes) -> tuple[str, str]:
+    """(reason, detail) for a line the fast path refused: the precise jsonschema message."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return "not_utf8", f"byte {exc.start} is not UTF-8"
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return "malformed_json", f"{exc.msg} at column {exc.colno}"
+    if not isinstance(obj, dict):
+        return "not_an_object", f"the line is a JSON {type(obj).__name__}, not an object"
+    import jsonschema  # slow path only: importing it costs ~0.1 s
+
+    validator = jsonschema.Draft202012Validator(schema("rollout"))
+    error = jsonschema.exceptions.best_match(validator.iter_errors(obj))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        return "schema", f"{where}: {error.message[:300]}"
+    reward = obj.get("reward")
+    if isinstance(reward, float) and not math.isfinite(reward):
+        return "reward_not_finite", f"reward is {reward}"
+    return "schema", "the typed decoder refused a record the schema accepts; please report it"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A byte range of one input file that starts and ends on line boundaries."""
+
+    file_index: int
+    path: str
+    start: int
+    end: int
+
+
+def chunks(paths: list[str], chunk_bytes: int) -> Iterator[Chunk]:
+    """Cut every file into ranges of about `chunk_bytes`, each ending after a newline."""
+    for index, path in enumerate(paths):
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            start = 0
+            while start < size:
+                end = min(start + chunk_bytes, size)
+                if end < size:
+                    handle.seek(end)
+                    rest = handle.readline()
+                    end += len(rest)
+                yield Chunk(index, path, start, end)
+                start = end
+
+
+def read_chunk(chunk: Chunk) -> bytes:
+    with open(chunk.path, "rb") as handle:
+        handle.seek(chunk.start)
+        return handle.read(chunk.end - chunk.start)
+
+
+def read_line(path: str, offset: int, length: int) -> bytes:
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        return handle.read(length)
