@@ -39,7 +39,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     try:
         run_stage(cfg)
     except RecipeError as exc:
-        report.console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        report.console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
 
 

@@ -64,7 +64,7 @@ def decode_line(line: bytes, decoder: msgspec.json.Decoder):
     """The typed rollout, or (reason, detail) explaining why the line is not one."""
     try:
         return decoder.decode(line)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
         return rollouts.explain_invalid(line)
 
 

@@ -322,5 +322,6 @@ def run(cfg: DictConfig) -> dict:
                             "seconds": round((finished - started).total_seconds(), 3)}
     manifest.write(settings.output_dir / "manifest.json", result)
     report.console.print(report.prepare_summary(result))
-    report.console.print(f"wrote {settings.output_dir}/{{train,val,rejects}}.jsonl and manifest.json")
+    report.console.print(f"wrote {settings.output_dir}/{{train,val,rejects}}.jsonl and manifest.json",
+                         soft_wrap=True)
     return result

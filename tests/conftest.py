@@ -1,0 +1,73 @@
+"""Shared test helpers: rollouts in the real NeMo Gym layout, and the prepare stage in-process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+
+REPO = Path(__file__).resolve().parent.parent
+REFERENCE = REPO.parent / "shared" / "reference"
+SAMPLE = REPO / "samples" / "rollouts.jsonl"
+
+
+def message(role: str, text: str, typed: bool = True, parts: bool = False) -> dict:
+    content = [{"type": "output_text" if role == "assistant" else "input_text", "text": text}] if parts else text
+    item = {"role": role, "content": content}
+    if typed:
+        item["type"] = "message"
+    return item
+
+
+def rollout(prompt="What is 2+2?", answer="4", reward=1.0, task=None, agent=None, output=None,
+            system=None, **extra) -> dict:
+    """A rollout as NeMo Gym writes it: the generated turns under response.output."""
+    inputs = ([message("system", system)] if system else []) + [message("user", prompt)]
+    row = {
+        "responses_create_params": {"input": inputs, "temperature": 1.0, "metadata": {"seed": 7}},
+        "response": {"id": "resp_1", "model": "m", "status": "completed",
+                     "output": output if output is not None else [
+                         {"type": "reasoning", "summary": [{"type": "summary_text", "text": "hmm"}]},
+                         {"type": "message", "role": "assistant", "id": "msg_1", "status": "completed",
+                          "content": [{"type": "output_text", "text": answer, "annotations": []}]}]},
+        "reward": reward,
+    }
+    if task is not None:
+        row["_ng_task_index"] = task
+    if agent is not None:
+        row["agent_ref"] = {"name": agent}
+    row.update(extra)
+    return row
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    with open(path, "w") as handle:
+        for row in rows:
+            handle.write(row if isinstance(row, str) else json.dumps(row))
+            handle.write("\n")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def compose_config(*overrides: str):
+    with initialize_config_module("recipe.configs", version_base="1.3"):
+        return compose("recipe", overrides=list(overrides))
+
+
+@pytest.fixture
+def prepare(tmp_path):
+    """Run the prepare stage in-process; returns (manifest, output folder)."""
+    from recipe.prepare import stage
+
+    def run(inputs, *overrides: str, out: str = "out"):
+        spec = "[" + ",".join(map(str, inputs)) + "]" if isinstance(inputs, (list, tuple)) else str(inputs)
+        cfg = compose_config(f"data.input={spec}", f"data.output_dir={tmp_path / out}",
+                             "data.workers=1", *overrides)
+        return stage.run(cfg), tmp_path / out
+
+    return run
