@@ -67,7 +67,7 @@ class Settings:
             raise RecipeError(str(exc)) from None
         workers = data.workers or min(os.cpu_count() or 1, 8)
         return cls(
-            inputs=resolve_inputs(data.input),
+            inputs=resolve_inputs(None if OmegaConf.is_missing(data, "input") else data.input),
             output_dir=Path(data.output_dir).absolute(),
             scan=scan.ScanOptions(
                 group_by=data.group_by,
@@ -82,7 +82,7 @@ class Settings:
 
 def resolve_inputs(spec) -> list[str]:
     """`data.input` as one path, a glob, or a list of them -> existing, non-empty files."""
-    if spec is None or spec == "???":
+    if spec is None:
         raise RecipeError("data.input is not set: give data.input=PATH (a .jsonl file, a glob, "
                           "or a list [a.jsonl,b.jsonl])")
     patterns = [spec] if isinstance(spec, str) else list(spec)
