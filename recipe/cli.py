@@ -21,7 +21,9 @@ log = logging.getLogger("gym-dpo")
 # stage name -> the modules whose `run(cfg)` it calls, in order
 STAGES: dict[str, list[str]] = {
     "prepare": ["recipe.prepare.stage"],
-    "all": ["recipe.prepare.stage"],
+    "train": ["recipe.train.stage"],                     # NeMo RL config, checks, launcher
+    "all": ["recipe.prepare.stage", "recipe.train.stage"],
+    "lock_image": ["recipe.train.container"],            # record the pulled image's digest
 }
 
 

@@ -1,0 +1,207 @@
+"""Slurm, one or more nodes: render the job's env file and submit slurm/dpo.sub with sbatch.
+
+`gym-dpo stage=train launcher=slurm launcher.nodes=2 launcher.account=ACC launcher.partition=batch`
+runs on a login node whose run folder is on a file system every node sees. It writes
+
+    <run_dir>/slurm/dpo.sub    the sbatch script (a copy of the packaged one: the run keeps it)
+    <run_dir>/slurm/job.env    the job's variables (bash; no secrets): driver COMMAND, CONTAINER,
+                               CONTAINER_MOUNTS, SETUP, LOG_ROOT, ports, ...
+
+and submits `sbatch <options> <run_dir>/slurm/dpo.sub <run_dir>/slurm/job.env`; logs go to
+<run_dir>/slurm/logs/<jobid>/. The same two files resubmit by hand. The job name is unique per
+run folder and the job has `--dependency=singleton`, so two jobs of one run (a resubmit while a
+requeue is pending) never write the same checkpoint_dir at once.
+
+Container: pyxis gets `launcher.container` (default container.image) pinned to the digest in the
+lock file (`repo:tag@sha256:...`, registry host separated by `#` as enroot wants), and mounts for
+the run folder, the data and the HF cache at the same paths. Bare-metal: `launcher.container=null`,
+`launcher.setup` activates a Python env on the shared FS, `launcher.workdir` is a NeMo RL checkout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+import shutil
+import subprocess
+from importlib import resources
+from pathlib import Path
+
+from recipe import report
+from recipe.errors import RecipeError
+from recipe.train import container as image_lock
+from recipe.train.launchers import LaunchPlan, nemo_rl_command, shell_line
+
+
+def folder(plan: LaunchPlan) -> Path:
+    return plan.run_dir / "slurm"
+
+
+def script_source(plan: LaunchPlan) -> Path:
+    if plan.launcher.get("script"):
+        path = Path(str(plan.launcher.script)).expanduser().absolute()
+        if not path.is_file():
+            raise RecipeError(f"launcher.script={path} does not exist")
+        return path
+    return Path(str(resources.files("recipe.slurm").joinpath("dpo.sub")))
+
+
+def job_name(plan: LaunchPlan) -> str:
+    """launcher.job_name + a hash of the run folder: unique per run, the same on resubmit."""
+    base = re.sub(r"[^A-Za-z0-9_.-]", "-", str(plan.launcher.job_name))[:80]
+    return f"{base}-{hashlib.sha256(str(plan.run_dir).encode()).hexdigest()[:8]}"
+
+
+def pyxis_image(image: str) -> str:
+    """`nvcr.io/nvidia/x:tag` -> `nvcr.io#nvidia/x:tag` (enroot's registry separator); paths as is."""
+    if image.startswith(("/", ".")) or image.endswith(".sqsh") or "#" in image:
+        return image
+    first, _, rest = image.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return f"{first}#{rest}"
+    return image
+
+
+def container_image(plan: LaunchPlan) -> tuple[str | None, dict]:
+    """The image pyxis runs (pinned when locked) and what provenance records about it."""
+    image = plan.launcher.get("container")
+    if not image:
+        return None, {"image": None, "status": "bare-metal"}
+    image = str(image)
+    lock = image_lock.read_lock(plan.cfg)
+    record = {"image": image, "lock_file": str(image_lock.lock_path(plan.cfg)), "locked": None,
+              "status": "unlocked", "source": "pyxis"}
+    if lock is not None and lock.image == image and plan.launcher.pin_digest and lock.kind != "image_id":
+        record.update(locked=lock.digest, status="pinned")
+        image = lock.reference
+    elif lock is None and plan.launcher.pin_digest and not image.endswith(".sqsh"):
+        report.console.print(f"[yellow]note:[/] no digest recorded for {image}; pyxis pulls the tag "
+                             "as it is today (gym-dpo stage=lock_image container.digest=sha256:... "
+                             "pins it)")
+    return pyxis_image(image), record
+
+
+def mounts(plan: LaunchPlan) -> list[str]:
+    found = [f"{p}:{p}" + (":ro" if ro else "") for p, ro in plan.mount_paths()]
+    if plan.launcher.get("hf_cache"):
+        cache = Path(str(plan.launcher.hf_cache)).expanduser().absolute()
+        found.append(f"{cache}:{cache}")
+    return found + [str(m) for m in plan.launcher.container_mounts or []]
+
+
+def job_env(plan: LaunchPlan) -> dict[str, str]:
+    """The variables dpo.sub reads (see its header). Values only from the config: no secrets."""
+    launcher, ports = plan.launcher, plan.launcher.ports
+    image, _ = container_image(plan)
+    env = {
+        "COMMAND": shlex.join(nemo_rl_command(plan)),
+        "WORKDIR": str(launcher.workdir),
+        "CONTAINER": image or "",
+        "CONTAINER_MOUNTS": ",".join(mounts(plan)) if image else "",
+        "SETUP": str(launcher.setup or ""),
+        "LOG_ROOT": str(folder(plan) / "logs"),
+        "RAY": str(launcher.ray),
+        "PYTHON": str(launcher.python),
+        "NODE_TIMEOUT": str(int(launcher.node_timeout)),
+        "RAY_HEAD_PORT": str(ports.head),
+        "RAY_DASHBOARD_PORT": str(ports.dashboard),
+        "RAY_HEAD_NODE_MANAGER_PORT": str(ports.head_node_manager),
+        "RAY_HEAD_OBJECT_MANAGER_PORT": str(ports.head_object_manager),
+        "RAY_HEAD_MIN_WORKER_PORT": str(ports.head_min_worker),
+        "RAY_HEAD_MAX_WORKER_PORT": str(ports.head_max_worker),
+        "RAY_WORKER_NODE_MANAGER_PORT": str(ports.worker_node_manager),
+        "RAY_WORKER_OBJECT_MANAGER_PORT": str(ports.worker_object_manager),
+        "RAY_WORKER_MIN_WORKER_PORT": str(ports.worker_min_worker),
+        "RAY_WORKER_MAX_WORKER_PORT": str(ports.worker_max_worker),
+    }
+    if launcher.get("hf_cache"):
+        env["HF_HOME"] = str(Path(str(launcher.hf_cache)).expanduser().absolute())
+    env.update({str(k): str(v) for k, v in (launcher.env or {}).items()})
+    _check_ports(ports)
+    return env
+
+
+def _check_ports(ports) -> None:
+    head = range(int(ports.head_min_worker), int(ports.head_max_worker) + 1)
+    worker = range(int(ports.worker_min_worker), int(ports.worker_max_worker) + 1)
+    if not head or not worker or set(head) & set(worker):
+        raise RecipeError(f"launcher.ports: the head's worker ports {ports.head_min_worker}-"
+                          f"{ports.head_max_worker} and the workers' {ports.worker_min_worker}-"
+                          f"{ports.worker_max_worker} must be non-empty and must not overlap")
+    singles = [ports.head, ports.dashboard, ports.head_node_manager, ports.head_object_manager,
+               ports.worker_node_manager, ports.worker_object_manager]
+    if len(set(singles)) != len(singles) or any(p in head or p in worker for p in singles):
+        raise RecipeError(f"launcher.ports: every port must differ ({dict(ports)})")
+
+
+def render_env(env: dict[str, str]) -> str:
+    lines = ["# Written by gym-dpo for slurm/dpo.sub (sourced by bash). No secrets: HF_TOKEN and",
+             "# WANDB_API_KEY come from the environment sbatch exports.", ""]
+    lines += [f"{name}={shlex.quote(value)}" for name, value in env.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_files(plan: LaunchPlan) -> list[Path]:
+    target = folder(plan)
+    (target / "logs").mkdir(parents=True, exist_ok=True)
+    script = target / "dpo.sub"
+    shutil.copyfile(script_source(plan), script)
+    script.chmod(0o755)
+    env_file = target / "job.env"
+    env_file.write_text(render_env(job_env(plan)))
+    return [script, env_file]
+
+
+def build_command(plan: LaunchPlan) -> list[str]:
+    """`sbatch <options> <run_dir>/slurm/dpo.sub <run_dir>/slurm/job.env`."""
+    launcher = plan.launcher
+    nodes = int(launcher.nodes)
+    if nodes < 1:
+        raise RecipeError(f"launcher.nodes={nodes}: at least 1")
+    argv = [str(launcher.sbatch), f"--job-name={job_name(plan)}", f"--nodes={nodes}",
+            "--ntasks-per-node=1", f"--time={launcher.time}", "--dependency=singleton",
+            f"--output={folder(plan) / 'logs' / 'sbatch-%j.out'}"]
+    for key in ("account", "partition", "qos"):
+        if launcher.get(key):
+            argv.append(f"--{key}={launcher[key]}")
+    if launcher.gres:
+        argv.append(f"--gpus-per-node={int(launcher.gpus_per_node)}")
+    if launcher.exclusive:
+        argv.append("--exclusive")
+    argv.append("--requeue" if launcher.requeue else "--no-requeue")
+    argv += [str(a) for a in launcher.sbatch_args or []]
+    return argv + [str(folder(plan) / "dpo.sub"), str(folder(plan) / "job.env")]
+
+
+def describe(plan: LaunchPlan) -> str:
+    return shell_line(build_command(plan))
+
+
+def command_record(plan: LaunchPlan) -> dict:
+    image, _ = container_image(plan)
+    return {"executor": "sbatch", "cwd": str(plan.run_dir), "driver": nemo_rl_command(plan),
+            "driver_cwd": str(plan.launcher.workdir), "container": image,
+            "job_env": str(folder(plan) / "job.env")}
+
+
+def check_image(plan: LaunchPlan) -> dict:
+    return container_image(plan)[1]
+
+
+def launch(plan: LaunchPlan) -> int:
+    argv = build_command(plan)
+    if shutil.which(argv[0]) is None:
+        raise RecipeError(f"{argv[0]} is not on PATH: run on a Slurm login node, or write the job "
+                          f"files with launcher.dry_run=true and submit {folder(plan)}/dpo.sub by hand")
+    result = subprocess.run(argv, cwd=plan.run_dir, capture_output=True, text=True)
+    print(result.stdout, end="")
+    if result.returncode != 0:
+        report.console.print(f"[red]sbatch failed ({result.returncode}):[/] {result.stderr.strip()}")
+        return result.returncode
+    match = re.search(r"Submitted batch job (\d+)", result.stdout)
+    job = match.group(1) if match else "?"
+    (folder(plan) / "submitted.txt").open("a").write(f"{job}\n")
+    report.console.print(f"submitted job {job} ({job_name(plan)}); logs in "
+                         f"{folder(plan) / 'logs' / job}/ (squeue -j {job})")
+    return 0

@@ -1,0 +1,118 @@
+"""Write `<run_dir>/nemo_rl_dpo.yaml`: our config in NeMo RL's (v0.7.0) terms, one file per run.
+
+The file is a child of NeMo RL's own `examples/configs/dpo.yaml` inside the container: `defaults:`
+holds that file's absolute path (`container.base_config`), because NeMo RL's loader resolves a
+relative path against the child's folder and `defaults: dpo` is no file at all. Only the keys we
+set are written; NeMo RL's loader deep-merges them onto the parent (see nemo_rl_loader).
+
+What this module decides (CONTRACT.md sections 2-3):
+- `data:` replaces the parent's (`_override_: true`: HelpSteer3 must not leak in) in the v0.6+
+  schema: `train` / `validation` with `dataset_name` PreferenceDataset or BinaryPreferenceDataset
+  (the manifest's `format`), absolute `data_path`, `split: train` on both (a local file only has
+  a train split); never `default: null`. No validation entry when there are no val pairs.
+- `policy.tokenizer.name` follows `policy.model_name` unless set; `gym-dpo/tiny` (or any name)
+  goes through `recipe.train.tiny_model.resolve_model_name` when that module is installed.
+- `checkpointing.checkpoint_dir` and `logger.log_dir` are absolute (a requeued or rerun job
+  with the same folder resumes from its latest step_N).
+- `cluster` comes from the launcher (launcher.gpus_per_node, launcher.nodes).
+- `nemo_rl_overrides` (any other NeMo RL key) is merged last; validation runs after it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from recipe.errors import RecipeError
+from recipe.train.prepared import PreparedData
+
+FILENAME = "nemo_rl_dpo.yaml"
+SECTIONS = ("policy", "dpo", "checkpointing", "logger")  # written whole from our config
+
+
+def resolve_model_name(name: str, run_dir: Path, train_file: Path) -> str:
+    """`recipe.train.tiny_model.resolve_model_name(...)` if that module exists, else `name`.
+
+    The tiny model's module (CPU runs) turns `gym-dpo/tiny` into a local HF folder inside the run
+    folder, its tokenizer trained on `train_file`; other names come back unchanged. Only a missing
+    module is tolerated; an error inside it is the user's to see.
+    """
+    try:
+        module = importlib.import_module("recipe.train.tiny_model")
+    except ModuleNotFoundError as exc:
+        if exc.name != "recipe.train.tiny_model":
+            raise
+        return name
+    return str(module.resolve_model_name(name, run_dir, train_file=train_file))
+
+
+def _absolute(path: str, what: str) -> str:
+    if not path:
+        raise RecipeError(f"{what} is empty: give a folder (default: under the run folder)")
+    return str(Path(path).expanduser().absolute())
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def data_section(cfg: DictConfig, data: PreparedData) -> dict:
+    """NeMo RL's `data:` for our prepared folder (v0.6+ schema), replacing the parent's section."""
+    def dataset(path: Path) -> dict:
+        entry = {"dataset_name": data.dataset_name, "data_path": str(path), "split": "train"}
+        if data.format == "binary":
+            entry.update(prompt_key="prompt", chosen_key="chosen", rejected_key="rejected")
+        return entry
+
+    knobs = OmegaConf.to_container(cfg.nemo_rl_data, resolve=True)
+    section = {"_override_": True, **knobs, "train": dataset(data.train_path)}
+    if data.val_pairs > 0:
+        section["validation"] = dataset(data.val_path)
+    return section
+
+
+def build(cfg: DictConfig, data: PreparedData, run_dir: Path) -> dict:
+    """The NeMo RL YAML document for this run, as a plain dict (nothing written yet)."""
+    doc: dict = {"defaults": str(cfg.container.base_config)}
+    for name in SECTIONS:
+        doc[name] = OmegaConf.to_container(cfg[name], resolve=True)
+    policy = doc["policy"]
+    policy["model_name"] = resolve_model_name(str(policy["model_name"]), run_dir, data.train_path)
+    tokenizer = dict(policy.get("tokenizer") or {})
+    tokenizer["name"] = (resolve_model_name(str(tokenizer["name"]), run_dir, data.train_path)
+                         if tokenizer.get("name") else policy["model_name"])
+    policy["tokenizer"] = tokenizer
+    doc["checkpointing"]["checkpoint_dir"] = _absolute(doc["checkpointing"].get("checkpoint_dir"),
+                                                       "checkpointing.checkpoint_dir")
+    doc["logger"]["log_dir"] = _absolute(doc["logger"].get("log_dir"), "logger.log_dir")
+    doc["cluster"] = {"gpus_per_node": int(cfg.launcher.gpus_per_node),
+                      "num_nodes": int(cfg.launcher.nodes)}
+    doc["data"] = data_section(cfg, data)
+    extra = OmegaConf.to_container(cfg.nemo_rl_overrides, resolve=True) or {}
+    return _deep_merge(doc, extra)
+
+
+HEADER = """\
+# NeMo RL DPO config written by gym-dpo {version} for the run folder {run_dir}.
+# Run inside the NeMo RL container, from {nemo_rl_dir}:
+#   {command}
+# `defaults:` is NeMo RL's own dpo.yaml in the container: only the keys below differ from it.
+"""
+
+
+def write(path: Path, doc: dict, header: str = "") -> None:
+    """Write the YAML (keys in our order; readable; a comment header saying how to run it)."""
+    text = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=100)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.partial")
+    temp.write_text(header + text)
+    temp.replace(path)

@@ -1,0 +1,1 @@
+"""Package data: the sbatch script slurm/dpo.sub (installed as recipe.slurm, see pyproject.toml)."""
