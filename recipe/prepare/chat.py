@@ -86,7 +86,31 @@ def to_messages(items: list[Item], options: ChatOptions, where: str) -> list[dic
     return messages
 
 
+def check_context(params_input, instructions: str | None) -> None:
+    """Raise `Unusable` unless the request holds a context NeMo RL can train on.
+
+    The same checks `context_of` makes, without building messages: the scan runs them on every
+    row and builds the messages only for rows that end up in a pair.
+    """
+    turns = 1 if isinstance(params_input, str) and params_input else 0
+    if isinstance(params_input, list):
+        for item in params_input:
+            kind = item.type or ("message" if item.role else None)
+            if kind == "message":
+                role = item.role or "user"
+                if role not in ROLES:
+                    raise Unusable("unknown_role", f"input has a message with role {role!r}")
+                text_of(item.content, f"input {role} message")
+            elif kind == "function_call_output":
+                text_of(item.output, "input function_call_output")
+            turns += kind in ("message", "function_call", "function_call_output")
+    if not (instructions or turns):
+        raise Unusable("empty_context", "the request has no input turns: the prompt was built "
+                       "outside the row (agent harness); nothing to condition the pair on")
+
+
 def context_of(params_input, instructions: str | None, options: ChatOptions) -> list[dict]:
+    check_context(params_input, instructions)
     context: list[dict] = []
     if instructions:
         context.append({"role": "system", "content": instructions})
@@ -95,10 +119,11 @@ def context_of(params_input, instructions: str | None, options: ChatOptions) -> 
             context.append({"role": "user", "content": params_input})
     elif params_input:
         context.extend(to_messages(params_input, ChatOptions(options.developer_role), "input"))
-    if not context:
-        raise Unusable("empty_context", "the request has no input turns: the prompt was built "
-                       "outside the row (agent harness); nothing to condition the pair on")
     return context
+
+
+def _is_text_turn(item) -> bool:
+    return item.type == "reasoning" or (item.role == "assistant" and item.type in ("message", None))
 
 
 def response_of(output: list[Item] | None, options: ChatOptions) -> str | list[dict]:
@@ -107,7 +132,18 @@ def response_of(output: list[Item] | None, options: ChatOptions) -> str | list[d
     Environment turns after the last assistant turn are not the model's and are dropped: NeMo RL
     trains on the final message of a completion, which must be the model's own.
     """
-    messages = to_messages(output or [], options, "output")
+    output = output or []
+    if not options.include_reasoning and all(map(_is_text_turn, output)):
+        # the common case, without building messages: one assistant turn (plus reasoning)
+        texts = [text_of(item.content, "output assistant message") for item in output
+                 if item.type != "reasoning"]
+        if not texts:
+            raise Unusable("no_assistant_output", "response.output holds no assistant turn")
+        text = "\n".join(t for t in texts if t)
+        if not text.strip():
+            raise Unusable("empty_response", "the final assistant turn has no text")
+        return text
+    messages = to_messages(output, options, "output")
     while messages and messages[-1]["role"] != "assistant":
         messages.pop()
     if not messages:

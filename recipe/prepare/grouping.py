@@ -9,11 +9,11 @@ are re-read from the input by offset when a pair is written.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Iterator
 
 import msgspec
 import numpy as np
+import xxhash
 
 # One usable rollout. `key` groups comparable rollouts; `context` (the prompt alone) decides the
 # train/val split so that a prompt never sits on both sides, even under two task identities.
@@ -33,10 +33,6 @@ RECORD = np.dtype([
 _encode = msgspec.json.Encoder(order="sorted").encode
 
 
-def digest(value: object, size: int) -> bytes:
-    return hashlib.blake2b(_encode(value), digest_size=size).digest()
-
-
 def identity(file_index: int, agent: str | None, task_index: int | None, group_value) -> object:
     """The task identity part of a group key (None when the row carries none)."""
     if group_value is not msgspec.UNSET:
@@ -47,16 +43,23 @@ def identity(file_index: int, agent: str | None, task_index: int | None, group_v
     return ["task", agent, task_index, file_index if task_index is not None else None]
 
 
-def keys(context: list[dict], task: object) -> tuple[int, int, int]:
-    """(group key high, group key low, context hash) of one rollout."""
-    context_digest = digest(context, 16)
-    group = hashlib.blake2b(context_digest + _encode(task), digest_size=16).digest()
+def keys(raw_input, instructions: str | None, task: object) -> tuple[int, int, int]:
+    """(group key high, group key low, context hash) of one rollout.
+
+    The context is identified by the request's `input` exactly as written plus `instructions`:
+    rows of one task carry byte-identical requests, and a hash of the bytes costs no re-encoding.
+    """
+    hasher = xxhash.xxh3_128(raw_input)
+    hasher.update(b"\x00" + instructions.encode() if instructions is not None else b"\x01")
+    context = hasher.digest()
+    group = xxhash.xxh3_128_digest(context + _encode(task))
     return (int.from_bytes(group[:8], "little"), int.from_bytes(group[8:], "little"),
-            int.from_bytes(context_digest[:8], "little"))
+            int.from_bytes(context[:8], "little"))
 
 
 def response_hash(response: str | list[dict]) -> int:
-    return int.from_bytes(digest(response, 8), "little")
+    data = response.encode() if isinstance(response, str) else _encode(response)
+    return xxhash.xxh3_64_intdigest(data)
 
 
 def sort_records(records: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ import msgspec
 from msgspec import UNSET, Struct, UnsetType, field
 
 
-class Part(Struct):
+class Part(Struct, gc=False):
     type: str | None = None
     text: str | None = None
 
@@ -28,7 +28,7 @@ class Part(Struct):
 Content = str | list[Part] | None
 
 
-class Item(Struct):
+class Item(Struct, gc=False):
     """One Responses API item: message (with or without `type`), reasoning, function_call, ..."""
 
     type: str | None = None
@@ -41,16 +41,21 @@ class Item(Struct):
     summary: list[Part] | None = None
 
 
-class Params(Struct):
-    input: str | list[Item] | None = None
+Input = str | list[Item] | None
+
+
+class Params(Struct, gc=False):
+    # Kept raw: its bytes identify the context (hashed as written), and `Reader` decodes them
+    # with the `Input` type to validate them.
+    input: msgspec.Raw = msgspec.Raw(b"null")
     instructions: str | None = None
 
 
-class Response(Struct):
+class Response(Struct, gc=False):
     output: list[Item] | None = None
 
 
-class AgentRef(Struct):
+class AgentRef(Struct, gc=False):
     name: str | None = None
 
 
@@ -78,7 +83,20 @@ def rollout_type(group_by: str | None = None) -> type:
             raise ValueError(f"data.group_by={group_by!r} is a field gym-dpo already reads; "
                              "name another top-level field (for example task_id)")
         fields.append(("group_value", Any, field(default=UNSET, name=group_by)))
-    return msgspec.defstruct("Rollout", fields)
+    return msgspec.defstruct("Rollout", fields, gc=False)
+
+
+class Reader:
+    """The fast path: a typed decode of one line; raises msgspec's errors when it is invalid."""
+
+    def __init__(self, group_by: str | None = None):
+        self._row = msgspec.json.Decoder(rollout_type(group_by))
+        self._input = msgspec.json.Decoder(Input)
+
+    def decode(self, line) -> tuple[Any, Input]:
+        """(the rollout, its typed `responses_create_params.input`)."""
+        row = self._row.decode(line)
+        return row, self._input.decode(row.responses_create_params.input)
 
 
 @lru_cache(maxsize=None)

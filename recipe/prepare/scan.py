@@ -1,11 +1,14 @@
 """First pass, run in worker processes: one chunk of input lines -> fixed-size records + rejects.
 
 Each line is decoded and validated (typed fast path), checked for what DPO needs (a finite reward,
-not masked, a context, assistant text) and reduced to a `grouping.RECORD`; texts are not kept.
+not masked, a context, assistant text) and reduced to a `grouping.RECORD`. Texts are not kept and
+context messages are not built here: `convert` builds them later, only for the lines that end up
+in a pair, and it runs the very same checks.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 from dataclasses import dataclass, field
 
@@ -13,6 +16,8 @@ import msgspec
 import numpy as np
 
 from recipe.prepare import chat, grouping, rollouts
+
+OPEN_BRACE = ord("{")
 
 
 @dataclass(frozen=True)
@@ -38,8 +43,8 @@ class ChunkResult:
     rejects: list[Reject] = field(default_factory=list)
 
 
-def convert(row, options: ScanOptions) -> tuple[list[dict], str | list[dict]]:
-    """(context, response) of a decoded rollout, or `chat.Unusable` with the reason."""
+def checked_response(row, params_input, options: ScanOptions) -> str | list[dict]:
+    """The response of a usable rollout, or `chat.Unusable` with the reason it is not usable."""
     if row.mask_sample:
         raise chat.Unusable("mask_sample", "mask_sample is true: the environment says do not train on it")
     if row.reward is msgspec.UNSET:
@@ -48,8 +53,7 @@ def convert(row, options: ScanOptions) -> tuple[list[dict], str | list[dict]]:
         raise chat.Unusable("reward_null", "reward is null (the judge did not run)")
     if not math.isfinite(row.reward):
         raise chat.Unusable("reward_not_finite", f"reward is {row.reward}")
-    params = row.responses_create_params
-    context = chat.context_of(params.input, params.instructions, options.chat)
+    chat.check_context(params_input, row.responses_create_params.instructions)
     output = row.response.output if row.response is not None else None
     if output is None:
         output = row.output  # legacy layout: items at the top level
@@ -57,56 +61,64 @@ def convert(row, options: ScanOptions) -> tuple[list[dict], str | list[dict]]:
     if options.binary and not isinstance(response, str):
         raise chat.Unusable("trajectory_in_binary_format", "data.format=binary holds plain text "
                             "only; this response has tool calls or several turns (use preference)")
-    return context, response
+    return response
 
 
-def decode_line(line: bytes, decoder: msgspec.json.Decoder):
-    """The typed rollout, or (reason, detail) explaining why the line is not one."""
-    try:
-        return decoder.decode(line)
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
-        return rollouts.explain_invalid(line)
+def convert(row, params_input, options: ScanOptions) -> tuple[list[dict], str | list[dict]]:
+    """(context messages, response) of a decoded rollout, or `chat.Unusable`."""
+    response = checked_response(row, params_input, options)
+    return chat.context_of(params_input, row.responses_create_params.instructions, options.chat), response
+
+
+def _invalid(line) -> tuple[str, str]:
+    return rollouts.explain_invalid(bytes(line))
 
 
 def scan_chunk(chunk: rollouts.Chunk, options: ScanOptions) -> ChunkResult:
-    data = rollouts.read_chunk(chunk)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # millions of short-lived acyclic objects: reference counting frees them all
     try:
-        data.decode("utf-8")
-        utf8_checked = True
-    except UnicodeDecodeError:
-        utf8_checked = False  # find the offending lines one by one below
-    decoder = msgspec.json.Decoder(rollouts.rollout_type(options.group_by))
+        return _scan(chunk, options)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _scan(chunk: rollouts.Chunk, options: ScanOptions) -> ChunkResult:
+    data = rollouts.read_chunk(chunk)
+    view = memoryview(data)
+    reader = rollouts.Reader(options.group_by)
+    decode, find, size = reader.decode, data.find, len(data)
+    has_group_field = options.group_by is not None
     rows: list[tuple] = []
     rejects: list[Reject] = []
-    pieces = data.split(b"\n")
-    if pieces and not pieces[-1]:
-        pieces.pop()  # the newline that ends the last line does not start another
-    offset = chunk.start
-    for number, line in enumerate(pieces, start=1):
-        start, offset = offset, offset + len(line) + 1
-        if not line.strip():
-            rejects.append(Reject(chunk.file_index, number, "blank_line", "the line is empty"))
-            continue
-        row = decode_line(line, decoder)
-        if isinstance(row, tuple):
-            rejects.append(Reject(chunk.file_index, number, *row))
-            continue
-        if not utf8_checked:
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                rejects.append(Reject(chunk.file_index, number, "not_utf8",
-                                      f"byte {exc.start} is not UTF-8"))
+    position = number = 0
+    while position < size:
+        end = find(b"\n", position)
+        if end < 0:
+            end = size
+        start, line, position = position, view[position:end], end + 1
+        number += 1
+        if start == end or data[start] != OPEN_BRACE:
+            if not data[start:end].strip():
+                rejects.append(Reject(chunk.file_index, number, "blank_line", "the line is empty"))
                 continue
         try:
-            context, response = convert(row, options)
+            row, params_input = decode(line)
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+            rejects.append(Reject(chunk.file_index, number, *_invalid(line)))
+            continue
+        try:
+            response = checked_response(row, params_input, options)
         except chat.Unusable as exc:
             rejects.append(Reject(chunk.file_index, number, exc.reason, exc.detail))
             continue
         agent = row.agent_ref.name if row.agent_ref is not None else None
-        group_value = getattr(row, "group_value", msgspec.UNSET)
+        group_value = row.group_value if has_group_field else msgspec.UNSET
         task = grouping.identity(chunk.file_index, agent, row.task_index, group_value)
-        key_hi, key_lo, context_hash = grouping.keys(context, task)
+        key_hi, key_lo, context_hash = grouping.keys(
+            row.responses_create_params.input, row.responses_create_params.instructions, task)
         rows.append((key_hi, key_lo, context_hash, grouping.response_hash(response), row.reward,
-                     chat.response_length(response), chunk.file_index, len(line), start, number))
-    return ChunkResult(chunk, len(pieces), np.array(rows, dtype=grouping.RECORD), rejects)
+                     chat.response_length(response), chunk.file_index, end - start,
+                     chunk.start + start, number))
+    return ChunkResult(chunk, number, np.array(rows, dtype=grouping.RECORD), rejects)

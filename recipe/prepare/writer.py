@@ -9,31 +9,34 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema_rs
-import msgspec
+import numpy as np
 import orjson
 
 from recipe.prepare import rollouts, scan
 
 
-@dataclass(frozen=True)
-class Side:
-    file: int
-    line: int
-    offset: int
-    nbytes: int
-    reward: float
+SIDE = [("file", "u2"), ("line", "u8"), ("offset", "u8"), ("nbytes", "u4"), ("reward", "f8"),
+        ("length", "u4")]
+# One pair: where to re-read its two lines, and what the manifest and report need of it.
+PAIR = np.dtype([("key_hi", "u8"), ("key_lo", "u8"), ("context", "u8"), ("score_gap", "f8")]
+                + [(f"chosen_{name}", kind) for name, kind in SIDE]
+                + [(f"rejected_{name}", kind) for name, kind in SIDE])
 
 
-@dataclass(frozen=True)
-class PairRef:
-    chosen: Side
-    rejected: Side
-    group: str  # hex group key
-    score_gap: float  # gap in the strategy's score (after normalisation / length penalty)
+def pairs_of(records: np.ndarray, chosen: np.ndarray, rejected: np.ndarray,
+             score_gap: np.ndarray) -> np.ndarray:
+    """PAIR rows for positions `chosen[i]`, `rejected[i]` of `records`."""
+    pairs = np.empty(len(chosen), dtype=PAIR)
+    for name in ("key_hi", "key_lo", "context"):
+        pairs[name] = records[name][chosen]
+    pairs["score_gap"] = score_gap
+    for name, _ in SIDE:
+        pairs[f"chosen_{name}"] = records[name][chosen]
+        pairs[f"rejected_{name}"] = records[name][rejected]
+    return pairs
 
 
 class PairSchemaError(RuntimeError):
@@ -63,39 +66,43 @@ class PairBuilder:
         self.paths = paths
         self.options = options
         self.keep_extra_fields = keep_extra_fields
-        self.decoder = msgspec.json.Decoder(rollouts.rollout_type(options.group_by))
+        self.reader = rollouts.Reader(options.group_by)
         self.validator = jsonschema_rs.validator_for(rollouts.schema("pair"))
         self.files = [open(p, "rb") for p in paths]
 
-    def _side(self, side: Side):
-        handle = self.files[side.file]
-        handle.seek(side.offset)
-        return scan.convert(self.decoder.decode(handle.read(side.nbytes)), self.options)
+    def _decode(self, pair, side: str):
+        handle = self.files[pair[f"{side}_file"]]
+        handle.seek(pair[f"{side}_offset"])
+        return self.reader.decode(handle.read(pair[f"{side}_nbytes"]))
 
-    def build(self, pair: PairRef) -> bytes:
-        context, chosen = self._side(pair.chosen)
-        _, rejected = self._side(pair.rejected)
+    def build_all(self, pairs: np.ndarray) -> list[bytes]:
+        return [self.build(dict(zip(PAIR.names, row))) for row in pairs.tolist()]
+
+    def build(self, pair: dict) -> bytes:
+        """The JSONL line of one pair (`pair`: a PAIR row as a dict)."""
+        context, chosen = scan.convert(*self._decode(pair, "chosen"), self.options)
+        rejected = scan.checked_response(*self._decode(pair, "rejected"), self.options)
         if self.options.binary:
             record = binary_record(context, chosen, rejected)
         else:
             record = preference_record(context, chosen, rejected)
         if not self.validator.is_valid(record):
             error = next(iter(self.validator.iter_errors(record)))
-            raise PairSchemaError(f"a pair from {self.source(pair.chosen)} and "
-                                  f"{self.source(pair.rejected)} fails the pair schema: {error}")
+            raise PairSchemaError(f"a pair from {self.source(pair, 'chosen')} and "
+                                  f"{self.source(pair, 'rejected')} fails the pair schema: {error}")
         if self.keep_extra_fields:
             record.update({
-                "chosen_reward": pair.chosen.reward,
-                "rejected_reward": pair.rejected.reward,
-                "reward_gap": pair.chosen.reward - pair.rejected.reward,
-                "group_id": pair.group,
-                "chosen_source": self.source(pair.chosen),
-                "rejected_source": self.source(pair.rejected),
+                "chosen_reward": pair["chosen_reward"],
+                "rejected_reward": pair["rejected_reward"],
+                "reward_gap": pair["chosen_reward"] - pair["rejected_reward"],
+                "group_id": f"{pair['key_hi']:016x}{pair['key_lo']:016x}",
+                "chosen_source": self.source(pair, "chosen"),
+                "rejected_source": self.source(pair, "rejected"),
             })
         return orjson.dumps(record) + b"\n"
 
-    def source(self, side: Side) -> str:
-        return f"{self.paths[side.file]}:{side.line}"
+    def source(self, pair: dict, side: str) -> str:
+        return f"{self.paths[pair[f'{side}_file']]}:{pair[f'{side}_line']}"
 
 
 class AtomicFiles:

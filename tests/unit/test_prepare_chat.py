@@ -10,8 +10,8 @@ OPTIONS = scan.ScanOptions()
 
 
 def convert(row, options=OPTIONS):
-    decoded = msgspec.json.decode(msgspec.json.encode(row), type=rollouts.rollout_type(options.group_by))
-    return scan.convert(decoded, options)
+    decoded = rollouts.Reader(options.group_by).decode(msgspec.json.encode(row))
+    return scan.convert(*decoded, options)
 
 
 def test_single_turn_text_joins_output_text_parts_and_drops_reasoning():
@@ -115,5 +115,5 @@ def test_binary_format_refuses_trajectories():
 
 def test_int_rewards_and_unknown_keys_are_fine():
     row = rollout(reward=3, something_else={"deep": [1, 2]}, reward_components={"a": 1})
-    decoded = msgspec.json.decode(msgspec.json.encode(row), type=rollouts.rollout_type())
+    decoded, _ = rollouts.Reader().decode(msgspec.json.encode(row))
     assert decoded.reward == 3.0

@@ -43,16 +43,13 @@ def test_reference_file(name, prepare):
 
 def test_reference_rollouts_convert_to_the_expected_shapes():
     """Multi-turn and tool-use files give trajectories; single-turn files give text."""
-    import msgspec
-
     from recipe.prepare import rollouts, scan
 
     shapes = {}
     for name in ("blackjack.jsonl", "tool_call_multireward.jsonl", "tau2.jsonl", "math_with_judge.jsonl",
                  "grl_sokoban.jsonl", "mcqa.jsonl", "competitive_coding_challenges.jsonl"):
-        row = msgspec.json.decode((REFERENCE / "nemo-gym" / name).read_bytes().splitlines()[0],
-                                  type=rollouts.rollout_type())
-        context, response = scan.convert(row, scan.ScanOptions())
+        decoded = rollouts.Reader().decode((REFERENCE / "nemo-gym" / name).read_bytes().splitlines()[0])
+        context, response = scan.convert(*decoded, scan.ScanOptions())
         shapes[name] = (context[0]["role"], "text" if isinstance(response, str) else response[-1]["role"])
         if not isinstance(response, str):
             assert response[-1]["role"] == "assistant"

@@ -16,7 +16,7 @@ PAIR = jsonschema.Draft202012Validator(rollouts.schema("pair"))
 
 def fast_accepts(record) -> bool:
     try:
-        msgspec.json.decode(json.dumps(record).encode(), type=rollouts.rollout_type())
+        rollouts.Reader().decode(json.dumps(record).encode())
         return True
     except (msgspec.ValidationError, msgspec.DecodeError):
         return False
