@@ -50,3 +50,20 @@ def test_bad_input_is_one_clear_message_without_traceback(tmp_path):
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr
     result = gym_dpo("stage=prepare", f"output_root={tmp_path}")
     assert result.returncode == 2 and "data.input is not set" in result.stderr
+
+
+def test_a_non_editable_install_finds_its_configs_and_schemas(tmp_path):
+    """The container installs the package with `pip install .`: configs and schemas must ship."""
+    target = tmp_path / "site"
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                              "--target", str(target), str(REPO)], capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr
+    env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-m", "recipe", "stage=prepare", f"data.input={SAMPLE}",
+                             f"data.output_dir={tmp_path / 'out'}", f"output_root={tmp_path / 'runs'}"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "manifest.json").exists()
+    assert str(target) in subprocess.run(
+        [sys.executable, "-c", "import recipe; print(recipe.__file__)"], cwd=tmp_path, env=env,
+        capture_output=True, text=True).stdout
