@@ -1,0 +1,7 @@
+"""The CPU runner's parts (`python -m recipe.train.local_dpo`): NeMo RL's DPO config run by TRL.
+
+settings: the NeMo RL YAML -> what TRL is given, and what it ignores; data: pair files -> TRL's
+conversational records; trainer: TRL's DPOTrainer with NeMo RL's optimizer, scheduler and batching;
+checkpoints: NeMo RL's `step_N` layout, retention and resume; metrics: NeMo RL's metric names in
+`metrics.jsonl`, and the progress bar.
+"""

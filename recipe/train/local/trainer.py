@@ -1,0 +1,125 @@
+"""TRL's DPOTrainer, told to optimize and batch the way NeMo RL's DPO does.
+
+The loss is TRL's (settings.trl_loss picks the variant). What this module adds is what NeMo RL
+fixes beside the loss and Hugging Face's Trainer does differently:
+- the optimizer is `policy.optimizer.name` built with `policy.optimizer.kwargs` over all
+  parameters (HF would split off weight-decay groups and use its own AdamW settings);
+- the learning-rate schedule is `policy.scheduler`: torch schedulers by import path, chained by
+  `milestones` with SequentialLR, stepped once per optimizer step;
+- an epoch is whole global batches only: NeMo RL's loader drops the last partial batch, where HF
+  would take one more, smaller, optimizer step.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+from torch.utils.data import Sampler
+from transformers import TrainerCallback
+from trl import DPOTrainer
+
+from recipe.errors import RecipeError
+from recipe.train.local.settings import Settings, optimizer_class
+
+
+class WholeBatchSampler(Sampler[int]):
+    """Per epoch: the pairs in a seeded order (or file order), cut to whole global batches."""
+
+    def __init__(self, size: int, global_batch: int, shuffle: bool, seed: int):
+        self.size, self.global_batch, self.shuffle, self.seed = size, global_batch, shuffle, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:  # the Trainer calls it at each epoch start
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size // self.global_batch * self.global_batch
+
+    def __iter__(self):
+        if self.shuffle:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(self.size)
+        return iter(order[: len(self)].tolist())
+
+
+def _scheduler_class(name: str):
+    module, _, attribute = str(name).rpartition(".")
+    if not module.startswith("torch.optim"):
+        raise RecipeError(f"policy.scheduler name {name!r}: the CPU runner builds torch.optim.lr_scheduler "
+                          "schedulers only")
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError):
+        raise RecipeError(f"policy.scheduler name {name!r}: no such scheduler in torch") from None
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, spec) -> torch.optim.lr_scheduler.LRScheduler:
+    """NeMo RL's `policy.scheduler`: one {name, kwargs}, or a list of them plus {milestones: [...]}."""
+    if spec is None:
+        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    entries = [spec] if isinstance(spec, dict) else list(spec)
+    milestones = [e["milestones"] for e in entries if "milestones" in e]
+    schedulers = [_scheduler_class(e["name"])(optimizer, **(e.get("kwargs") or {}))
+                  for e in entries if "milestones" not in e]
+    if not schedulers:
+        raise RecipeError("policy.scheduler names no scheduler")
+    if len(schedulers) == 1:
+        return schedulers[0]
+    if len(milestones) != 1 or len(milestones[0]) != len(schedulers) - 1:
+        raise RecipeError(f"policy.scheduler: {len(schedulers)} schedulers need one `milestones` entry "
+                          f"with {len(schedulers) - 1} step(s)")
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, schedulers, milestones=list(milestones[0]))
+
+
+class NemoStyleDPOTrainer(DPOTrainer):
+    """DPOTrainer with NeMo RL's optimizer, learning-rate schedule and whole-batch epochs."""
+
+    def __init__(self, *args, settings: Settings, **kwargs):
+        self.settings = settings
+        super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            model = self.model if model is None else model
+            params = [p for p in model.parameters() if p.requires_grad]
+            try:
+                self.optimizer = optimizer_class(self.settings.optimizer_name)(
+                    params, **self.settings.optimizer_kwargs)
+            except TypeError as exc:
+                raise RecipeError(f"policy.optimizer.kwargs do not fit {self.settings.optimizer_name}: {exc}") from None
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None:
+            try:
+                self.lr_scheduler = build_scheduler(optimizer or self.optimizer, self.settings.scheduler)
+            except TypeError as exc:
+                raise RecipeError(f"policy.scheduler: {exc}") from None
+        return self.lr_scheduler
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        return WholeBatchSampler(len(dataset), self.settings.train_global_batch_size,
+                                 self.settings.shuffle, self.settings.seed)
+
+
+class NemoLoop(TrainerCallback):
+    """When to validate and save, by NeMo RL's DPO loop rather than Trainer strategies.
+
+    Validation after step N when `val_period` divides N, or at the last step with `val_at_end`;
+    a checkpoint when `save_period` divides N and at the last step. (`val_at_start` is run
+    before training by the runner, on a fresh start only, as NeMo RL does.)
+    """
+
+    def __init__(self, settings: Settings, has_validation: bool):
+        self.settings, self.has_validation = settings, has_validation
+
+    def on_step_end(self, args, state, control, **kwargs):
+        step, last = state.global_step, state.global_step >= state.max_steps
+        s = self.settings
+        control.should_evaluate = self.has_validation and (
+            (s.val_period > 0 and step % s.val_period == 0) or (s.val_at_end and last))
+        control.should_save = s.checkpointing and (step % s.save_period == 0 or last)
+        return control

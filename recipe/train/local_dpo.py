@@ -1,0 +1,228 @@
+"""`python -m recipe.train.local_dpo --config FILE [overrides]`: NeMo RL's DPO run, on the CPU.
+
+The same command line as NeMo RL's `examples/run_dpo.py`, so it can stand where that script is
+expected (a container or Slurm test without GPUs), and the same config file the GPU launchers
+write. Training is Hugging Face TRL's `DPOTrainer` (recipe.train.local.trainer); this module reads
+the config (recipe.train.local.settings), says what maps where and what is ignored, finds the
+model (a local folder only: `HF_HUB_OFFLINE=1`; `gym-dpo/tiny` is built), resumes from the latest
+`checkpoint_dir/step_N`, and leaves in the config's folder (the run folder):
+- `metrics.jsonl`: per-step metrics under NeMo RL's names;
+- `model/`: the final policy as a Hugging Face folder;
+- `trl_settings.json`: what TRL was told, the keys ignored, and the resume point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from recipe.errors import RecipeError
+
+PREFIX = "[local_dpo]"
+
+
+def say(message: str) -> None:
+    """One line on stderr that does not break a running progress bar."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"{PREFIX} {message}", file=sys.stderr)
+
+
+def _quiet_environment() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")          # never reach a hub
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    # TRL 1.16 still sets the argument transformers 5 renamed: a warning per step, nothing to act on
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
+
+
+def local_model(name: str, key: str, settings) -> str:
+    """A model/tokenizer name as a local folder: `gym-dpo/tiny` is built, hub ids are refused."""
+    from recipe.train import tiny_model
+
+    if name == tiny_model.TINY_NAME:
+        return tiny_model.resolve_model_name(name, settings.run_dir, settings.train.path)
+    path = Path(name).expanduser()
+    needs = "tokenizer_config.json" if key.endswith("tokenizer.name") else "config.json"
+    if (path / needs).is_file():
+        return str(path.absolute())
+    raise RecipeError(f"{key}={name!r} is not a local Hugging Face folder: the CPU runner never "
+                      f"downloads (HF_HUB_OFFLINE=1). Give a folder ({key}=/path/to/model) or use "
+                      f"{tiny_model.TINY_NAME} (model=tiny)")
+
+
+def _import_training():
+    try:
+        import torch  # noqa: F401
+        import trl  # noqa: F401
+    except ImportError as exc:
+        raise RecipeError(f"the CPU runner needs the local extra ({exc.name} is missing): "
+                          "pip install -e '.[local]'") from None
+
+
+def describe(settings, max_steps: int, steps_per_epoch: int, train_pairs: int) -> list[str]:
+    loss_types, loss_weights = settings.trl_loss()
+    lines = [
+        f"config {settings.config_path}",
+        f"policy {settings.model_name} -> TRL DPOTrainer on CPU, float32",
+        f"beta={settings.beta} (dpo.reference_policy_kl_penalty), loss_type={loss_types} "
+        f"loss_weights={loss_weights} (preference/sft weights, preference_average_log_probs="
+        f"{settings.preference_average_log_probs})",
+        f"{train_pairs} train pairs, {settings.train_global_batch_size} per step "
+        f"({settings.train_micro_batch_size} per micro-batch): {steps_per_epoch} step(s) per epoch, "
+        f"{max_steps} step(s) = min(dpo.max_num_steps={settings.max_num_steps}, "
+        f"dpo.max_num_epochs={settings.max_num_epochs} x {steps_per_epoch})",
+        f"optimizer {settings.optimizer_name} {settings.optimizer_kwargs}, max_grad_norm="
+        f"{settings.max_grad_norm}, max_length={settings.max_total_sequence_length}",
+    ]
+    lines += settings.notes
+    for reason, keys in settings.ignored.items():
+        shown = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+        lines.append(f"ignored ({reason}): {shown}")
+    return lines
+
+
+def run(config_path: str | Path, overrides: list[str]) -> Path:
+    """Train; returns the final model folder."""
+    _quiet_environment()
+    from recipe.train.local import settings as settings_mod
+
+    config, notes = settings_mod.load(Path(config_path), overrides)
+    settings = settings_mod.from_config(config, Path(config_path), notes)
+    _import_training()
+
+    import torch
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from trl import DPOConfig
+
+    from recipe.train.local import checkpoints, data, metrics
+    from recipe.train.local.trainer import NemoLoop, NemoStyleDPOTrainer
+
+    hf_logging.disable_progress_bar()  # weight loading/saving bars; ours show steps and tokenization
+    model_path = local_model(settings.model_name, "policy.model_name", settings)
+    tokenizer_path = (model_path if settings.tokenizer_name == settings.model_name
+                      else local_model(settings.tokenizer_name, "policy.tokenizer.name", settings))
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    if not tokenizer.chat_template:
+        raise RecipeError(f"the tokenizer in {tokenizer_path} has no chat template: the pairs are chat "
+                          "messages (use an instruct model's folder, or gym-dpo/tiny)")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    train_set = data.load(settings.train)
+    wants_val = settings.val_period > 0 or settings.val_at_start or settings.val_at_end
+    val_limit = settings.val_batches * settings.val_global_batch_size if settings.val_batches > 0 else None
+    val_set = data.load(settings.validation, val_limit) if settings.validation and wants_val else None
+    steps_per_epoch = len(train_set) // settings.train_global_batch_size
+    if steps_per_epoch == 0:
+        raise RecipeError(f"{settings.train.path} has {len(train_set)} pairs, fewer than "
+                          f"policy.train_global_batch_size={settings.train_global_batch_size}: NeMo RL "
+                          "drops the partial batch, so there is no training step")
+    max_steps = min(settings.max_num_steps, settings.max_num_epochs * steps_per_epoch)
+
+    resume = checkpoints.latest(settings.checkpoint_dir) if settings.checkpointing else None
+    for path in checkpoints.clear_partial(settings.checkpoint_dir):
+        say(f"removed {path}: an interrupted save")
+    for line in describe(settings, max_steps, steps_per_epoch, len(train_set)):
+        say(line)
+    if resume:
+        say(f"resuming from {resume} (same checkpointing.checkpoint_dir)")
+
+    loss_types, loss_weights = settings.trl_loss()
+    args = DPOConfig(
+        output_dir=str(settings.checkpoint_dir), use_cpu=True, report_to=[], bf16=False, fp16=False,
+        gradient_checkpointing=False, seed=settings.seed, data_seed=settings.seed,
+        per_device_train_batch_size=settings.train_micro_batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        per_device_eval_batch_size=settings.val_micro_batch_size,
+        max_steps=max_steps, learning_rate=float(settings.optimizer_kwargs.get("lr", 0.0)),
+        max_grad_norm=settings.max_grad_norm or 0.0,
+        beta=settings.beta, loss_type=loss_types, loss_weights=loss_weights,
+        max_length=settings.max_total_sequence_length,
+        logging_steps=1, eval_strategy="no", save_strategy="no",  # NemoLoop decides both
+        dataloader_pin_memory=False, model_init_kwargs={"dtype": torch.float32},
+    )
+    log_path = settings.run_dir / "metrics.jsonl"
+    resume_step = int(resume.name.split("_")[1]) if resume else None
+    metrics_log = metrics.MetricsLog(log_path, resume_step)
+    preference_only = settings.preference_loss_weight if not settings.sft_loss_weight else None
+    trainer = NemoStyleDPOTrainer(
+        model=model_path, args=args, train_dataset=train_set, eval_dataset=val_set,
+        processing_class=tokenizer, settings=settings,
+        callbacks=[NemoLoop(settings, has_validation=val_set is not None),
+                   metrics.NemoMetrics(metrics_log, preference_only, say),
+                   checkpoints.NemoCheckpoints(settings, metrics_log, say)])
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    if len(trainer.train_dataset) != len(train_set):  # TRL drops pairs whose prompt fills max_length
+        kept = len(trainer.train_dataset)
+        say(f"{len(train_set) - kept} train pair(s) dropped by TRL: their prompt alone fills "
+            f"max_total_sequence_length={settings.max_total_sequence_length}")
+        steps_per_epoch = kept // settings.train_global_batch_size
+        if steps_per_epoch == 0:
+            raise RecipeError("after dropping over-length prompts no whole batch is left: raise "
+                              "policy.max_total_sequence_length or lower the batch size")
+        trainer.args.max_steps = max_steps = min(settings.max_num_steps,
+                                                 settings.max_num_epochs * steps_per_epoch)
+
+    _write_settings(settings, args, resume, max_steps, len(trainer.train_dataset),
+                    0 if val_set is None else len(val_set))
+    started = time.monotonic()
+    if resume is None and val_set is not None and settings.val_at_start:
+        trainer.evaluate()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    final = settings.run_dir / "model"
+    trainer.save_model(str(final))
+    tokenizer.save_pretrained(str(final))
+    done = trainer.state.global_step - (resume_step or 0)
+    say(f"at step {trainer.state.global_step} of {max_steps} ({done} trained now, in "
+        f"{time.monotonic() - started:.1f}s); final model {final}, metrics {log_path}")
+    return final
+
+
+def _write_settings(settings, args, resume, max_steps: int, train_pairs: int, val_pairs: int) -> None:
+    fields = ("per_device_train_batch_size", "gradient_accumulation_steps", "per_device_eval_batch_size",
+              "max_steps", "learning_rate", "max_grad_norm", "beta", "loss_type", "loss_weights",
+              "max_length", "seed")
+    record = {
+        "config": str(settings.config_path),
+        "dpo_config": {name: getattr(args, name) for name in fields},
+        "optimizer": {"name": settings.optimizer_name, "kwargs": settings.optimizer_kwargs},
+        "scheduler": settings.scheduler,
+        "train_pairs": train_pairs, "val_pairs": val_pairs, "max_steps": max_steps,
+        "resumed_from": str(resume) if resume else None,
+        "notes": settings.notes, "ignored": settings.ignored,
+    }
+    (settings.run_dir / "trl_settings.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m recipe.train.local_dpo",
+        description="Run NeMo RL's DPO config on the CPU with Hugging Face TRL "
+                    "(same command line as NeMo RL's examples/run_dpo.py).")
+    parser.add_argument("--config", required=True, help="the NeMo RL DPO YAML (nemo_rl_dpo.yaml)")
+    parser.add_argument("overrides", nargs="*", help="Hydra-style overrides: k=v, +k=v, ++k=v, ~k")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args.config, args.overrides)
+    except RecipeError as exc:
+        print(f"{PREFIX} error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
