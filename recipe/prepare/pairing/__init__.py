@@ -1,21 +1,31 @@
-"""Pairing strategies: one module each, all behind `pair_group`.
+"""Pairing strategies: one module each, all behind `strategy(name)`.
 
 A strategy sees one group of comparable rollouts (their scores, response hashes and order) and
-returns (chosen, rejected) positions. The guarantees every strategy shares live here: a pair is
-never a tie, never two identical responses, respects `min_gap`, is capped by
-`max_pairs_per_prompt`, and is deterministic under `seed` whatever order the groups come in.
+returns (chosen, rejected) positions. What every strategy shares lives here, so that a strategy
+module holds only its own choice:
+- the scores it ranks by: rewards normalised per group (`normalize`), minus
+  `length_penalty` x length (`scores`);
+- the guarantees: a pair is never a tie, never two identical responses, respects `min_gap`
+  (`Group.can_pair`), and is deterministic under `seed` whatever order the groups come in
+  (`Group.rng`);
+- the cap `max_pairs_per_prompt`, applied to what the strategy chose (its `KEEP` says which
+  pairs stay: the largest gaps, or a sample drawn under the group's seed).
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 import random
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-STRATEGIES = ("same_prompt", "stratified", "all_pairs")
+STRATEGIES = ("same_prompt", "stratified", "all_pairs", "distribution", "best_vs_subset_worst")
+NORMALIZATIONS = ("none", "zscore", "rank")
+# Options every strategy takes, with the values that leave rewards and pairs as they are.
+SHARED = {"min_gap": 0.0, "max_pairs_per_prompt": None, "normalize": "none", "length_penalty": 0.0}
 
 
 @dataclass(frozen=True)
@@ -25,6 +35,11 @@ class Group:
     scores: np.ndarray  # what the strategy ranks by
     responses: np.ndarray  # response hashes: equal hash = identical text
     seed: int  # per-group seed: the same group pairs the same way in any run
+    rewards: np.ndarray | None = None  # normalised rewards, no length term (thresholds); None: scores
+
+    def __post_init__(self):
+        if self.rewards is None:
+            object.__setattr__(self, "rewards", self.scores)
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -44,13 +59,78 @@ class Group:
 Select = Callable[[Group, dict], list[tuple[int, int]]]
 
 
-def strategy(name: str) -> Select:
+def _module(name: str):
     if name not in STRATEGIES:
         raise ValueError(f"unknown pairing strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
-    return importlib.import_module(f"recipe.prepare.pairing.{name}").select
+    return importlib.import_module(f"recipe.prepare.pairing.{name}")
+
+
+def strategy(name: str) -> Select:
+    """The strategy's choice for one group, capped at `max_pairs_per_prompt`."""
+    module = _module(name)
+    keep = getattr(module, "KEEP", "largest_gaps")
+
+    def select(group: Group, options: dict) -> list[tuple[int, int]]:
+        return cap(group, module.select(group, options), options.get("max_pairs_per_prompt"), keep)
+
+    return select
+
+
+def cap(group: Group, pairs: list[tuple[int, int]], limit: int | None, keep: str):
+    """At most `limit` pairs: the largest gaps, or a sample under the group's seed (a fair draw
+    rather than always the first in the file)."""
+    if limit is None or len(pairs) <= limit:
+        return pairs
+    if keep == "seeded_sample":
+        return sorted(group.rng().sample(pairs, limit))
+    return best_gaps_first(group, pairs, limit)
 
 
 def best_gaps_first(group: Group, candidates: list[tuple[int, int]], cap: int | None):
     """Largest gap first, then input order; at most `cap` (None = all)."""
     candidates = sorted(candidates, key=lambda p: (-(group.scores[p[0]] - group.scores[p[1]]), p))
     return candidates if cap is None else candidates[:cap]
+
+
+def resolve_options(name: str, options: dict) -> dict:
+    """The options a strategy runs with: shared defaults filled in, every value checked
+    (ValueError says which), so a bad value stops the run before the input is read."""
+    module = _module(name)
+    resolved = {**SHARED, **options}
+    if resolved["normalize"] not in NORMALIZATIONS:
+        raise ValueError(f"data_prep.normalize={resolved['normalize']!r}: choose one of "
+                         f"{', '.join(NORMALIZATIONS)}")
+    for key in ("min_gap", "length_penalty"):
+        value = resolved[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"data_prep.{key}={value!r}: must be a number >= 0")
+    limit = resolved["max_pairs_per_prompt"]
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"data_prep.max_pairs_per_prompt={limit!r}: must be an integer >= 1, or null")
+    if hasattr(module, "check"):
+        module.check(resolved)
+    return resolved
+
+
+def normalize(rewards: np.ndarray, how: str) -> np.ndarray:
+    """Rewards of one group on a common scale, so that `min_gap` means the same in every
+    environment: `zscore` (in standard deviations from the group mean) or `rank` (0 for the
+    lowest, 1 for the highest; equal rewards share their mean rank). Ties stay ties."""
+    if how == "none":
+        return rewards
+    n = len(rewards)
+    if n < 2 or rewards.min() == rewards.max():
+        return np.zeros(n)  # nothing to tell apart: every reward sits at the same place
+    if how == "zscore":
+        return (rewards - rewards.mean()) / rewards.std()
+    _, inverse, counts = np.unique(rewards, return_inverse=True, return_counts=True)
+    mean_position = np.cumsum(counts) - (counts + 1) / 2  # 0-based positions, averaged over ties
+    return mean_position[inverse] / (n - 1)
+
+
+def scores(rewards: np.ndarray, lengths: np.ndarray, options: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(scores to rank by, normalised rewards) of one group: normalised reward minus
+    `length_penalty` x length, the counter to responses that grow longer every iteration."""
+    normalized = normalize(rewards, options["normalize"])
+    penalty = options["length_penalty"]
+    return (normalized - penalty * lengths.astype(np.float64) if penalty else normalized), normalized

@@ -1,10 +1,13 @@
-"""Every pair of the group whose gap reaches `min_gap`, largest gaps first, capped per group."""
+"""Every pair of the group whose gap reaches `min_gap`, largest gaps first (the shared cap keeps
+the largest)."""
 
 from __future__ import annotations
 
 from itertools import combinations
 
 from recipe.prepare.pairing import best_gaps_first
+
+KEEP = "largest_gaps"
 
 
 def select(group, options: dict) -> list[tuple[int, int]]:
@@ -13,4 +16,4 @@ def select(group, options: dict) -> list[tuple[int, int]]:
         chosen, rejected = (a, b) if group.scores[a] > group.scores[b] else (b, a)
         if group.can_pair(chosen, rejected, options["min_gap"]):
             candidates.append((chosen, rejected))
-    return best_gaps_first(group, candidates, options.get("max_pairs_per_prompt"))
+    return best_gaps_first(group, candidates, None)
