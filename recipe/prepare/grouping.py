@@ -9,6 +9,7 @@ are re-read from the input by offset when a pair is written.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Iterator
 
 import msgspec
@@ -33,17 +34,22 @@ RECORD = np.dtype([
 _encode = msgspec.json.Encoder(order="sorted").encode
 
 
-def identity(file_index: int, agent: str | None, task_index: int | None, group_value) -> object:
-    """The task identity part of a group key (None when the row carries none)."""
+def identity(file_index: int, agent: str | None, task_index: int | None, group_value) -> bytes:
+    """The task identity part of a group key, encoded (`null` when the row carries none)."""
     if group_value is not msgspec.UNSET:
-        return ["field", group_value]
+        return _encode(["field", group_value])
+    return _task_identity(file_index, agent, task_index)
+
+
+@lru_cache(maxsize=1 << 16)
+def _task_identity(file_index: int, agent: str | None, task_index: int | None) -> bytes:
     if task_index is None and agent is None:
-        return None
+        return b"null"
     # task indices restart at 0 in every collection run: scope them to their file
-    return ["task", agent, task_index, file_index if task_index is not None else None]
+    return _encode(["task", agent, task_index, file_index if task_index is not None else None])
 
 
-def keys(raw_input, instructions: str | None, task: object) -> tuple[int, int, int]:
+def keys(raw_input, instructions: str | None, task: bytes) -> tuple[int, int, int]:
     """(group key high, group key low, context hash) of one rollout.
 
     The context is identified by the request's `input` exactly as written plus `instructions`:
@@ -52,7 +58,7 @@ def keys(raw_input, instructions: str | None, task: object) -> tuple[int, int, i
     hasher = xxhash.xxh3_128(raw_input)
     hasher.update(b"\x00" + instructions.encode() if instructions is not None else b"\x01")
     context = hasher.digest()
-    group = xxhash.xxh3_128_digest(context + _encode(task))
+    group = xxhash.xxh3_128_digest(context + task)
     return (int.from_bytes(group[:8], "little"), int.from_bytes(group[8:], "little"),
             int.from_bytes(context[:8], "little"))
 
