@@ -24,6 +24,7 @@ STAGES: dict[str, list[str]] = {
     "train": ["recipe.train.stage"],                     # NeMo RL config, checks, launcher
     "all": ["recipe.prepare.stage", "recipe.train.stage"],
     "lock_image": ["recipe.train.container"],            # record the pulled image's digest
+    "compare_strategies": ["recipe.prepare.compare"],    # every pairing strategy side by side, no files
 }
 
 
