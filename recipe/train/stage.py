@@ -70,8 +70,9 @@ def build_plan(cfg: DictConfig) -> tuple[LaunchPlan, prepared.PreparedData]:
                                    nemo_rl_dir=cfg.container.nemo_rl_dir,
                                    command=launchers.shell_line(launchers.nemo_rl_command(plan)))
     body = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=100)
+    validate.check_secrets(doc, str(config_path), header + body)
+    nemo_rl.write(config_path, doc, header)  # written before the checks: a refused config can be read
     validate.check(doc, data, str(config_path), header + body)
-    nemo_rl.write(config_path, doc, header)
     return plan, data
 
 

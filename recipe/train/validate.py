@@ -107,6 +107,14 @@ def secret_problems(doc: dict, text: str) -> list[str]:
     return problems
 
 
+def check_secrets(doc: dict, where: str, text: str) -> None:
+    """Refuse, before anything is written, a config that holds a secret."""
+    problems = secret_problems(doc, text)
+    if problems:
+        listing = "\n".join(f"  - {p}" for p in problems)
+        raise RecipeError(f"{where} was not written:\n{listing}")
+
+
 def check(doc: dict, data: PreparedData, where: str, text: str = "") -> None:
     """Raise one RecipeError naming every problem of `doc` (the YAML at `where`, as `text`)."""
     problems = schema_problems(doc)
