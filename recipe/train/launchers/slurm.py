@@ -48,8 +48,10 @@ def script_source(plan: LaunchPlan) -> Path:
 
 
 def job_name(plan: LaunchPlan) -> str:
-    """launcher.job_name + a hash of the run folder: unique per run, the same on resubmit."""
-    base = re.sub(r"[^A-Za-z0-9_.-]", "-", str(plan.launcher.job_name))[:80]
+    """launcher.job_name (or gym-dpo-<run folder>) + a hash of the run folder: unique per run,
+    the same when the run is submitted again."""
+    base = plan.launcher.get("job_name") or f"gym-dpo-{plan.run_dir.name}"
+    base = re.sub(r"[^A-Za-z0-9_.-]", "-", str(base))[:80]
     return f"{base}-{hashlib.sha256(str(plan.run_dir).encode()).hexdigest()[:8]}"
 
 

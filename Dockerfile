@@ -1,0 +1,37 @@
+# gym-dpo on top of the NeMo RL container: the CLI in its own venv, NeMo RL untouched at
+# /opt/nemo-rl (its Python env stays /opt/nemo_rl_venv; our pins never change NeMo RL's packages).
+#
+#   docker compose build recipe                       # FROM the pinned image below
+#   docker build --build-arg BASE_IMAGE=gym-dpo-base:bookworm -t gym-dpo:test .   # tests: a local base
+#
+# BASE_IMAGE is pinned by tag AND digest. The digest below is a placeholder until
+# `gym-dpo stage=lock_image` (after `docker pull nvcr.io/nvidia/nemo-rl:v0.7.0`) writes the
+# digest of the image you pulled here and into container.lock.json; until then a build without
+# --build-arg BASE_IMAGE fails on the invalid reference, on purpose.
+ARG BASE_IMAGE=nvcr.io/nvidia/nemo-rl:v0.7.0@sha256:REPLACE_WITH_DIGEST__run_gym-dpo_stage=lock_image
+FROM ${BASE_IMAGE}
+
+ARG BASE_IMAGE
+ARG GYM_DPO_VERSION=0.1.0
+ARG PYTHON=python3
+LABEL org.opencontainers.image.title="gym-dpo" \
+      org.opencontainers.image.description="NeMo Gym rollouts -> DPO pairs -> NeMo RL DPO" \
+      org.opencontainers.image.version="${GYM_DPO_VERSION}" \
+      org.opencontainers.image.base.name="${BASE_IMAGE}"
+# The launch checks this digest against container.lock.json (recipe/train/container.py).
+ENV GYM_DPO_BASE_IMAGE=${BASE_IMAGE} \
+    HF_HOME=/root/.cache/huggingface \
+    PYTHONUNBUFFERED=1
+
+COPY . /src/gym-dpo
+RUN ${PYTHON} -m venv /opt/gym-dpo \
+ && /opt/gym-dpo/bin/pip install --no-cache-dir "/src/gym-dpo[docker]" \
+ && ln -s /opt/gym-dpo/bin/gym-dpo /usr/local/bin/gym-dpo \
+ && mkdir -p /workspace/results \
+ && if [ -f /src/gym-dpo/container.lock.json ]; then cp /src/gym-dpo/container.lock.json /workspace/; fi \
+ && rm -rf /src/gym-dpo \
+ && gym-dpo --help >/dev/null
+
+# results/ (a mount) holds the run folders; container.lock.json sits beside it.
+WORKDIR /workspace
+ENTRYPOINT ["gym-dpo"]
