@@ -42,7 +42,8 @@ def test_every_group_option_composes_with_every_launcher(launcher):
         resolved = OmegaConf.to_container(cfg, resolve=True)  # no dangling interpolation, no ???
         assert resolved["launcher"]["name"] == launcher
         assert resolved["policy"]["model_name"]
-        assert resolved["launcher"]["runner"] and resolved["launcher"]["workdir"]
+        assert resolved["launcher"]["runner"] and "workdir" in resolved["launcher"]  # the seam's keys
+        assert resolved["launcher"]["gpus_per_node"] >= 1 and resolved["launcher"]["nodes"] >= 1
 
 
 def test_default_model_is_the_tiny_literal_and_launcher_a_dry_run():
