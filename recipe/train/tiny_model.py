@@ -166,9 +166,11 @@ def _write_model(texts: list[str], folder: Path) -> None:
         import torch
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
         from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+        from transformers.utils import logging as hf_logging
     except ImportError as exc:
         raise RecipeError(f"building {TINY_NAME} needs the local extra ({exc.name} is missing): "
                           "pip install -e '.[local]'") from None
+    hf_logging.disable_progress_bar()  # a one-shard save needs no bar
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()

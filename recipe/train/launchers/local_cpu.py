@@ -1,0 +1,49 @@
+"""The default profile: train here on the CPU with TRL, from the NeMo RL config the stage wrote.
+
+The command is the CPU runner's (`python -m recipe.train.local_dpo --config <yaml> [overrides]`,
+the command line of NeMo RL's run_dpo.py) run as a child process of the CLI with this Python, its
+output on the terminal and in `<run_dir>/train.log`. The child never reaches a hub
+(HF_HUB_OFFLINE=1).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from recipe.train.launchers import LaunchPlan, nemo_rl_command, shell_line
+
+
+def build_command(plan: LaunchPlan) -> list[str]:
+    argv = nemo_rl_command(plan)
+    if argv[0] == "python":  # the interpreter that has gym-dpo (and its local extra) installed
+        argv[0] = sys.executable
+    return argv
+
+
+def _workdir(plan: LaunchPlan) -> Path:
+    return Path(plan.launcher.workdir or os.getcwd())
+
+
+def environment(plan: LaunchPlan) -> dict[str, str]:
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    if plan.launcher.get("threads"):
+        env["OMP_NUM_THREADS"] = str(int(plan.launcher.threads))
+    env.update({str(k): str(v) for k, v in (plan.launcher.env or {}).items()})
+    return env
+
+
+def describe(plan: LaunchPlan) -> str:
+    return shell_line(build_command(plan), _workdir(plan))
+
+
+def command_record(plan: LaunchPlan) -> dict:
+    return {"executor": "subprocess", "cwd": str(_workdir(plan)), "env": environment(plan)}
+
+
+def launch(plan: LaunchPlan) -> int:
+    from recipe.train.executors import subprocess_run
+
+    return subprocess_run.run(build_command(plan), _workdir(plan), plan.run_dir / "train.log",
+                              environment(plan))
