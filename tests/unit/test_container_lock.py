@@ -95,3 +95,15 @@ def test_lock_image_is_a_cli_stage(tmp_path):
                              f"hydra.run.dir={tmp_path / 'h'}"], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "lock.json").read_text())["digest"] == D2
+
+
+def test_image_version_label_and_compose_tag_follow_the_package_version():
+    import tomllib
+
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert f"ARG GYM_DPO_VERSION={version}\n" in (REPO / "Dockerfile").read_text()
+    compose = (REPO / "compose.yaml").read_text()
+    assert f"image: ${{GYM_DPO_IMAGE:-gym-dpo:{version}}}" in compose
+    for secret in ("HF_TOKEN", "WANDB_API_KEY"):  # passed by name only
+        assert f"    - {secret}\n" in compose and f"{secret}=" not in compose
+    assert "ipc: host" in compose and "memlock: -1" in compose and "capabilities: [gpu]" in compose

@@ -68,8 +68,8 @@ def container_spec(plan, argv: list[str], environ=None) -> dict:
         "labels": {"gym-dpo.run_dir": str(plan.run_dir), "gym-dpo.config": str(plan.config_path)},
         "volumes": volumes,
         "environment": environment,
-        "ulimits": [{"name": "memlock", "soft": int(options.memlock), "hard": int(options.memlock)},
-                    {"name": "stack", "soft": int(options.stack), "hard": int(options.stack)}],
+        "ulimits": [{"name": name, "soft": int(options[name]), "hard": int(options[name])}
+                    for name in ("memlock", "stack") if options.get(name) is not None],
         "device_requests": ([{"count": int(launcher.gpus_per_node), "capabilities": GPU_CAPABILITIES}]
                             if options.gpus else []),
     }
@@ -151,7 +151,10 @@ def run(spec: dict, log_path: Path, remove: bool = True, client=None) -> int:
                 box.stop(timeout=30)
                 return 130
     except docker.errors.APIError as exc:
-        raise RecipeError(f"container {spec['name']} failed to start: {exc.explanation or exc}") from None
+        hint = (" (this engine may not allow raising that ulimit: launcher.docker.memlock=null or "
+                "launcher.docker.stack=null leaves it as the engine's default)"
+                if "rlimit" in str(exc) else "")
+        raise RecipeError(f"container {spec['name']} failed to start: {exc.explanation or exc}{hint}") from None
     finally:
         if remove:
             try:
