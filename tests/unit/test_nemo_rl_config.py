@@ -154,3 +154,20 @@ def test_the_cli_writes_the_run_folder(tmp_path):
         assert (run / name).is_file(), name
     assert yaml.safe_load((run / "nemo_rl_dpo.yaml").read_text())["dpo"]["max_num_steps"] == 3
     assert "dpo.max_num_steps=3" in (run / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_stage_all_prepares_then_trains_on_what_it_prepared(tmp_path):
+    from train_helpers import SAMPLE
+
+    if not SAMPLE.is_file():
+        pytest.skip("samples/rollouts.jsonl is not there")
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "recipe", "stage=all", f"data.input={SAMPLE}", f"run_dir={run}",
+         "launcher=dry_run", "model=qwen2.5-1.5b", "policy.train_global_batch_size=4",
+         "data.workers=1", f"container.lock_file={tmp_path / 'lock.json'}"],
+        capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    doc = yaml.safe_load((run / "nemo_rl_dpo.yaml").read_text())
+    assert doc["data"]["train"]["data_path"] == str(run / "data" / "train.jsonl")
+    assert (run / "data" / "manifest.json").is_file() and (run / "command.txt").is_file()
