@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The project's test command (README, .ci/run): install the package with the extras the tests
+# use, bring up the real engines the integration tests drive, run pytest, tear Slurm down.
+#
+#   bash tests/run.sh                 # everything
+#   bash tests/run.sh tests/unit -q   # arguments go to pytest
+#
+# As root (CI, a disposable VM) it installs and starts a Docker engine, the local stand-in for
+# the NeMo RL image and a 2-node Slurm cluster (tests/infra/). Otherwise it uses what is already
+# running, and the tests that need a missing tool skip with a one-line reason.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python -m pip install --quiet -e '.[test,local,docker]'
+
+if [ "$(id -u)" = 0 ] && [ "${GYM_DPO_SKIP_INFRA:-0}" != 1 ]; then
+    bash tests/infra/docker_up.sh
+    GYM_DPO_BASE_IMAGE=$(bash tests/infra/base_image.sh)
+    export GYM_DPO_BASE_IMAGE
+    eval "$(bash tests/infra/slurm_up.sh)"   # exports SLURM_CONF
+    trap 'bash tests/infra/slurm_down.sh' EXIT
+fi
+
+python -m pytest "$@"
