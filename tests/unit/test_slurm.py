@@ -90,7 +90,9 @@ def test_bare_metal_job_env(tmp_path):
 
 def test_overlapping_ray_ports_are_refused(tmp_path):
     with pytest.raises(RecipeError, match="must not overlap"):
-        slurm.job_env(plan_for(tmp_path, "launcher.ports.worker_min_worker=10400"))
+        slurm.job_env(plan_for(tmp_path, "launcher.ports.worker_worker_range=10400-10600"))
+    with pytest.raises(RecipeError, match="must all differ"):
+        slurm.job_env(plan_for(tmp_path / "b", "launcher.ports.worker_base=53003"))
 
 
 def test_pyxis_image_names():
@@ -107,8 +109,8 @@ def _exe(path: Path, text: str) -> None:
 
 @pytest.fixture
 def fake_slurm(tmp_path):
-    """srun/scontrol/ray/python stand-ins on PATH: srun runs each node's script here, in sequence
-    of start, and records its options; `ray start --block` waits until the head stops."""
+    """srun/scontrol/ray/python stand-ins on PATH: srun runs each node's script here and records
+    its options; `ray start --block` blocks until its step is ended (SIGTERM)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "calls"
@@ -122,17 +124,20 @@ def fake_slurm(tmp_path):
         out=/dev/stdout; for a in "$@"; do case $a in --output=*) out=${{a#--output=}};; esac; done
         out=${{out//%t/0}}
         script=${{@: -1}}
-        bash -c "$script" >> "$out" 2>&1
+        bash -c "$script" >> "$out" 2>&1 &
+        child=$!
+        trap 'kill -TERM $child 2>/dev/null' TERM   # as srun passes SIGTERM on to its tasks
+        wait $child
         """)
     _exe(bin_dir / "ray", f"""\
         #!/bin/bash
         echo "ray $*" >> {calls}
-        if [[ " $* " == *" --block "* ]]; then while [[ ! -f {tmp_path}/stopped ]]; do sleep 0.2; done; fi
-        if [[ "$1" == stop ]]; then touch {tmp_path}/stopped; fi
+        if [[ " $* " == *" --block "* ]]; then for _ in $(seq 300); do sleep 0.1; done; fi
         """)
     _exe(bin_dir / "fakepython", f"""\
         #!/bin/bash
-        # like the real check: return once the worker's `ray start --address` has joined
+        # like the real check: publish the head's address, return once the worker has joined
+        printf %s "$RAY_ADDRESS" > "$ADDRESS_FILE"
         for _ in $(seq 100); do grep -q "^ray start --address" {calls} && break; sleep 0.1; done
         echo "python waits for $NUM_NODES nodes" >> {calls}
         cat > /dev/null
@@ -146,7 +151,8 @@ def test_the_sbatch_script_runs_head_workers_and_driver(tmp_path, fake_slurm):
     env_file.write_text(slurm.render_env({
         "COMMAND": "echo driver in $PWD; exit 7", "WORKDIR": str(tmp_path), "CONTAINER": "img#x:1",
         "CONTAINER_MOUNTS": f"{tmp_path}:{tmp_path}", "SETUP": "", "LOG_ROOT": str(tmp_path / "logs"),
-        "RAY": "ray", "PYTHON": "fakepython", "NODE_TIMEOUT": "20", "RAY_NODE_IP": "127.0.0.1"}))
+        "RAY": "ray", "PYTHON": "fakepython", "NODE_TIMEOUT": "20", "RAY_HEAD_IP": "127.0.0.2",
+        "RAY_WORKER_IP": "127.0.0.3"}))
     environ = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "42",
                "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_RESTART_COUNT": "1"}
     result = subprocess.run(["bash", str(SCRIPT), str(env_file)], env=environ, capture_output=True,
@@ -162,8 +168,12 @@ def test_the_sbatch_script_runs_head_workers_and_driver(tmp_path, fake_slurm):
     assert "--nodes=1" in head
     workers = next(l for l in log.splitlines() if l.startswith("srun") and "--exclude=node1" in l)
     assert "--nodes=1 --ntasks=1" in workers
-    assert "ray start --head" in log and "--node-manager-port=53001" in log
-    assert "ray start --address=127.0.0.1:6379 --block" in log and "--node-manager-port=53011" in log
+    head_ray = next(l for l in log.splitlines() if l.startswith("ray start --head"))
+    assert "--block" in head_ray and "--node-ip-address=127.0.0.2" in head_ray
+    assert "--node-manager-port=53000" in head_ray and "--min-worker-port=10002" in head_ray
+    worker_ray = next(l for l in log.splitlines() if l.startswith("ray start --address"))
+    assert "--address=127.0.0.2:6379 --block" in worker_ray and "--node-ip-address=127.0.0.3" in worker_ray
+    assert "--node-manager-port=53100" in worker_ray and "--max-worker-port=11000" in worker_ray
     assert "python waits for 2 nodes" in log
 
 

@@ -106,16 +106,14 @@ def job_env(plan: LaunchPlan) -> dict[str, str]:
         "RAY": str(launcher.ray),
         "PYTHON": str(launcher.python),
         "NODE_TIMEOUT": str(int(launcher.node_timeout)),
-        "RAY_HEAD_PORT": str(ports.head),
+        "RAY_GCS_PORT": str(ports.gcs),
         "RAY_DASHBOARD_PORT": str(ports.dashboard),
-        "RAY_HEAD_NODE_MANAGER_PORT": str(ports.head_node_manager),
-        "RAY_HEAD_OBJECT_MANAGER_PORT": str(ports.head_object_manager),
-        "RAY_HEAD_MIN_WORKER_PORT": str(ports.head_min_worker),
-        "RAY_HEAD_MAX_WORKER_PORT": str(ports.head_max_worker),
-        "RAY_WORKER_NODE_MANAGER_PORT": str(ports.worker_node_manager),
-        "RAY_WORKER_OBJECT_MANAGER_PORT": str(ports.worker_object_manager),
-        "RAY_WORKER_MIN_WORKER_PORT": str(ports.worker_min_worker),
-        "RAY_WORKER_MAX_WORKER_PORT": str(ports.worker_max_worker),
+        "RAY_HEAD_PORT_BASE": str(ports.head_base),
+        "RAY_WORKER_PORT_BASE": str(ports.worker_base),
+        "RAY_HEAD_WORKER_PORTS": str(ports.head_worker_range),
+        "RAY_WORKER_WORKER_PORTS": str(ports.worker_worker_range),
+        "RAY_HEAD_IP": str(launcher.head_ip or ""),
+        "RAY_WORKER_IP": str(launcher.worker_ip or ""),
     }
     if launcher.get("hf_cache"):
         env["HF_HOME"] = str(Path(str(launcher.hf_cache)).expanduser().absolute())
@@ -124,17 +122,25 @@ def job_env(plan: LaunchPlan) -> dict[str, str]:
     return env
 
 
+def _range(text) -> range:
+    try:
+        low, high = (int(v) for v in str(text).split("-"))
+    except ValueError:
+        raise RecipeError(f"launcher.ports: {text!r} is not a MIN-MAX port range") from None
+    return range(low, high + 1)
+
+
 def _check_ports(ports) -> None:
-    head = range(int(ports.head_min_worker), int(ports.head_max_worker) + 1)
-    worker = range(int(ports.worker_min_worker), int(ports.worker_max_worker) + 1)
+    """Every port distinct: the head's and the workers' may share one host (tests, small nodes)."""
+    head, worker = _range(ports.head_worker_range), _range(ports.worker_worker_range)
     if not head or not worker or set(head) & set(worker):
-        raise RecipeError(f"launcher.ports: the head's worker ports {ports.head_min_worker}-"
-                          f"{ports.head_max_worker} and the workers' {ports.worker_min_worker}-"
-                          f"{ports.worker_max_worker} must be non-empty and must not overlap")
-    singles = [ports.head, ports.dashboard, ports.head_node_manager, ports.head_object_manager,
-               ports.worker_node_manager, ports.worker_object_manager]
+        raise RecipeError(f"launcher.ports: the head's worker ports {ports.head_worker_range} and the "
+                          f"workers' {ports.worker_worker_range} must be non-empty and must not overlap")
+    singles = [int(ports.gcs), int(ports.dashboard)] + [int(b) + i for b in (ports.head_base, ports.worker_base)
+                                                         for i in range(6)]
     if len(set(singles)) != len(singles) or any(p in head or p in worker for p in singles):
-        raise RecipeError(f"launcher.ports: every port must differ ({dict(ports)})")
+        raise RecipeError("launcher.ports: gcs, dashboard, the six ports from head_base and from "
+                          "worker_base, and the worker ranges must all differ")
 
 
 def render_env(env: dict[str, str]) -> str:
