@@ -23,6 +23,8 @@ STAGES: dict[str, list[str]] = {
     "prepare": ["recipe.prepare.stage"],
     "train": ["recipe.train.stage"],                     # NeMo RL config, checks, launcher
     "all": ["recipe.prepare.stage", "recipe.train.stage"],
+    "preflight": ["recipe.train.preflight"],             # write + check the config and pairs, no launch
+    "report": ["recipe.report_page"],                    # <run_dir>/report.html (plots, offline)
     "lock_image": ["recipe.train.container"],            # record the pulled image's digest
     "compare_strategies": ["recipe.prepare.compare"],    # every pairing strategy side by side, no files
 }

@@ -46,10 +46,10 @@ def test_every_group_option_composes_with_every_launcher(launcher):
         assert resolved["launcher"]["gpus_per_node"] >= 1 and resolved["launcher"]["nodes"] >= 1
 
 
-def test_default_model_is_the_tiny_literal_and_launcher_a_dry_run():
+def test_default_model_is_the_tiny_literal_and_launcher_the_cpu_runner():
     cfg = compose_config("data.input=x")
     assert cfg.policy.model_name == "gym-dpo/tiny"
-    assert cfg.launcher.dry_run is True
+    assert cfg.launcher.name == "local_cpu" and cfg.launcher.dry_run is False
 
 
 def _write(tmp_path, *overrides, data=None):
@@ -146,7 +146,7 @@ def test_the_cli_writes_the_run_folder(tmp_path):
     run = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "recipe", "stage=train", *train_overrides(tmp_path, data),
-         "dpo.max_num_steps=3"], capture_output=True, text=True, cwd=tmp_path)
+         "launcher=dry_run", "dpo.max_num_steps=3"], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"--config {run / 'nemo_rl_dpo.yaml'}" in result.stdout
     for name in (".hydra/config.yaml", "nemo_rl_dpo.yaml", "command.txt", "command.json",

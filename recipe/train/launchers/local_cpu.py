@@ -3,7 +3,8 @@
 The command is the CPU runner's (`python -m recipe.train.local_dpo --config <yaml> [overrides]`,
 the command line of NeMo RL's run_dpo.py) run as a child process of the CLI with this Python, its
 output on the terminal and in `<run_dir>/train.log`. The child never reaches a hub
-(HF_HUB_OFFLINE=1).
+(HF_HUB_OFFLINE=1). After a run that trained, `<run_dir>/report.html` is rewritten with the loss
+and accuracy curves.
 """
 
 from __future__ import annotations
@@ -43,7 +44,12 @@ def command_record(plan: LaunchPlan) -> dict:
 
 
 def launch(plan: LaunchPlan) -> int:
+    from recipe import report, report_page
     from recipe.train.executors import subprocess_run
 
-    return subprocess_run.run(build_command(plan), _workdir(plan), plan.run_dir / "train.log",
+    code = subprocess_run.run(build_command(plan), _workdir(plan), plan.run_dir / "train.log",
                               environment(plan))
+    if code == 0 and plan.data_dir is not None:
+        path = report_page.write(plan.run_dir, plan.data_dir)
+        report.console.print(f"wrote {path}", soft_wrap=True)
+    return code

@@ -208,7 +208,8 @@ def ignored_keys(config: dict) -> dict[str, list[str]]:
     return found
 
 
-def _dataset(data: dict, split: str, config_path: Path) -> Dataset | None:
+def dataset_entry(data: dict, split: str, config_path: Path) -> Dataset | None:
+    """`data.<split>` of a NeMo RL config (gaps filled from `data.default`), or None if absent."""
     entry = data.get(split)
     if entry is None:
         return None
@@ -270,8 +271,8 @@ def from_config(config: DictConfig, config_path: Path, notes: list[str] | None =
     settings = Settings(
         config_path=config_path, run_dir=config_path.parent, config=plain,
         model_name=str(get("policy.model_name")), tokenizer_name=str(get("policy.tokenizer.name")),
-        train=_dataset(plain["data"], "train", config_path),
-        validation=_dataset(plain["data"], "validation", config_path),
+        train=dataset_entry(plain["data"], "train", config_path),
+        validation=dataset_entry(plain["data"], "validation", config_path),
         shuffle=bool(get("data.shuffle")),
         train_global_batch_size=policy_gbs, train_micro_batch_size=policy_mbs,
         max_total_sequence_length=_positive(config_path, "policy.max_total_sequence_length",

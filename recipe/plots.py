@@ -1,0 +1,112 @@
+"""The report's figures, one function per plot: data in, a matplotlib Figure out.
+
+Figures are built on matplotlib's object API with the Agg canvas (no pyplot, no display, no global
+state), so they render the same on a laptop, in CI and in a container. The data stays on the axes
+(bar heights, scatter offsets, line points), which is what the tests check, not pixels.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+SIZE = (6.4, 3.6)
+CHOSEN, REJECTED, NEUTRAL, LIMIT = "#2e7d32", "#c62828", "#1f77b4", "#6a1b9a"
+
+
+def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, object]:
+    figure = Figure(figsize=SIZE, dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.set_title(title)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+    return figure, axes
+
+
+def png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _bar_width(values: np.ndarray) -> float:
+    gaps = np.diff(np.unique(values))
+    return float(gaps.min()) * 0.8 if len(gaps) else 0.8
+
+
+def reward_distribution(values: list[float], counts: list[int], width: float | None = None) -> Figure:
+    """Rollouts per reward: one bar per distinct reward, or per bin (`width` = the bin width)."""
+    figure, axes = _figure("Reward of every usable rollout", "reward", "rollouts")
+    x = np.asarray(values, dtype=float)
+    axes.bar(x, counts, width=width or _bar_width(x), color=NEUTRAL, edgecolor="white")
+    return figure
+
+
+def chosen_vs_rejected(chosen: list[float], rejected: list[float]) -> Figure:
+    """One point per distinct (rejected, chosen) reward pair, sized by how many pairs it holds."""
+    figure, axes = _figure("Chosen vs rejected reward", "rejected reward", "chosen reward")
+    points = Counter(zip(rejected, chosen))
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    sizes = [points[p] for p in points]
+    axes.scatter(xs, ys, s=[20 + 30 * n for n in sizes], color=CHOSEN, alpha=0.6, label="pairs")
+    for x, y, n in zip(xs, ys, sizes):
+        if n > 1:
+            axes.annotate(str(n), (x, y), ha="center", va="center", fontsize=8)
+    low = min(xs + ys) if xs else 0.0
+    high = max(xs + ys) if xs else 1.0
+    axes.plot([low, high], [low, high], color="gray", linestyle="--", linewidth=1, label="chosen = rejected")
+    axes.legend(loc="lower right", fontsize=8)
+    return figure
+
+
+def gap_histogram(gaps: list[float], bins: int = 20) -> Figure:
+    figure, axes = _figure("Reward gap of each pair", "reward gap (chosen - rejected)", "pairs")
+    values = np.asarray(gaps, dtype=float)
+    distinct = np.unique(values)
+    if len(distinct) <= bins:  # few distinct gaps (0/1 rewards): one bar each
+        counts = [int((values == d).sum()) for d in distinct]
+        axes.bar(distinct, counts, width=_bar_width(distinct), color=NEUTRAL, edgecolor="white")
+    else:
+        axes.hist(values, bins=bins, color=NEUTRAL, edgecolor="white")
+    return figure
+
+
+def pairs_per_prompt(pairs_of_each_prompt: list[int]) -> Figure:
+    figure, axes = _figure("Pairs per prompt", "pairs from one prompt", "prompts")
+    counts = Counter(pairs_of_each_prompt)
+    keys = sorted(counts)
+    axes.bar(keys, [counts[k] for k in keys], width=0.8, color=NEUTRAL, edgecolor="white")
+    axes.set_xticks(keys)
+    return figure
+
+
+def token_lengths(lengths: list[int], limit: int, bins: int = 30) -> Figure:
+    """Tokens per pair (context + the longer answer) with NeMo RL's length limit as a line."""
+    figure, axes = _figure("Tokens per pair", "tokens (context + longer answer)", "pairs")
+    values = np.asarray(lengths, dtype=float)
+    top = max(float(values.max()) if len(values) else 0.0, float(limit))
+    axes.hist(values, bins=np.linspace(0, top * 1.02 + 1, bins + 1), color=NEUTRAL, edgecolor="white")
+    over = int((values > limit).sum())
+    axes.axvline(limit, color=LIMIT, linestyle="--", label=f"max length {limit} ({over} over)")
+    axes.legend(loc="upper right", fontsize=8)
+    return figure
+
+
+def training_curves(rows: list[dict], metric: str, title: str, ylabel: str) -> Figure:
+    """`train:<metric>` per step as a line, `val:validation-default_<metric>` as points."""
+    figure, axes = _figure(title, "step", ylabel)
+    train = [(r["step"], r[f"train:{metric}"]) for r in rows if f"train:{metric}" in r]
+    val = [(r["step"], r[f"val:validation-default_{metric}"]) for r in rows
+           if f"val:validation-default_{metric}" in r]
+    if train:
+        axes.plot(*zip(*train), color=NEUTRAL, marker=".", label=f"train:{metric}")
+    if val:
+        axes.plot(*zip(*val), color=CHOSEN, marker="o", linestyle="--", label=f"val:validation-default_{metric}")
+    axes.legend(fontsize=8)
+    return figure

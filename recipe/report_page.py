@@ -1,0 +1,282 @@
+"""`stage=report`: `<run_dir>/report.html`, one self-contained page (PNGs inline, opens offline).
+
+Written at the end of prepare, again after a local training run, and on demand with
+`gym-dpo stage=report run_dir=results/<run>`. Each plot appears when its data exists, else the
+page says what produces it:
+- reward of every usable rollout (`<data>/rollout_rewards.json`, written at the end of prepare:
+  pair files keep only the paired rollouts);
+- chosen vs rejected reward, reward gap, pairs per prompt (train.jsonl + val.jsonl, from the
+  reward fields prepare keeps with `data.keep_extra_fields=true`);
+- tokens per pair against the max length (`<run_dir>/preflight.json`: the tokenizer is known
+  only once the train stage resolved the model);
+- loss and preference accuracy per step (`<run_dir>/metrics.jsonl`, written by the CPU runner).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import orjson
+from omegaconf import DictConfig
+
+import recipe
+from recipe import report
+from recipe.errors import RecipeError
+
+FILENAME = "report.html"
+REWARDS_FILE = "rollout_rewards.json"
+MAX_DISTINCT = 40  # more distinct rewards than this are binned
+
+
+# -- the rewards of all rollouts (kept by prepare, which alone sees them) --------------------------
+def rollout_rewards_record(rewards: np.ndarray) -> dict:
+    """Counts per distinct reward, or per bin when there are more than MAX_DISTINCT values."""
+    rewards = np.asarray(rewards, dtype=float)
+    rewards = rewards[np.isfinite(rewards)]
+    distinct, counts = np.unique(rewards, return_counts=True)
+    if len(distinct) <= MAX_DISTINCT:
+        return {"rollouts": int(len(rewards)), "values": distinct.tolist(), "counts": counts.tolist()}
+    counts, edges = np.histogram(rewards, bins=MAX_DISTINCT)
+    return {"rollouts": int(len(rewards)), "bin_edges": edges.tolist(), "counts": counts.tolist()}
+
+
+def write_rollout_rewards(data_dir: Path, rewards: np.ndarray) -> Path:
+    path = Path(data_dir) / REWARDS_FILE
+    path.write_text(json.dumps(rollout_rewards_record(rewards)) + "\n")
+    return path
+
+
+# -- what a run folder holds ---------------------------------------------------------------------
+@dataclass
+class RunData:
+    run_dir: Path
+    data_dir: Path
+    manifest: dict | None = None
+    rollout_rewards: dict | None = None
+    chosen: list[float] = field(default_factory=list)
+    rejected: list[float] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)
+    pairs_per_prompt: list[int] = field(default_factory=list)
+    pairs: int = 0
+    preflight: dict | None = None
+    metrics: list[dict] = field(default_factory=list)
+
+
+def _json(path: Path):
+    try:
+        return orjson.loads(path.read_bytes()) if path.is_file() else None
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _prompt_key(record: dict) -> str:
+    if record.get("group_id"):
+        return str(record["group_id"])
+    prompt = record.get("context", record.get("prompt"))
+    return hashlib.blake2b(orjson.dumps(prompt, option=orjson.OPT_SORT_KEYS), digest_size=12).hexdigest()
+
+
+def gather(run_dir: Path, data_dir: Path) -> RunData:
+    data = RunData(Path(run_dir), Path(data_dir))
+    data.manifest = _json(data.data_dir / "manifest.json")
+    data.rollout_rewards = _json(data.data_dir / REWARDS_FILE)
+    per_prompt: Counter = Counter()
+    for split in ("train", "val"):
+        path = data.data_dir / f"{split}.jsonl"
+        if not path.is_file():
+            continue
+        with open(path, "rb") as handle:
+            for line in handle:
+                if not line.strip():
+                    continue
+                record = orjson.loads(line)
+                data.pairs += 1
+                per_prompt[_prompt_key(record)] += 1
+                if isinstance(record.get("chosen_reward"), (int, float)) and \
+                        isinstance(record.get("rejected_reward"), (int, float)):
+                    data.chosen.append(float(record["chosen_reward"]))
+                    data.rejected.append(float(record["rejected_reward"]))
+                    data.gaps.append(float(record.get("reward_gap",
+                                                      record["chosen_reward"] - record["rejected_reward"])))
+    data.pairs_per_prompt = list(per_prompt.values())
+    data.preflight = _json(data.run_dir / "preflight.json")
+    metrics_path = data.run_dir / "metrics.jsonl"
+    if metrics_path.is_file():
+        data.metrics = [orjson.loads(line) for line in metrics_path.read_bytes().splitlines() if line.strip()]
+    return data
+
+
+# -- plots ---------------------------------------------------------------------------------------
+@dataclass
+class Section:
+    id: str
+    title: str
+    figure: object | None      # a matplotlib Figure, or None with `missing` saying why
+    missing: str = ""
+
+
+def sections(data: RunData) -> list[Section]:
+    from recipe import plots
+
+    out = []
+    rewards = data.rollout_rewards
+    if rewards and rewards.get("counts"):
+        if "values" in rewards:
+            figure = plots.reward_distribution(rewards["values"], rewards["counts"])
+        else:
+            edges = np.asarray(rewards["bin_edges"])
+            figure = plots.reward_distribution(((edges[:-1] + edges[1:]) / 2).tolist(), rewards["counts"],
+                                               width=float(edges[1] - edges[0]) * 0.95)
+        out.append(Section("reward_distribution", "Reward distribution (all usable rollouts)", figure))
+    else:
+        out.append(Section("reward_distribution", "Reward distribution (all usable rollouts)", None,
+                           f"no {REWARDS_FILE} in {data.data_dir}: it is written by stage=prepare"))
+    pair_note = ("the pairs carry no rewards: prepare with data.keep_extra_fields=true" if data.pairs
+                 else f"no pairs in {data.data_dir}")
+    if data.chosen:
+        out.append(Section("chosen_vs_rejected", "Chosen vs rejected reward",
+                           plots.chosen_vs_rejected(data.chosen, data.rejected)))
+        out.append(Section("gap_histogram", "Reward gap", plots.gap_histogram(data.gaps)))
+    else:
+        out.append(Section("chosen_vs_rejected", "Chosen vs rejected reward", None, pair_note))
+        out.append(Section("gap_histogram", "Reward gap", None, pair_note))
+    if data.pairs_per_prompt:
+        out.append(Section("pairs_per_prompt", "Pairs per prompt", plots.pairs_per_prompt(data.pairs_per_prompt)))
+    else:
+        out.append(Section("pairs_per_prompt", "Pairs per prompt", None, f"no pairs in {data.data_dir}"))
+    lengths = [v for split in (data.preflight or {}).get("splits", {}).values() for v in split.get("lengths", [])]
+    if lengths:
+        out.append(Section("token_lengths", "Tokens per pair", plots.token_lengths(
+            lengths, int(data.preflight["max_input_seq_length"]))))
+    else:
+        why = ("the tokenizer was not on this machine when preflight ran" if data.preflight else
+               "token lengths come from stage=preflight (also run before every train stage)")
+        out.append(Section("token_lengths", "Tokens per pair", None, why))
+    if any("train:loss" in row for row in data.metrics):
+        out.append(Section("loss_curve", "Loss", plots.training_curves(data.metrics, "loss", "DPO loss", "loss")))
+        out.append(Section("accuracy_curve", "Preference accuracy", plots.training_curves(
+            data.metrics, "accuracy", "Preference accuracy", "accuracy (chosen reward > rejected)")))
+    else:
+        for section_id, title in (("loss_curve", "Loss"), ("accuracy_curve", "Preference accuracy")):
+            out.append(Section(section_id, title, None,
+                               "no metrics.jsonl in the run folder: written by a local run (launcher=local_cpu)"))
+    return out
+
+
+# -- the page ------------------------------------------------------------------------------------
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
+table { border-collapse: collapse; margin: .5em 0; } td, th { border: 1px solid #ccc; padding: .2em .6em; }
+td.n { text-align: right; } .grid { display: flex; flex-wrap: wrap; gap: 1em; }
+figure { margin: 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+.missing { color: #777; font-style: italic; } .warn { color: #8a5300; }
+"""
+
+
+def _table(rows: list[tuple[str, object]]) -> str:
+    cells = "".join(f"<tr><td>{html.escape(str(k))}</td><td class='n'>{html.escape(str(v))}</td></tr>"
+                    for k, v in rows)
+    return f"<table>{cells}</table>"
+
+
+def _summary(data: RunData) -> str:
+    parts = []
+    manifest = data.manifest
+    if manifest:
+        counts, pairs = manifest.get("counts", {}), manifest.get("pairs", {})
+        rows = [("input lines", counts.get("lines", "?")), ("rollouts in a pair", counts.get("paired", "?"))]
+        rows += [(f"no pair: {k}", v) for k, v in counts.get("unpaired", {}).items() if v]
+        rows += [(f"rejected: {k}", v) for k, v in counts.get("rejected", {}).items()]
+        rows += [("train pairs", pairs.get("train", "?")), ("val pairs", pairs.get("val", "?"))]
+        parts.append("<h2>Data</h2>" + _table(rows))
+    if data.preflight:
+        batches = data.preflight.get("batches", {})
+        rows = [("tokenizer", data.preflight.get("tokenizer")),
+                ("max input length", data.preflight.get("max_input_seq_length")),
+                ("steps (per epoch)", f"{batches.get('steps', '?')} ({batches.get('steps_per_epoch', '?')})")]
+        notes = "".join(f"<li class='warn'>{html.escape(w)}</li>" for w in data.preflight.get("warnings", []))
+        parts.append("<h2>Preflight</h2>" + _table(rows) + (f"<ul>{notes}</ul>" if notes else ""))
+    train = [r for r in data.metrics if "train:loss" in r]
+    if train:
+        val = [r for r in data.metrics if "val:validation-default_accuracy" in r]
+        rows = [("steps", train[-1]["step"]), ("train loss: first / last",
+                                                  f"{train[0]['train:loss']:.4f} / {train[-1]['train:loss']:.4f}")]
+        if "train:accuracy" in train[-1]:
+            rows.append(("train accuracy: last", f"{train[-1]['train:accuracy']:.3f}"))
+        if val:
+            rows.append(("val accuracy: last", f"{val[-1]['val:validation-default_accuracy']:.3f}"))
+        parts.append("<h2>Training (local run)</h2>" + _table(rows))
+    return "".join(parts)
+
+
+def render(data: RunData, parts: list[Section]) -> str:
+    from recipe import plots
+
+    figures = []
+    for part in parts:
+        if part.figure is None:
+            body = f"<p class='missing'>{html.escape(part.missing)}</p>"
+        else:
+            encoded = base64.b64encode(plots.png(part.figure)).decode("ascii")
+            body = f"<img alt='{html.escape(part.title)}' src='data:image/png;base64,{encoded}'>"
+        figures.append(f"<figure id='plot-{part.id}'><h3>{html.escape(part.title)}</h3>{body}</figure>")
+    written = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>gym-dpo report</title>"
+            f"<style>{STYLE}</style></head><body><h1>gym-dpo report</h1>"
+            f"<p>Run folder <code>{html.escape(str(data.run_dir))}</code>, data <code>"
+            f"{html.escape(str(data.data_dir))}</code>; gym-dpo {recipe.__version__}, written {written}.</p>"
+            f"{_summary(data)}<h2>Plots</h2><div class='grid'>{''.join(figures)}</div></body></html>\n")
+
+
+def write(run_dir: Path, data_dir: Path) -> Path:
+    """Gather, plot and write `<run_dir>/report.html`; returns its path."""
+    data = gather(run_dir, data_dir)
+    page = render(data, sections(data))
+    path = Path(run_dir) / FILENAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.partial")
+    temp.write_text(page, encoding="utf-8")
+    temp.replace(path)
+    return path
+
+
+def _matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def after_prepare(cfg: DictConfig, rollout_rewards: np.ndarray) -> None:
+    """The end of prepare: keep the rewards of all rollouts, then write the report (if it can)."""
+    data_dir = Path(str(cfg.data.output_dir)).absolute()
+    write_rollout_rewards(data_dir, rollout_rewards)
+    if not _matplotlib():
+        report.console.print("report.html needs matplotlib (pip install -e '.[local]'); skipped")
+        return
+    path = write(Path(str(cfg.run_dir)).absolute(), data_dir)
+    report.console.print(f"wrote {path}", soft_wrap=True)
+
+
+def run(cfg: DictConfig) -> int:
+    """`stage=report`: (re)write the report of `run_dir` (data from `data.output_dir`)."""
+    if not _matplotlib():
+        raise RecipeError("stage=report draws with matplotlib: pip install -e '.[local]'")
+    run_dir = Path(str(cfg.run_dir)).absolute()
+    data_dir = Path(str(cfg.data.output_dir)).absolute()
+    if not (data_dir / "manifest.json").is_file() and not (run_dir / "metrics.jsonl").is_file():
+        raise RecipeError(f"nothing to report: {data_dir} has no manifest.json and {run_dir} no "
+                          "metrics.jsonl; point at a run: gym-dpo stage=report run_dir=results/<run>")
+    path = write(run_dir, data_dir)
+    report.console.print(f"wrote {path}", soft_wrap=True)
+    return 0
