@@ -109,5 +109,9 @@ def run(cfg: DictConfig) -> int:
                             + (f"\nlast lines of {log}:\n{tail}" if tail else ""))
         error.exit_code = code if 0 < code < 256 else 1
         raise error
-    report.console.print(f"training finished; checkpoints in {plan.nemo_rl['checkpointing']['checkpoint_dir']}")
+    where = plan.nemo_rl["checkpointing"]["checkpoint_dir"]
+    if hasattr(module, "detached") and module.detached(plan):
+        report.console.print(f"submitted; the job trains and writes checkpoints to {where}")
+    else:
+        report.console.print(f"training finished; checkpoints in {where}")
     return 0

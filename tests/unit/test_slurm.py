@@ -198,3 +198,20 @@ def test_submit_with_sbatch(tmp_path, monkeypatch):
     assert (run / "slurm" / "submitted.txt").read_text() == "1234\n"
     assert (tmp_path / "sbatch_args").read_text().split()[-1] == str(run / "slurm" / "job.env")
     assert json.loads((run / "command.json").read_text())["executor"] == "sbatch"
+    assert "--wait" not in (tmp_path / "sbatch_args").read_text()
+
+
+def test_submit_and_wait_returns_the_job_exit_code(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _exe(bin_dir / "sbatch", """\
+        #!/bin/bash
+        echo "Submitted batch job 77"
+        [[ " $* " == *" --wait "* ]] && exit 5
+        """)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    data = make_prepared(tmp_path / "data")
+    with pytest.raises(RecipeError) as info:
+        stage.run(compose_config(*train_overrides(tmp_path, data, "launcher=slurm", "launcher.wait=true")))
+    assert info.value.exit_code == 5
+    assert (tmp_path / "run" / "slurm" / "submitted.txt").read_text() == "77\n"

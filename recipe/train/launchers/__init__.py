@@ -16,6 +16,8 @@ and may add (the stage calls them when present):
     check_image(plan) -> dict          digest check of the image it will run (recipe.train.container);
                                        raises RecipeError to refuse; the dict goes to provenance.json
     command_record(plan) -> dict       more to record beside argv (cwd, executor, container spec)
+    detached(plan) -> bool             True when launch() returns once a job is queued (Slurm),
+                                       not when training ends
 
 `launcher.dry_run=true` on any profile (and the `dry_run` profile) writes everything, prints the
 command and launches nothing: the stage handles it, a launcher module need not.

@@ -178,6 +178,8 @@ def build_command(plan: LaunchPlan) -> list[str]:
     if launcher.exclusive:
         argv.append("--exclusive")
     argv.append("--requeue" if launcher.requeue else "--no-requeue")
+    if launcher.get("wait"):
+        argv.append("--wait")  # sbatch returns when the job ends, with its exit code
     argv += [str(a) for a in launcher.sbatch_args or []]
     return argv + [str(folder(plan) / "dpo.sub"), str(folder(plan) / "job.env")]
 
@@ -193,6 +195,15 @@ def command_record(plan: LaunchPlan) -> dict:
             "job_env": str(folder(plan) / "job.env")}
 
 
+def launcher_waits(plan: LaunchPlan) -> bool:
+    return bool(plan.launcher.get("wait"))
+
+
+def detached(plan: LaunchPlan) -> bool:
+    """True: launch() returns once the job is queued (launcher.wait=false), not when it ends."""
+    return not launcher_waits(plan)
+
+
 def check_image(plan: LaunchPlan) -> dict:
     return container_image(plan)[1]
 
@@ -204,12 +215,15 @@ def launch(plan: LaunchPlan) -> int:
                           f"files with launcher.dry_run=true and submit {folder(plan)}/dpo.sub by hand")
     result = subprocess.run(argv, cwd=plan.run_dir, capture_output=True, text=True)
     print(result.stdout, end="")
-    if result.returncode != 0:
-        report.console.print(f"[red]sbatch failed ({result.returncode}):[/] {result.stderr.strip()}")
-        return result.returncode
     match = re.search(r"Submitted batch job (\d+)", result.stdout)
+    if match:
+        with open(folder(plan) / "submitted.txt", "a") as handle:
+            handle.write(f"{match.group(1)}\n")
+    if result.returncode != 0:
+        what = "the job" if match and launcher_waits(plan) else "sbatch"
+        report.console.print(f"[red]{what} failed ({result.returncode}):[/] {result.stderr.strip()}")
+        return result.returncode
     job = match.group(1) if match else "?"
-    (folder(plan) / "submitted.txt").open("a").write(f"{job}\n")
     report.console.print(f"submitted job {job} ({job_name(plan)}); logs in "
                          f"{folder(plan) / 'logs' / job}/ (squeue -j {job})")
     return 0
