@@ -174,6 +174,12 @@ def load(path: Path, overrides: list[str]) -> tuple[DictConfig, list[str]]:
     return config, notes
 
 
+_ABSENT = object()
+# READ keys that may be null (but must be there): NeMo RL reads them all
+NULLABLE = ("policy.scheduler", "policy.max_grad_norm", "checkpointing.metric_name",
+            "checkpointing.keep_top_k")
+
+
 def _select(config: dict, dotted: str, default=KeyError):
     node = config
     for part in dotted.split("."):
@@ -240,12 +246,8 @@ def from_config(config: DictConfig, config_path: Path, notes: list[str] | None =
         plain = OmegaConf.to_container(config, resolve=True)
     except Exception as exc:  # an interpolation to a key the file does not have, a bad resolver
         raise RecipeError(f"{config_path}: the config does not resolve: {exc}") from None
-    missing = [key for key in READ if _select(plain, key, None) is None
-               and key not in ("policy.scheduler", "checkpointing.metric_name",
-                               "checkpointing.keep_top_k", "policy.max_grad_norm")]
-    missing += [key for key in ("policy.scheduler", "checkpointing.metric_name",
-                                "checkpointing.keep_top_k", "policy.max_grad_norm")
-                if _select(plain, key, KeyError) is KeyError]  # may be null, must be present
+    missing = [key for key in READ if _select(plain, key, _ABSENT) is _ABSENT
+               or (key not in NULLABLE and _select(plain, key) is None)]
     if missing:
         hint = (" Point `defaults:` at NeMo RL's dpo.yaml (a NeMo RL checkout: "
                 "container.base_config=/path/to/RL/examples/configs/dpo.yaml) or set these keys."
