@@ -52,7 +52,7 @@ def test_ties_and_broken_pairs_are_refused_with_their_line(tmp_path, pair, why):
     rows = [preference_pair(i) for i in range(8)]
     rows[3] = pair
     message = refused(tmp_path, make_prepared(tmp_path / "d", train=rows))
-    assert f"train.jsonl:4: " in message and why in message
+    assert "train.jsonl:4: " in message and why in message
 
 
 def test_binary_tie_is_refused(tmp_path):

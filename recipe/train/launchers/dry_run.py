@@ -18,3 +18,5 @@ def launch(plan) -> int:
         return 0
     raise RecipeError("launcher=dry_run with launcher.dry_run=false: pick a real profile "
                       "(launcher=single_gpu|multi_gpu|slurm) to launch")
+
+__all__ = ["build_command", "check_image", "command_record", "describe", "launch"]  # the launcher seam

@@ -12,3 +12,5 @@ from recipe.train.launchers.single_gpu import (  # noqa: F401  (the launcher sea
     describe,
     launch,
 )
+
+__all__ = ["build_command", "check_image", "command_record", "describe", "launch"]  # the launcher seam
