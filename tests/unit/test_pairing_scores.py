@@ -48,6 +48,15 @@ def test_a_group_with_zero_spread_normalises_to_zeros_not_nan(how):
         assert result.tolist() == [0.0] * len(rewards)
 
 
+def test_groups_are_normalised_each_on_its_own_in_one_call():
+    rewards = np.array([1.0, 3.0, 5.0, 5.0, 2.0, 4.0, 4.0, 9.0])
+    starts = [0, 2, 4, 7]  # groups [1, 3], [5, 5], [2, 4, 4], [9]
+    np.testing.assert_allclose(pairing.normalize(rewards, "zscore", starts),
+                               [-1, 1, 0, 0, -2 / 2 ** 0.5, 1 / 2 ** 0.5, 1 / 2 ** 0.5, 0])
+    # [2, 4, 4]: 2 at position 0, the 4s share (1 + 2) / 2 = 1.5; divided by n - 1 = 2
+    np.testing.assert_allclose(pairing.normalize(rewards, "rank", starts), [0, 1, 0, 0, 0, 0.75, 0.75, 0])
+
+
 def test_none_leaves_rewards_as_they_are():
     rewards = np.array([3.0, -100.0, 19.4])
     assert pairing.normalize(rewards, "none") is rewards

@@ -9,7 +9,7 @@ module holds only its own choice:
   (`Group.can_pair`), and is deterministic under `seed` whatever order the groups come in
   (`Group.rng`);
 - the cap `max_pairs_per_prompt`, applied to what the strategy chose (its `KEEP` says which
-  pairs stay: the largest gaps, or a sample drawn under the group's seed).
+  pairs stay: the largest gaps, in that order, or a sample drawn under the group's seed).
 """
 
 from __future__ import annotations
@@ -77,13 +77,12 @@ def strategy(name: str) -> Select:
 
 
 def cap(group: Group, pairs: list[tuple[int, int]], limit: int | None, keep: str):
-    """At most `limit` pairs: the largest gaps, or a sample under the group's seed (a fair draw
-    rather than always the first in the file)."""
-    if limit is None or len(pairs) <= limit:
-        return pairs
+    """At most `limit` pairs (None: all). `largest_gaps`: ordered largest gap first, the first
+    ones kept; `seeded_sample`: a sample under the group's seed (a fair draw rather than always
+    the first in the file), in input order."""
     if keep == "seeded_sample":
-        return sorted(group.rng().sample(pairs, limit))
-    return best_gaps_first(group, pairs, limit)
+        return pairs if limit is None or len(pairs) <= limit else sorted(group.rng().sample(pairs, limit))
+    return best_gaps_first(group, pairs, limit) if len(pairs) > 1 else pairs
 
 
 def best_gaps_first(group: Group, candidates: list[tuple[int, int]], cap: int | None):
@@ -112,25 +111,44 @@ def resolve_options(name: str, options: dict) -> dict:
     return resolved
 
 
-def normalize(rewards: np.ndarray, how: str) -> np.ndarray:
-    """Rewards of one group on a common scale, so that `min_gap` means the same in every
-    environment: `zscore` (in standard deviations from the group mean) or `rank` (0 for the
-    lowest, 1 for the highest; equal rewards share their mean rank). Ties stay ties."""
+def normalize(rewards: np.ndarray, how: str, starts: np.ndarray | None = None) -> np.ndarray:
+    """Rewards on a common scale per group, so that `min_gap` means the same in every
+    environment: `zscore` (standard deviations from the group mean) or `rank` (0 for the
+    group's lowest, 1 for its highest; equal rewards share their mean rank). Ties stay ties; a
+    group whose rewards are all equal gets zeros.
+
+    `starts`: where each group begins in `rewards` (sorted by group; None: one group). All groups
+    are done at once, in numpy: per-group calls would cost more than the pairing itself.
+    """
     if how == "none":
         return rewards
     n = len(rewards)
-    if n < 2 or rewards.min() == rewards.max():
-        return np.zeros(n)  # nothing to tell apart: every reward sits at the same place
+    starts = np.zeros(min(n, 1), dtype=np.int64) if starts is None else np.asarray(starts, dtype=np.int64)
+    if n == 0:
+        return np.zeros(0)
+    sizes = np.diff(np.append(starts, n))
+    group = np.repeat(np.arange(len(starts)), sizes)
+    flat = (np.maximum.reduceat(rewards, starts) == np.minimum.reduceat(rewards, starts))[group]
     if how == "zscore":
-        return (rewards - rewards.mean()) / rewards.std()
-    _, inverse, counts = np.unique(rewards, return_inverse=True, return_counts=True)
-    mean_position = np.cumsum(counts) - (counts + 1) / 2  # 0-based positions, averaged over ties
-    return mean_position[inverse] / (n - 1)
+        deviation = rewards - (np.add.reduceat(rewards, starts) / sizes)[group]
+        std = np.sqrt(np.add.reduceat(deviation * deviation, starts) / sizes)[group]
+        return np.where(flat, 0.0, deviation / np.where(flat, 1.0, std))
+    order = np.lexsort((rewards, group))  # groups stay where they are, each sorted by reward
+    ordered, ordered_group = rewards[order], group[order]
+    run_starts = np.flatnonzero(np.concatenate(([True], (ordered[1:] != ordered[:-1])
+                                                | (ordered_group[1:] != ordered_group[:-1]))))
+    run_sizes = np.diff(np.append(run_starts, n))
+    mean_position = (run_starts + (run_sizes - 1) / 2 - starts[ordered_group[run_starts]])
+    ranks = np.empty(n)
+    ranks[order] = np.repeat(mean_position, run_sizes) / np.maximum(sizes - 1, 1)[ordered_group]
+    return np.where(flat, 0.0, ranks)
 
 
-def scores(rewards: np.ndarray, lengths: np.ndarray, options: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(scores to rank by, normalised rewards) of one group: normalised reward minus
-    `length_penalty` x length, the counter to responses that grow longer every iteration."""
-    normalized = normalize(rewards, options["normalize"])
+def scores(rewards: np.ndarray, lengths: np.ndarray, options: dict,
+           starts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(scores to rank by, normalised rewards) of the groups beginning at `starts`: normalised
+    reward minus `length_penalty` x length, the counter to responses that grow longer every
+    iteration. With the defaults the scores are the rewards themselves, at no cost."""
+    normalized = normalize(rewards, options["normalize"], starts)
     penalty = options["length_penalty"]
     return (normalized - penalty * lengths.astype(np.float64) if penalty else normalized), normalized

@@ -1,11 +1,9 @@
-"""Every pair of the group whose gap reaches `min_gap`, largest gaps first (the shared cap keeps
-the largest)."""
+"""Every pair of the group whose gap reaches `min_gap`; the shared code orders them largest gap
+first and keeps the first `max_pairs_per_prompt`."""
 
 from __future__ import annotations
 
 from itertools import combinations
-
-from recipe.prepare.pairing import best_gaps_first
 
 KEEP = "largest_gaps"
 
@@ -16,4 +14,4 @@ def select(group, options: dict) -> list[tuple[int, int]]:
         chosen, rejected = (a, b) if group.scores[a] > group.scores[b] else (b, a)
         if group.can_pair(chosen, rejected, options["min_gap"]):
             candidates.append((chosen, rejected))
-    return best_gaps_first(group, candidates, None)
+    return candidates
