@@ -18,19 +18,19 @@ def records(groups: list[list[int]]) -> np.ndarray:
 
 
 def test_pairs_per_prompt_gaps_and_length_difference_by_hand():
-    recs = records([[100, 90, 120], [50, 50], [10, 40]])  # positions 0-2, 3-4, 5-6
-    chosen, rejected = np.array([0, 2, 5]), np.array([1, 1, 6])  # group 1 twice, group 3 once
-    pairs = writer.pairs_of(recs, chosen, rejected, np.array([1.0, 0.5, 0.25]))
-    summary = report.summarize("all_pairs", pairs, groups=3)
-    assert summary["strategy"] == "all_pairs" and summary["pairs"] == 3
-    assert summary["prompts"] == {"total": 3, "with_pairs": 2}
-    assert summary["pairs_per_prompt"] == {"histogram": {"0": 1, "1": 1, "2": 1}, "mean_where_paired": 1.5,
-                                           "max": 2}
-    assert summary["score_gap"]["mean"] == round(1.75 / 3, 6) and summary["score_gap"]["median"] == 0.5
-    # chosen - rejected: 100 - 90 = +10, 120 - 90 = +30, 10 - 40 = -30
+    recs = records([[100, 90, 120], [50, 50], [10, 40], [7]])  # positions 0-2, 3-4, 5-6, 7
+    chosen, rejected = np.array([0, 2, 3, 5]), np.array([1, 1, 4, 6])  # group 1 twice, 2 and 3 once
+    pairs = writer.pairs_of(recs, chosen, rejected, np.array([1.0, 0.5, 0.75, 0.25]))
+    summary = report.summarize("all_pairs", pairs, groups=4)
+    assert summary["strategy"] == "all_pairs" and summary["pairs"] == 4
+    assert summary["prompts"] == {"total": 4, "with_pairs": 3}
+    assert summary["pairs_per_prompt"] == {"histogram": {"0": 1, "1": 2, "2": 1},
+                                           "mean_where_paired": round(4 / 3, 6), "max": 2}
+    assert summary["score_gap"]["mean"] == 0.625 and summary["score_gap"]["median"] == 0.625
+    # chosen - rejected: 100 - 90 = +10, 120 - 90 = +30, 50 - 50 = 0, 10 - 40 = -30
     length = summary["length_difference"]
-    assert (length["mean"], length["median"], length["min"], length["max"]) == (round(10 / 3, 6), 10.0, -30.0, 30.0)
-    assert (length["chosen_longer_share"], length["chosen_shorter_share"]) == (round(2 / 3, 6), round(1 / 3, 6))
+    assert (length["mean"], length["median"], length["min"], length["max"]) == (2.5, 5.0, -30.0, 30.0)
+    assert (length["chosen_longer_share"], length["chosen_shorter_share"]) == (0.5, 0.25)
 
 
 def test_no_pairs_is_a_report_too():
