@@ -1,8 +1,8 @@
 """`stage=compare_strategies`: every pairing strategy on one input, side by side, before training.
 
 The input is read and validated once (the slow part) into record buckets in a temporary folder,
-then each strategy pairs the same buckets; no pair file is written. One table shows what each would give: pairs, prompts covered, mean gap
-and length bias.
+then each strategy pairs the same buckets; no pair file is written. One table shows what each
+would give: pairs, prompts covered, mean gap and length bias.
 
 The strategy `data_prep` selects runs with its composed options. The others run with their own
 config files, taking the shared `normalize`, `length_penalty` and `min_gap` from `data_prep`, so

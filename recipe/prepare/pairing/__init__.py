@@ -91,6 +91,11 @@ def best_gaps_first(group: Group, candidates: list[tuple[int, int]], cap: int | 
     return candidates if cap is None else candidates[:cap]
 
 
+def is_number(value) -> bool:
+    """A finite int or float (not a bool, not a string): what numeric options accept."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def resolve_options(name: str, options: dict) -> dict:
     """The options a strategy runs with: shared defaults filled in, every value checked
     (ValueError says which), so a bad value stops the run before the input is read."""
@@ -100,9 +105,8 @@ def resolve_options(name: str, options: dict) -> dict:
         raise ValueError(f"data_prep.normalize={resolved['normalize']!r}: choose one of "
                          f"{', '.join(NORMALIZATIONS)}")
     for key in ("min_gap", "length_penalty"):
-        value = resolved[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"data_prep.{key}={value!r}: must be a number >= 0")
+        if not is_number(resolved[key]) or resolved[key] < 0:
+            raise ValueError(f"data_prep.{key}={resolved[key]!r}: must be a number >= 0")
     limit = resolved["max_pairs_per_prompt"]
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"data_prep.max_pairs_per_prompt={limit!r}: must be an integer >= 1, or null")

@@ -10,12 +10,12 @@ pair falls back to best vs lowest, exactly as `same_prompt` makes it.
 
 from __future__ import annotations
 
-import math
+from recipe.prepare.pairing import is_number
 
 
 def check(options: dict) -> None:
     k, min_samples = options["k"], options["min_samples"]
-    if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or k < 0:
+    if not is_number(k) or k < 0:
         raise ValueError(f"data_prep.k={k!r}: must be a number >= 0")
     if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 2:
         raise ValueError(f"data_prep.min_samples={min_samples!r}: must be an integer >= 2")
