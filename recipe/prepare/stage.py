@@ -1,8 +1,9 @@
 """`stage=prepare`: rollouts -> train.jsonl, val.jsonl, rejects.jsonl and manifest.json.
 
 Data flows one way: read + validate (scan, in worker processes) -> group -> pair -> split ->
-write (pair records built in worker processes from the input lines, by offset). Memory holds a
-fixed-size record per usable rollout, never the texts of the whole file.
+write (pair records built in worker processes from the input lines, by offset). Memory holds
+neither the texts of the file nor its records: records are spilled to bucket files by group key
+(`buckets.py`) and each bucket is paired on its own.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import glob
 import multiprocessing
 import os
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,9 +27,11 @@ from tqdm import tqdm
 import recipe
 from recipe import report
 from recipe.errors import RecipeError
-from recipe.prepare import chat, grouping, manifest, pairing, rollouts, scan, split, writer
+from recipe.prepare import buckets, chat, grouping, manifest, pairing, rollouts, scan, split, writer
+from recipe.prepare.pairing import report as pairing_report
 
 OUTPUTS = ["train.jsonl", "val.jsonl", "rejects.jsonl"]
+UNPAIRED = ("no_comparable_rollout", "tie", "not_selected")  # why a usable rollout is in no pair
 
 
 @dataclass
@@ -61,7 +65,7 @@ class Settings:
         options = OmegaConf.to_container(prep, resolve=True)
         name = options.pop("name")
         try:
-            pairing.strategy(name)
+            options = pairing.resolve_options(name, options)
             rollouts.rollout_type(data.group_by)
         except ValueError as exc:
             raise RecipeError(str(exc)) from None
@@ -119,15 +123,30 @@ def _scan(chunk: rollouts.Chunk) -> scan.ChunkResult:
     return scan.scan_chunk(chunk, _WORKER["settings"].scan)
 
 
-def _build(batch: list[writer.PairRef]) -> list[bytes]:
-    return [_WORKER["builder"].build(pair) for pair in batch]
+def _pair_bucket(task: tuple[Path, Settings]) -> "BucketPairs":
+    path, settings = task
+    records = buckets.load(path)
+    found = pair_records(records, settings)
+    pairs = writer.pairs_of(records, found.chosen, found.rejected, found.score_gap)
+    paired = int(len(np.unique(np.concatenate([found.chosen, found.rejected]))))
+    return BucketPairs(pairs, found.unpaired, found.groups, found.groups_with_pairs, paired)
+
+
+def _build(task: tuple[np.ndarray, np.ndarray]) -> tuple[bytes, bytes]:
+    """(train lines, validation lines) of a batch of pairs."""
+    pairs, is_val = task
+    lines = _WORKER["builder"].build_all(pairs)
+    return (b"".join(line for line, val in zip(lines, is_val) if not val),
+            b"".join(line for line, val in zip(lines, is_val) if val))
 
 
 class Workers:
-    """A process pool (or in-process calls when workers=1) whose results come back in order."""
+    """A process pool (or in-process calls when workers=1) whose results come back in order,
+    with at most a few tasks in flight so that memory stays bounded."""
 
     def __init__(self, settings: Settings):
         self.pool = None
+        self.ahead = 2 * settings.workers
         if settings.workers > 1:
             context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
             self.pool = context.Pool(settings.workers, _init_worker, (settings,))
@@ -136,8 +155,15 @@ class Workers:
 
     def map(self, function, items: Iterable) -> Iterator:
         if self.pool is None:
-            return map(function, items)
-        return self.pool.imap(function, items)
+            yield from map(function, items)
+            return
+        pending: deque = deque()
+        for item in items:
+            pending.append(self.pool.apply_async(function, (item,)))
+            if len(pending) >= self.ahead:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
 
     def close(self) -> None:
         if self.pool is not None:
@@ -148,14 +174,18 @@ class Workers:
 # -- the stage ----------------------------------------------------------------------------------
 @dataclass
 class Scanned:
-    records: np.ndarray
-    rejects: list[scan.Reject]
+    buckets: buckets.Buckets  # usable rollouts, one record each, spilled by group key
+    rewards: np.ndarray  # of the usable rollouts, for the manifest's statistics
+    rejected: dict[str, int]  # reason -> lines
     lines_per_file: list[int]
 
 
-def scan_inputs(settings: Settings, workers: Workers) -> Scanned:
-    total = sum(os.path.getsize(p) for p in settings.inputs)
-    parts, rejects = [], []
+def scan_inputs(settings: Settings, workers: Workers, spilled: buckets.Buckets,
+                rejects=None) -> Scanned:
+    """Read and validate every line into `spilled`; `rejects(reject)` is called for each
+    excluded line."""
+    total = input_bytes(settings)
+    rewards, rejected = [], {}
     lines_per_file = [0] * len(settings.inputs)
     progress = tqdm(total=total, unit="B", unit_scale=True, desc="read+validate", mininterval=1.0)
     lines_seen = 0
@@ -171,15 +201,19 @@ def scan_inputs(settings: Settings, workers: Workers) -> Scanned:
                     raise RecipeError(f"{settings.inputs[reject.file]}:{reject.line}: {reject.reason}: "
                                       f"{reject.detail} (data.on_error=fail; use skip to count "
                                       "and write such lines to rejects.jsonl instead)")
+                rejected[reject.reason] = rejected.get(reject.reason, 0) + 1
+                if rejects is not None:
+                    rejects(reject)
             lines_per_file[result.chunk.file_index] += result.lines
-            parts.append(result.records)
-            rejects.extend(result.rejects)
+            spilled.add(result.records)
+            rewards.append(result.records["reward"])
             lines_seen += result.lines
             progress.update(result.chunk.end - result.chunk.start)
             progress.set_postfix_str(f"{lines_seen / max(time.monotonic() - started, 1e-9):,.0f} lines/s",
                                      refresh=False)
-    records = np.concatenate(parts) if parts else np.empty(0, grouping.RECORD)
-    return Scanned(grouping.sort_records(records), rejects, lines_per_file)
+    spilled.seal()
+    return Scanned(spilled, np.concatenate(rewards) if rewards else np.empty(0),
+                   dict(sorted(rejected.items())), lines_per_file)
 
 
 @dataclass
@@ -194,20 +228,24 @@ class Pairing:
 
 def pair_records(records: np.ndarray, settings: Settings) -> Pairing:
     select = pairing.strategy(settings.strategy)
+    options = pairing.resolve_options(settings.strategy, settings.strategy_options)
     chosen, rejected, gaps = [], [], []
     used = np.zeros(len(records), dtype=bool)
-    unpaired = {"no_comparable_rollout": 0, "tie": 0, "not_selected": 0}
-    rewards, responses = records["reward"], records["response"]
+    unpaired = dict.fromkeys(UNPAIRED, 0)
+    responses = records["response"]
+    bounds = list(grouping.group_bounds(records))
+    all_scores, all_normalized = pairing.scores(records["reward"], records["length"], options,
+                                                starts=[start for start, _ in bounds])
     groups = with_pairs = 0
-    for start, end in grouping.group_bounds(records):
+    for start, end in bounds:
         groups += 1
         if end - start == 1:
             unpaired["no_comparable_rollout"] += 1
             continue
-        scores = rewards[start:end]
-        group = pairing.Group(scores, responses[start:end],
-                              seed=(settings.seed << 64) | int(records["key_hi"][start]))
-        selected = select(group, settings.strategy_options)
+        scores = all_scores[start:end]
+        seed = (settings.seed << 64) | int(records["key_hi"][start])
+        group = pairing.Group(scores, responses[start:end], seed, rewards=all_normalized[start:end])
+        selected = select(group, options)
         if selected:
             with_pairs += 1
         for c, r in selected:
@@ -222,51 +260,63 @@ def pair_records(records: np.ndarray, settings: Settings) -> Pairing:
                    np.array(gaps, dtype=np.float64), unpaired, groups, with_pairs)
 
 
-def _side(record) -> writer.Side:
-    return writer.Side(int(record["file"]), int(record["line"]), int(record["offset"]),
-                       int(record["nbytes"]), float(record["reward"]))
+@dataclass
+class BucketPairs:
+    pairs: np.ndarray  # writer.PAIR rows
+    unpaired: dict[str, int]
+    groups: int
+    groups_with_pairs: int
+    paired_lines: int
 
 
-def _batches(records, pairs: Pairing, batch: int = 512) -> Iterator[list[writer.PairRef]]:
-    for start in range(0, len(pairs.chosen), batch):
-        refs = []
-        for c, r, gap in zip(pairs.chosen[start:start + batch], pairs.rejected[start:start + batch],
-                             pairs.score_gap[start:start + batch]):
-            group = (int(records["key_hi"][c]).to_bytes(8, "big") + int(records["key_lo"][c]).to_bytes(8, "big")).hex()
-            refs.append(writer.PairRef(_side(records[c]), _side(records[r]), group, float(gap)))
-        yield refs
+def input_bytes(settings: Settings) -> int:
+    return sum(os.path.getsize(p) for p in settings.inputs)
 
 
-def write_outputs(settings: Settings, scanned: Scanned, pairs: Pairing, workers: Workers,
-                  files: writer.AtomicFiles) -> np.ndarray:
-    """Write train/val/rejects; returns a boolean mask of the pairs that went to validation."""
-    records = scanned.records
-    pair_contexts = records["context"][pairs.chosen]
-    val_contexts = split.validation_contexts(pair_contexts, settings.seed, settings.val_fraction,
+def pair_buckets(settings: Settings, workers: Workers, scanned: Scanned) -> BucketPairs:
+    """Every bucket paired in a worker; the pairs in canonical order (bucket, then group key)."""
+    parts, total = [], BucketPairs(np.empty(0, writer.PAIR), dict.fromkeys(UNPAIRED, 0), 0, 0, 0)
+    tasks = ((scanned.buckets.path(b), settings) for b in range(scanned.buckets.count))
+    with tqdm(total=scanned.buckets.count, unit="bucket", desc="group+pair", mininterval=1.0) as progress:
+        for found in workers.map(_pair_bucket, tasks):
+            parts.append(found.pairs)
+            for reason, n in found.unpaired.items():
+                total.unpaired[reason] += n
+            total.groups += found.groups
+            total.groups_with_pairs += found.groups_with_pairs
+            total.paired_lines += found.paired_lines
+            progress.update()
+    total.pairs = np.concatenate(parts) if parts else total.pairs
+    return total
+
+
+def write_pairs(settings: Settings, pairs: np.ndarray, workers: Workers,
+                files: writer.AtomicFiles, batch: int = 512) -> np.ndarray:
+    """Write train/val; returns a boolean mask of the pairs that went to validation."""
+    val_contexts = split.validation_contexts(pairs["context"], settings.seed, settings.val_fraction,
                                              settings.val_size)
-    is_val = np.array([int(c) in val_contexts for c in pair_contexts], dtype=bool)
-    index = 0
-    with tqdm(total=len(pairs.chosen), unit="pair", desc="write pairs", mininterval=1.0) as progress:
-        for lines in workers.map(_build, _batches(records, pairs)):
-            for line in lines:
-                files.write("val.jsonl" if is_val[index] else "train.jsonl", line)
-                index += 1
-            progress.update(len(lines))
-    for reject in scanned.rejects:
-        files.write("rejects.jsonl", orjson.dumps({
-            "file": os.path.abspath(settings.inputs[reject.file]), "line": reject.line,
-            "reason": reject.reason, "detail": reject.detail}) + b"\n")
+    is_val = np.isin(pairs["context"], np.fromiter(val_contexts, dtype=np.uint64, count=len(val_contexts)))
+    tasks = ((pairs[i:i + batch], is_val[i:i + batch]) for i in range(0, len(pairs), batch))
+    with tqdm(total=len(pairs), unit="pair", desc="write pairs", mininterval=1.0) as progress:
+        for start, (train, val) in zip(range(0, len(pairs), batch), workers.map(_build, tasks)):
+            files.write("train.jsonl", train)
+            files.write("val.jsonl", val)
+            progress.update(min(batch, len(pairs) - start))
     return is_val
 
 
-def outcome_counts(scanned: Scanned, pairs: Pairing) -> dict:
-    rejected: dict[str, int] = {}
-    for reject in scanned.rejects:
-        rejected[reject.reason] = rejected.get(reject.reason, 0) + 1
-    paired = int(len(np.unique(np.concatenate([pairs.chosen, pairs.rejected]))))
-    counts = {"lines": int(sum(scanned.lines_per_file)), "paired": paired,
-              "unpaired": pairs.unpaired, "rejected": dict(sorted(rejected.items()))}
-    accounted = paired + sum(pairs.unpaired.values()) + sum(rejected.values())
+def _write_reject(files: writer.AtomicFiles, inputs: list[str]):
+    def write(reject: scan.Reject) -> None:
+        files.write("rejects.jsonl", orjson.dumps({
+            "file": os.path.abspath(inputs[reject.file]), "line": reject.line,
+            "reason": reject.reason, "detail": reject.detail}) + b"\n")
+    return write
+
+
+def outcome_counts(scanned: Scanned, paired: BucketPairs) -> dict:
+    counts = {"lines": int(sum(scanned.lines_per_file)), "paired": paired.paired_lines,
+              "unpaired": paired.unpaired, "rejected": scanned.rejected}
+    accounted = paired.paired_lines + sum(paired.unpaired.values()) + sum(scanned.rejected.values())
     assert accounted == counts["lines"], f"{accounted} outcomes for {counts['lines']} lines"
     return counts
 
@@ -277,23 +327,23 @@ def run(cfg: DictConfig) -> dict:
     settings = Settings.from_config(cfg)
     hashing = ThreadPoolExecutor(1)
     input_hashes = hashing.map(manifest.sha256_of, settings.inputs)  # beside the scan
+    files = writer.AtomicFiles(settings.output_dir, OUTPUTS)
     workers = Workers(settings)
-    files = None
+    spilled = buckets.Buckets(settings.output_dir, input_bytes(settings))
     try:
-        scanned = scan_inputs(settings, workers)
-        pairs = pair_records(scanned.records, settings)
-        files = writer.AtomicFiles(settings.output_dir, OUTPUTS)
-        is_val = write_outputs(settings, scanned, pairs, workers, files)
+        scanned = scan_inputs(settings, workers, spilled, _write_reject(files, settings.inputs))
+        paired = pair_buckets(settings, workers, scanned)
+        is_val = write_pairs(settings, paired.pairs, workers, files)
     except writer.PairSchemaError as exc:
+        files.abort()
         raise RecipeError(f"internal error, please report: {exc}") from None
     except BaseException:
-        if files is not None:
-            files.abort()
+        files.abort()
         raise
     finally:
         workers.close()
-    records = scanned.records
-    gaps = records["reward"][pairs.chosen] - records["reward"][pairs.rejected]
+        spilled.remove()
+    pairs = paired.pairs
     result = {
         "manifest_version": manifest.MANIFEST_VERSION,
         "package": {"name": "gym-dpo", "version": recipe.__version__},
@@ -302,17 +352,18 @@ def run(cfg: DictConfig) -> dict:
                    "data": OmegaConf.to_container(cfg.data, resolve=True),
                    "data_prep": OmegaConf.to_container(cfg.data_prep, resolve=True)},
         "format": "binary" if settings.scan.binary else "preference",
-        "counts": outcome_counts(scanned, pairs),
-        "groups": {"total": pairs.groups, "with_pairs": pairs.groups_with_pairs},
+        "counts": outcome_counts(scanned, paired),
+        "groups": {"total": paired.groups, "with_pairs": paired.groups_with_pairs},
         "pairs": {
             "train": int((~is_val).sum()), "val": int(is_val.sum()),
-            "prompts_train": int(len(np.unique(records["context"][pairs.chosen][~is_val]))),
-            "prompts_val": int(len(np.unique(records["context"][pairs.chosen][is_val]))),
+            "prompts_train": int(len(np.unique(pairs["context"][~is_val]))),
+            "prompts_val": int(len(np.unique(pairs["context"][is_val]))),
         },
-        "rewards": {"usable_rollouts": manifest.stats(records["reward"]),
-                    "chosen": manifest.stats(records["reward"][pairs.chosen]),
-                    "rejected": manifest.stats(records["reward"][pairs.rejected]),
-                    "gap": manifest.stats(gaps)},
+        "rewards": {"usable_rollouts": manifest.stats(scanned.rewards),
+                    "chosen": manifest.stats(pairs["chosen_reward"]),
+                    "rejected": manifest.stats(pairs["rejected_reward"]),
+                    "gap": manifest.stats(pairs["chosen_reward"] - pairs["rejected_reward"])},
+        "pairing": pairing_report.summarize(settings.strategy, pairs, paired.groups),
     }
     hashing.shutdown()
     files.commit()
@@ -324,4 +375,7 @@ def run(cfg: DictConfig) -> dict:
     report.console.print(report.prepare_summary(result))
     report.console.print(f"wrote {settings.output_dir}/{{train,val,rejects}}.jsonl and manifest.json",
                          soft_wrap=True)
+    from recipe import report_page  # report.html, and the rewards of all rollouts for its plot
+
+    report_page.after_prepare(cfg, scanned.rewards)
     return result
