@@ -101,7 +101,7 @@ class NemoMetrics(TrainerCallback):
         self.log.write({"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **values})
         if kind == "train" and self.bar is not None:
             self.bar.set_postfix(loss=f"{values.get('train:loss', float('nan')):.4f}",
-                                 acc=f"{values.get('train:accuracy', float('nan')):.2f}", refresh=False)
+                                 acc=f"{values.get('train:accuracy', float('nan')):.2f}")
         elif kind == "val":
             self.say(f"validation at step {state.global_step}: loss "
                      f"{values.get(VAL_PREFIX + 'loss', float('nan')):.4f}, accuracy "
