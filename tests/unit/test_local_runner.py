@@ -48,8 +48,15 @@ def load(path: Path, *overrides: str) -> settings.Settings:
     return settings.from_config(config, path, notes)
 
 
+def reference() -> dict:
+    if not REFERENCE_DPO.is_file():
+        pytest.skip(f"{REFERENCE_DPO} (NeMo RL's dpo.yaml, shared reference) is not there")
+    return yaml.safe_load(REFERENCE_DPO.read_text())
+
+
 @pytest.fixture
 def parent(tmp_path) -> str:
+    reference()
     target = tmp_path / "nemo-rl" / "dpo.yaml"
     target.parent.mkdir()
     shutil.copyfile(REFERENCE_DPO, target)
@@ -91,7 +98,7 @@ def test_a_missing_parent_is_left_out_only_when_the_file_has_every_key(tmp_path)
     message = str(info.value)
     assert "policy.optimizer.name" in message and "policy.scheduler" in message
     assert "container.base_config" in message  # says how to fix it
-    full = yaml.safe_load(Path(REFERENCE_DPO).read_text())
+    full = reference()
     complete = child(tmp_path, "/nowhere/examples/configs/dpo.yaml",
                      policy={k: full["policy"][k] for k in ("optimizer", "scheduler", "max_grad_norm")},
                      dpo=full["dpo"] | {"max_num_steps": 30, "max_num_epochs": 100},
@@ -209,7 +216,7 @@ def test_the_scheduler_follows_nemo_rl_spec():
     pytest.importorskip("trl")
     from recipe.train.local.trainer import build_scheduler
 
-    spec = yaml.safe_load(Path(REFERENCE_DPO).read_text())["policy"]["scheduler"]
+    spec = reference()["policy"]["scheduler"]
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     scheduler = build_scheduler(optimizer, spec)
     seen = []
