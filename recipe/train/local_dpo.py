@@ -43,7 +43,10 @@ def _quiet_environment() -> None:
 
 
 def local_model(name: str, key: str, settings) -> str:
-    """A model/tokenizer name as a local folder: `gym-dpo/tiny` is built, hub ids are refused."""
+    """A model/tokenizer name this machine has: `gym-dpo/tiny` is built; a folder, or a hub id
+    already in the Hugging Face cache, is used as is; anything else is refused (no download)."""
+    from huggingface_hub import try_to_load_from_cache
+
     from recipe.train import tiny_model
 
     if name == tiny_model.TINY_NAME:
@@ -52,9 +55,15 @@ def local_model(name: str, key: str, settings) -> str:
     needs = "tokenizer_config.json" if key.endswith("tokenizer.name") else "config.json"
     if (path / needs).is_file():
         return str(path.absolute())
-    raise RecipeError(f"{key}={name!r} is not a local Hugging Face folder: the CPU runner never "
-                      f"downloads (HF_HUB_OFFLINE=1). Give a folder ({key}=/path/to/model) or use "
-                      f"{tiny_model.TINY_NAME} (model=tiny)")
+    try:
+        cached = isinstance(try_to_load_from_cache(name, needs), str)
+    except Exception:  # not a repo id either
+        cached = False
+    if cached:
+        return name
+    raise RecipeError(f"{key}={name!r} is neither a local Hugging Face folder nor in the Hugging Face "
+                      f"cache: the CPU runner never downloads (HF_HUB_OFFLINE=1). Give a folder "
+                      f"({key}=/path/to/model) or use {tiny_model.TINY_NAME} (model=tiny)")
 
 
 def _import_training():

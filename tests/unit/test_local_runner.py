@@ -227,3 +227,17 @@ def test_the_scheduler_follows_nemo_rl_spec():
     assert seen[0] == pytest.approx(0.1) and seen[10] == pytest.approx(0.55) and seen[24] == pytest.approx(1.0)
     with pytest.raises(RecipeError, match="milestones"):
         build_scheduler(optimizer, spec[:2])
+
+
+def test_models_come_from_this_machine_only(tmp_path, parent, monkeypatch):
+    pytest.importorskip("huggingface_hub")
+    from recipe.train import local_dpo
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    s = load(child(tmp_path, parent))
+    with pytest.raises(RecipeError, match="never downloads"):
+        local_dpo.local_model("some-org/some-model", "policy.model_name", s)
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    assert local_dpo.local_model(str(folder), "policy.model_name", s) == str(folder)

@@ -13,7 +13,6 @@ pairs) train the same.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Iterator
 
 from recipe.errors import RecipeError
@@ -78,8 +77,3 @@ def load(dataset: Dataset, limit: int | None = None):
     # Arrow gives every message the union of the keys seen (tool_calls=None where absent);
     # chat templates test `message.get('tool_calls')`, which None passes as "no calls".
     return HFDataset.from_list(rows)
-
-
-def count(path: Path) -> int:
-    with open(path, "rb") as handle:
-        return sum(1 for line in handle if line.strip())
