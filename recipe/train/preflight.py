@@ -20,10 +20,12 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import orjson
 from omegaconf import DictConfig
 from rich.table import Table
 from tqdm import tqdm
@@ -39,25 +41,31 @@ DEFAULTS = {"enabled": True, "max_over_length_fraction": 0.5, "sample": 20000}
 
 @dataclass
 class SplitScan:
-    """One pair file: its pair hashes and a seeded sample of its pairs as chat messages."""
+    """One pair file: 64-bit hashes of its pairs (8 bytes each, so millions fit) and a seeded
+    sample of its pairs as chat messages."""
 
     pairs: int = 0
-    hashes: list[bytes] = field(default_factory=list)
-    flipped: list[bytes] = field(default_factory=list)
+    hashes: array = field(default_factory=lambda: array("Q"))   # (prompt, chosen, rejected)
+    flipped: array = field(default_factory=lambda: array("Q"))  # (prompt, rejected, chosen)
     sample: list[dict] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)   # longest of chosen / rejected, per sampled pair
 
 
-def _key(*parts) -> bytes:
-    return hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=16).digest()
+def _digest(value) -> bytes:
+    return hashlib.blake2b(orjson.dumps(value, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+
+
+def _combine(*digests: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(b"".join(digests), digest_size=8).digest(), "big")
 
 
 def scan_split(dataset, sample_size: int | None, seed: int) -> SplitScan:
     """Hash every pair; keep a reservoir sample (all pairs when sample_size is None)."""
     scan, rng = SplitScan(), random.Random(seed)
     for pair in pair_data.read_pairs(dataset):
-        scan.hashes.append(_key(pair["prompt"], pair["chosen"], pair["rejected"]))
-        scan.flipped.append(_key(pair["prompt"], pair["rejected"], pair["chosen"]))
+        prompt, chosen, rejected = (_digest(pair[k]) for k in ("prompt", "chosen", "rejected"))
+        scan.hashes.append(_combine(prompt, chosen, rejected))
+        scan.flipped.append(_combine(prompt, rejected, chosen))
         if sample_size is None or len(scan.sample) < sample_size:
             scan.sample.append(pair)
         else:
