@@ -44,7 +44,9 @@ def _hydra_main(cfg: DictConfig) -> None:
     try:
         run_stage(cfg)
     except RecipeError as exc:
-        report.console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape  # the message is text: `.[local]` or a log line's `[tag]` is not markup
+
+        report.console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
 
 

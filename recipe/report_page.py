@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import orjson
 from omegaconf import DictConfig
@@ -77,11 +78,21 @@ def _json(path: Path):
         return None
 
 
-def _prompt_key(record: dict) -> str:
-    if record.get("group_id"):
-        return str(record["group_id"])
-    prompt = record.get("context", record.get("prompt"))
-    return hashlib.blake2b(orjson.dumps(prompt, option=orjson.OPT_SORT_KEYS), digest_size=12).hexdigest()
+class _PairFacts(msgspec.Struct):
+    """What the plots need of a written pair; the texts are skipped by the decoder, not parsed."""
+
+    chosen_reward: float | None = None
+    rejected_reward: float | None = None
+    reward_gap: float | None = None
+    group_id: str | None = None
+    context: msgspec.Raw | None = None
+    prompt: msgspec.Raw | None = None
+
+
+def _prompt_key(pair: _PairFacts) -> str:
+    if pair.group_id:
+        return pair.group_id
+    return hashlib.blake2b(bytes(pair.context or pair.prompt or b""), digest_size=12).hexdigest()
 
 
 def gather(run_dir: Path, data_dir: Path) -> RunData:
@@ -89,6 +100,7 @@ def gather(run_dir: Path, data_dir: Path) -> RunData:
     data.manifest = _json(data.data_dir / "manifest.json")
     data.rollout_rewards = _json(data.data_dir / REWARDS_FILE)
     per_prompt: Counter = Counter()
+    decode = msgspec.json.Decoder(_PairFacts).decode
     for split in ("train", "val"):
         path = data.data_dir / f"{split}.jsonl"
         if not path.is_file():
@@ -97,15 +109,17 @@ def gather(run_dir: Path, data_dir: Path) -> RunData:
             for line in handle:
                 if not line.strip():
                     continue
-                record = orjson.loads(line)
+                try:
+                    pair = decode(line)
+                except msgspec.DecodeError:  # pair files are ours; a hand-edited one still plots
+                    continue
                 data.pairs += 1
-                per_prompt[_prompt_key(record)] += 1
-                if isinstance(record.get("chosen_reward"), (int, float)) and \
-                        isinstance(record.get("rejected_reward"), (int, float)):
-                    data.chosen.append(float(record["chosen_reward"]))
-                    data.rejected.append(float(record["rejected_reward"]))
-                    data.gaps.append(float(record.get("reward_gap",
-                                                      record["chosen_reward"] - record["rejected_reward"])))
+                per_prompt[_prompt_key(pair)] += 1
+                if pair.chosen_reward is not None and pair.rejected_reward is not None:
+                    data.chosen.append(pair.chosen_reward)
+                    data.rejected.append(pair.rejected_reward)
+                    data.gaps.append(pair.reward_gap if pair.reward_gap is not None
+                                     else pair.chosen_reward - pair.rejected_reward)
     data.pairs_per_prompt = list(per_prompt.values())
     data.preflight = _json(data.run_dir / "preflight.json")
     metrics_path = data.run_dir / "metrics.jsonl"
@@ -262,7 +276,7 @@ def after_prepare(cfg: DictConfig, rollout_rewards: np.ndarray) -> None:
     data_dir = Path(str(cfg.data.output_dir)).absolute()
     write_rollout_rewards(data_dir, rollout_rewards)
     if not _matplotlib():
-        report.console.print("report.html needs matplotlib (pip install -e '.[local]'); skipped")
+        report.console.print("report.html needs matplotlib (pip install -e '.[local]'); skipped", markup=False)
         return
     path = write(Path(str(cfg.run_dir)).absolute(), data_dir)
     report.console.print(f"wrote {path}", soft_wrap=True)
