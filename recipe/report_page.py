@@ -85,14 +85,15 @@ class _PairFacts(msgspec.Struct):
     rejected_reward: float | None = None
     reward_gap: float | None = None
     group_id: str | None = None
-    context: msgspec.Raw | None = None
-    prompt: msgspec.Raw | None = None
+    context: msgspec.Raw = msgspec.Raw(b"null")
+    prompt: msgspec.Raw = msgspec.Raw(b"null")
 
 
 def _prompt_key(pair: _PairFacts) -> str:
     if pair.group_id:
         return pair.group_id
-    return hashlib.blake2b(bytes(pair.context or pair.prompt or b""), digest_size=12).hexdigest()
+    prompt = pair.context if bytes(pair.context) != b"null" else pair.prompt
+    return hashlib.blake2b(bytes(prompt), digest_size=12).hexdigest()
 
 
 def gather(run_dir: Path, data_dir: Path) -> RunData:
