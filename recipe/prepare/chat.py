@@ -44,16 +44,25 @@ def text_of(content: Content, where: str) -> str:
     return "".join(texts)
 
 
+def _kind(item: Item) -> str | None:
+    return item.type or ("message" if item.role else None)  # message items may lack `type`
+
+
+def _role(item: Item, where: str) -> str:
+    role = item.role or "user"
+    if role not in ROLES:
+        raise Unusable("unknown_role", f"{where} has a message with role {role!r}")
+    return role
+
+
 def to_messages(items: list[Item], options: ChatOptions, where: str) -> list[dict]:
     """Items in order as chat messages: tool calls attach to the assistant turn they belong to."""
     messages: list[dict] = []
     pending_reasoning: list[str] = []
     for item in items:
-        kind = item.type or ("message" if item.role else None)
+        kind = _kind(item)
         if kind == "message":
-            role = item.role or "user"
-            if role not in ROLES:
-                raise Unusable("unknown_role", f"{where} has a message with role {role!r}")
+            role = _role(item, where)
             if role == "developer":
                 role = options.developer_role
             text = text_of(item.content, f"{where} {role} message")
@@ -95,12 +104,9 @@ def check_context(params_input, instructions: str | None) -> None:
     turns = 1 if isinstance(params_input, str) and params_input else 0
     if isinstance(params_input, list):
         for item in params_input:
-            kind = item.type or ("message" if item.role else None)
+            kind = _kind(item)
             if kind == "message":
-                role = item.role or "user"
-                if role not in ROLES:
-                    raise Unusable("unknown_role", f"input has a message with role {role!r}")
-                text_of(item.content, f"input {role} message")
+                text_of(item.content, f"input {_role(item, 'input')} message")
             elif kind == "function_call_output":
                 text_of(item.output, "input function_call_output")
             turns += kind in ("message", "function_call", "function_call_output")
