@@ -72,6 +72,10 @@ def build_test_images() -> dict[str, str]:
     docker_engine()
     if _IMAGES:
         return dict(_IMAGES)
+    names = ("GYM_DPO_TEST_IMAGE", "GYM_DPO_TEST_CPU_IMAGE", "GYM_DPO_TEST_BASE_REF")
+    if all(os.environ.get(name) for name in names):  # tests/run.sh built them just before pytest
+        _IMAGES.update({name: os.environ[name] for name in names})
+        return dict(_IMAGES)
     result = subprocess.run(["bash", str(INFRA / "test_image.sh")], capture_output=True, text=True,
                             timeout=1800, stdin=subprocess.DEVNULL)
     if result.returncode == MISSING_TOOL:
