@@ -32,6 +32,7 @@ RECORD = np.dtype([
 ])
 
 _encode = msgspec.json.Encoder(order="sorted").encode
+_LOW = (1 << 64) - 1
 
 
 def identity(file_index: int, agent: str | None, task_index: int | None, group_value) -> bytes:
@@ -55,12 +56,10 @@ def keys(raw_input, instructions: str | None, task: bytes) -> tuple[int, int, in
     The context is identified by the request's `input` exactly as written plus `instructions`:
     rows of one task carry byte-identical requests, and a hash of the bytes costs no re-encoding.
     """
-    hasher = xxhash.xxh3_128(raw_input)
-    hasher.update(b"\x00" + instructions.encode() if instructions is not None else b"\x01")
-    context = hasher.digest()
-    group = xxhash.xxh3_128_digest(context + task)
-    return (int.from_bytes(group[:8], "little"), int.from_bytes(group[8:], "little"),
-            int.from_bytes(context[:8], "little"))
+    seed = xxhash.xxh3_64_intdigest(instructions.encode()) + 1 if instructions is not None else 0
+    context = xxhash.xxh3_128_intdigest(raw_input, seed & _LOW)
+    group = xxhash.xxh3_128_intdigest(context.to_bytes(16, "little") + task)
+    return group >> 64, group & _LOW, context & _LOW
 
 
 def response_hash(response: str | list[dict]) -> int:
