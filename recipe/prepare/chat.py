@@ -98,8 +98,8 @@ def to_messages(items: list[Item], options: ChatOptions, where: str) -> list[dic
 def check_context(params_input, instructions: str | None) -> None:
     """Raise `Unusable` unless the request holds a context NeMo RL can train on.
 
-    The same checks `context_of` makes, without building messages: the scan runs them on every
-    row and builds the messages only for rows that end up in a pair.
+    The scan runs the checks on every row; `context_of` builds the messages only for the rows
+    that end up in a pair.
     """
     turns = 1 if isinstance(params_input, str) and params_input else 0
     if isinstance(params_input, list):
@@ -116,7 +116,7 @@ def check_context(params_input, instructions: str | None) -> None:
 
 
 def context_of(params_input, instructions: str | None, options: ChatOptions) -> list[dict]:
-    check_context(params_input, instructions)
+    """The context as chat messages, for a request `check_context` accepted."""
     context: list[dict] = []
     if instructions:
         context.append({"role": "system", "content": instructions})
