@@ -57,7 +57,8 @@ def docker_engine() -> None:
     info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True,
                           text=True, timeout=60)
     if info.returncode != 0:
-        unavailable(f"no Docker engine: `docker info` failed ({info.stderr.strip().splitlines()[-1:]})")
+        last = (info.stderr.strip().splitlines() or ["no output"])[-1]
+        unavailable(f"no Docker engine: `docker info` failed: {last}")
     compose = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, timeout=60)
     if compose.returncode != 0:
         unavailable("no Docker Compose v2 (`docker compose version` failed; tests/infra/docker_up.sh)")
