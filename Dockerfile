@@ -1,5 +1,7 @@
 # gym-dpo on top of the NeMo RL container: the CLI in its own venv, NeMo RL untouched at
 # /opt/nemo-rl (its Python env stays /opt/nemo_rl_venv; our pins never change NeMo RL's packages).
+# gym-dpo's venv also sees NeMo RL's packages, after its own (a .pth file, when both use the same
+# Python): preflight tokenizes with NeMo RL's transformers, and the CPU runner finds torch there.
 #
 #   docker compose build recipe                       # FROM the pinned image below
 #   docker build --build-arg BASE_IMAGE=gym-dpo-base:bookworm -t gym-dpo:test .   # tests: a local base
@@ -26,6 +28,9 @@ ENV GYM_DPO_BASE_IMAGE=${BASE_IMAGE} \
 COPY . /src/gym-dpo
 RUN ${PYTHON} -m venv /opt/gym-dpo \
  && /opt/gym-dpo/bin/pip install --no-cache-dir "/src/gym-dpo[docker]" \
+ && site=$(/opt/gym-dpo/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))') \
+ && nemo_site=/opt/nemo_rl_venv/lib/$(basename "$(dirname "$site")")/site-packages \
+ && if [ -d "$nemo_site" ]; then echo "$nemo_site" > "$site/nemo_rl_venv.pth"; fi \
  && ln -s /opt/gym-dpo/bin/gym-dpo /usr/local/bin/gym-dpo \
  && mkdir -p /workspace/results \
  && if [ -f /src/gym-dpo/container.lock.json ]; then cp /src/gym-dpo/container.lock.json /workspace/; fi \

@@ -13,9 +13,8 @@
 #      the real nvcr.io image: $BASE_REF = 127.0.0.1:PORT/nemo-rl-cpu:v0.7.0@sha256:...
 #   3. $IMAGE (gym-dpo-test:dockerfile) = `docker build --build-arg BASE_IMAGE=$BASE_REF .` of the
 #      repository's own Dockerfile, pinned by tag@digest as a user pins it; nothing added.
-#   4. $CPU_IMAGE (gym-dpo-test:cpu) = tests/infra/test_image/cpu.Dockerfile FROM $IMAGE: gym-dpo's
-#      venv sees NeMo RL's packages (for launcher=local_cpu) and no ENTRYPOINT (the NeMo RL
-#      image's behaviour, which the Docker SDK launcher relies on).
+#   4. $CPU_IMAGE (gym-dpo-test:cpu) = tests/infra/test_image/cpu.Dockerfile FROM $IMAGE: no
+#      ENTRYPOINT (the NeMo RL image's behaviour, which the Docker SDK launcher relies on).
 #
 # Fast when nothing changed: the registry stays up, steps 1-2 are cached (they do not depend on
 # gym-dpo's sources), step 3 reinstalls gym-dpo when its sources changed (~30 s), step 4 is a
