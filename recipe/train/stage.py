@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 from omegaconf import DictConfig
+from rich.markup import escape
 
 import recipe
 from recipe import report
@@ -98,7 +99,7 @@ def run(cfg: DictConfig) -> int:
         report.console.print("[bold]dry run[/] (launcher.dry_run=true): the command, not run:")
         print(line, flush=True)
         return 0
-    report.console.print(f"launching ({cfg.launcher.name}): {line}", highlight=False)
+    report.console.print(f"launching ({cfg.launcher.name}): {escape(line)}", highlight=False, soft_wrap=True)
     code = module.launch(plan)
     if code != 0:
         log = plan.run_dir / "train.log"
