@@ -48,10 +48,21 @@ def reward_distribution(values: list[float], counts: list[int], width: float | N
     return figure
 
 
+MAX_POINTS = 400  # more distinct (rejected, chosen) pairs than this are binned
+
+
 def chosen_vs_rejected(chosen: list[float], rejected: list[float]) -> Figure:
-    """One point per distinct (rejected, chosen) reward pair, sized by how many pairs it holds."""
+    """One point per distinct (rejected, chosen) reward pair, sized by how many pairs it holds;
+    hexagonal bins coloured by count when rewards are too continuous for points to read."""
     figure, axes = _figure("Chosen vs rejected reward", "rejected reward", "chosen reward")
     points = Counter(zip(rejected, chosen))
+    if len(points) > MAX_POINTS:
+        bins = axes.hexbin(rejected, chosen, gridsize=40, mincnt=1, cmap="Blues")
+        figure.colorbar(bins, ax=axes, label="pairs")
+        low, high = min(min(rejected), min(chosen)), max(max(rejected), max(chosen))
+        axes.plot([low, high], [low, high], color="gray", linestyle="--", linewidth=1, label="chosen = rejected")
+        axes.legend(loc="lower right", fontsize=8)
+        return figure
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     sizes = [points[p] for p in points]
     axes.scatter(xs, ys, s=[20 + 30 * n for n in sizes], color=CHOSEN, alpha=0.6, label="pairs")

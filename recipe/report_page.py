@@ -96,10 +96,33 @@ def _prompt_key(pair: _PairFacts) -> str:
     return hashlib.blake2b(bytes(prompt), digest_size=12).hexdigest()
 
 
-def gather(run_dir: Path, data_dir: Path) -> RunData:
+@dataclass
+class PairRewards:
+    """What the plots need of the pairs, when the caller has it in memory (prepare does)."""
+
+    chosen: np.ndarray
+    rejected: np.ndarray
+    per_prompt: np.ndarray  # pairs of each prompt group that has any
+
+
+def gather(run_dir: Path, data_dir: Path, pairs: PairRewards | None = None) -> RunData:
     data = RunData(Path(run_dir), Path(data_dir))
     data.manifest = _json(data.data_dir / "manifest.json")
     data.rollout_rewards = _json(data.data_dir / REWARDS_FILE)
+    if pairs is not None:
+        data.chosen, data.rejected = pairs.chosen.tolist(), pairs.rejected.tolist()
+        data.gaps = (pairs.chosen - pairs.rejected).tolist()
+        data.pairs, data.pairs_per_prompt = len(pairs.chosen), pairs.per_prompt.tolist()
+    else:
+        _read_pairs(data)
+    data.preflight = _json(data.run_dir / "preflight.json")
+    metrics_path = data.run_dir / "metrics.jsonl"
+    if metrics_path.is_file():
+        data.metrics = [orjson.loads(line) for line in metrics_path.read_bytes().splitlines() if line.strip()]
+    return data
+
+
+def _read_pairs(data: RunData) -> None:
     per_prompt: Counter = Counter()
     decode = msgspec.json.Decoder(_PairFacts).decode
     for split in ("train", "val"):
@@ -122,11 +145,6 @@ def gather(run_dir: Path, data_dir: Path) -> RunData:
                     data.gaps.append(pair.reward_gap if pair.reward_gap is not None
                                      else pair.chosen_reward - pair.rejected_reward)
     data.pairs_per_prompt = list(per_prompt.values())
-    data.preflight = _json(data.run_dir / "preflight.json")
-    metrics_path = data.run_dir / "metrics.jsonl"
-    if metrics_path.is_file():
-        data.metrics = [orjson.loads(line) for line in metrics_path.read_bytes().splitlines() if line.strip()]
-    return data
 
 
 # -- plots ---------------------------------------------------------------------------------------
@@ -252,9 +270,9 @@ def render(data: RunData, parts: list[Section]) -> str:
             f"{_summary(data)}<h2>Plots</h2><div class='grid'>{''.join(figures)}</div></body></html>\n")
 
 
-def write(run_dir: Path, data_dir: Path) -> Path:
+def write(run_dir: Path, data_dir: Path, pairs: PairRewards | None = None) -> Path:
     """Gather, plot and write `<run_dir>/report.html`; returns its path."""
-    data = gather(run_dir, data_dir)
+    data = gather(run_dir, data_dir, pairs)
     page = render(data, sections(data))
     path = Path(run_dir) / FILENAME
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -272,14 +290,14 @@ def _matplotlib() -> bool:
     return True
 
 
-def after_prepare(cfg: DictConfig, rollout_rewards: np.ndarray) -> None:
+def after_prepare(cfg: DictConfig, rollout_rewards: np.ndarray, pairs: PairRewards) -> None:
     """The end of prepare: keep the rewards of all rollouts, then write the report (if it can)."""
     data_dir = Path(str(cfg.data.output_dir)).absolute()
     write_rollout_rewards(data_dir, rollout_rewards)
     if not _matplotlib():
         report.console.print("report.html needs matplotlib (pip install -e '.[local]'); skipped", markup=False)
         return
-    path = write(Path(str(cfg.run_dir)).absolute(), data_dir)
+    path = write(Path(str(cfg.run_dir)).absolute(), data_dir, pairs)
     report.console.print(f"wrote {path}", soft_wrap=True)
 
 

@@ -377,5 +377,6 @@ def run(cfg: DictConfig) -> dict:
                          soft_wrap=True)
     from recipe import report_page  # report.html, and the rewards of all rollouts for its plot
 
-    report_page.after_prepare(cfg, scanned.rewards)
+    report_page.after_prepare(cfg, scanned.rewards, report_page.PairRewards(
+        pairs["chosen_reward"], pairs["rejected_reward"], pairing_report.pairs_per_group(pairs)))
     return result

@@ -81,6 +81,19 @@ def test_reward_plots_hold_the_rewards(tmp_path):
     assert heights == Counter(round(c - r, 6) for c, r in PAIR_REWARDS)
 
 
+def test_continuous_chosen_vs_rejected_rewards_are_binned():
+    from recipe import plots
+
+    rng = np.random.default_rng(0)
+    rejected = rng.uniform(0, 1, 5000).tolist()
+    chosen = [r + g for r, g in zip(rejected, rng.uniform(0.1, 1, 5000))]
+    figure = plots.chosen_vs_rejected(chosen, rejected)
+    assert labels(figure) == ("rejected reward", "chosen reward")
+    bins = figure.axes[0].collections[0]
+    assert bins.get_array().sum() == 5000  # every pair counted in some hexagon
+    assert figure.axes[1].get_ylabel() == "pairs"  # the colour bar
+
+
 def test_pairs_per_prompt_counts_prompts_by_their_number_of_pairs(tmp_path):
     figure = by_id(*make_run(tmp_path))["pairs_per_prompt"].figure
     assert labels(figure) == ("pairs from one prompt", "prompts")
@@ -151,3 +164,21 @@ def test_stage_report_needs_a_run_folder(tmp_path):
     run, data = make_run(tmp_path)
     assert report_page.run(OmegaConf.create({"run_dir": str(run), "data": {"output_dir": str(data)}})) == 0
     assert (run / "report.html").is_file()
+
+
+def test_prepare_hands_the_report_what_the_pair_files_hold(tmp_path, prepare, monkeypatch):
+    """The report at the end of prepare plots from memory; it must match the written files."""
+    from tests.conftest import rollout, write_jsonl
+
+    handed = {}
+    monkeypatch.setattr(report_page, "write", lambda run_dir, data_dir, pairs=None: handed.update(
+        run_dir=run_dir, data_dir=data_dir, pairs=pairs))
+    rows = [rollout(prompt=f"p{t}", answer=f"a{r}", reward=float(r * t), task=t, agent="e")
+            for t in range(1, 6) for r in range(3)]
+    prepare(write_jsonl(tmp_path / "r.jsonl", rows), "data_prep=all_pairs", "data.val_fraction=0.4")
+    from_memory = report_page.gather(handed["run_dir"], handed["data_dir"], handed["pairs"])
+    from_files = report_page.gather(handed["run_dir"], handed["data_dir"])
+    assert from_memory.pairs == from_files.pairs == 15
+    assert sorted(zip(from_memory.chosen, from_memory.rejected)) == sorted(zip(from_files.chosen, from_files.rejected))
+    assert sorted(from_memory.gaps) == pytest.approx(sorted(from_files.gaps))
+    assert sorted(from_memory.pairs_per_prompt) == sorted(from_files.pairs_per_prompt) == [3] * 5

@@ -13,15 +13,19 @@ import numpy as np
 from recipe.prepare import manifest
 
 
+def pairs_per_group(pairs: np.ndarray) -> np.ndarray:
+    """How many pairs each group that has any holds (writer.PAIR rows)."""
+    _, counts = np.unique(np.stack([pairs["key_hi"], pairs["key_lo"]]), axis=1, return_counts=True)
+    return counts
+
+
 def summarize(strategy: str, pairs: np.ndarray, groups: int) -> dict:
     """Pairs per prompt group, gap distribution and length difference (chosen - rejected,
     characters of the response) of `pairs` (writer.PAIR rows, with their gaps in the strategy's
     score), out of `groups` groups of comparable rollouts."""
-    _, per_pairing_group = np.unique(np.stack([pairs["key_hi"], pairs["key_lo"]]), axis=1,
-                                     return_counts=True)
-    per_group = np.concatenate([per_pairing_group, np.zeros(groups - len(per_pairing_group), dtype=np.int64)])
+    covered = pairs_per_group(pairs)
+    per_group = np.concatenate([covered, np.zeros(groups - len(covered), dtype=np.int64)])
     sizes, counts = np.unique(per_group, return_counts=True)
-    covered = per_pairing_group
     difference = pairs["chosen_length"].astype(np.int64) - pairs["rejected_length"].astype(np.int64)
     share = (lambda mask: round(float(mask.mean()), 6)) if len(difference) else (lambda mask: None)
     return {
