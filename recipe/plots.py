@@ -8,7 +8,6 @@ state), so they render the same on a laptop, in CI and in a container. The data 
 from __future__ import annotations
 
 import io
-from collections import Counter
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -51,26 +50,24 @@ def reward_distribution(values: list[float], counts: list[int], width: float | N
 MAX_POINTS = 400  # more distinct (rejected, chosen) pairs than this are binned
 
 
-def chosen_vs_rejected(chosen: list[float], rejected: list[float]) -> Figure:
+def chosen_vs_rejected(chosen, rejected) -> Figure:
     """One point per distinct (rejected, chosen) reward pair, sized by how many pairs it holds;
     hexagonal bins coloured by count when rewards are too continuous for points to read."""
     figure, axes = _figure("Chosen vs rejected reward", "rejected reward", "chosen reward")
-    points = Counter(zip(rejected, chosen))
-    if len(points) > MAX_POINTS:
-        bins = axes.hexbin(rejected, chosen, gridsize=40, mincnt=1, cmap="Blues")
+    xs, ys = np.asarray(rejected, dtype=float), np.asarray(chosen, dtype=float)
+    if len(xs):
+        points, sizes = np.unique(np.stack([xs, ys]), axis=1, return_counts=True)
+        low, high = float(min(xs.min(), ys.min())), float(max(xs.max(), ys.max()))
+    else:
+        points, sizes, low, high = np.empty((2, 0)), np.empty(0, dtype=int), 0.0, 1.0
+    if len(sizes) > MAX_POINTS:
+        bins = axes.hexbin(xs, ys, gridsize=40, mincnt=1, cmap="Blues")
         figure.colorbar(bins, ax=axes, label="pairs")
-        low, high = min(min(rejected), min(chosen)), max(max(rejected), max(chosen))
-        axes.plot([low, high], [low, high], color="gray", linestyle="--", linewidth=1, label="chosen = rejected")
-        axes.legend(loc="lower right", fontsize=8)
-        return figure
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    sizes = [points[p] for p in points]
-    axes.scatter(xs, ys, s=[20 + 30 * n for n in sizes], color=CHOSEN, alpha=0.6, label="pairs")
-    for x, y, n in zip(xs, ys, sizes):
-        if n > 1:
-            axes.annotate(str(n), (x, y), ha="center", va="center", fontsize=8)
-    low = min(xs + ys) if xs else 0.0
-    high = max(xs + ys) if xs else 1.0
+    else:
+        axes.scatter(points[0], points[1], s=20 + 30 * sizes, color=CHOSEN, alpha=0.6, label="pairs")
+        for x, y, n in zip(points[0], points[1], sizes):
+            if n > 1:
+                axes.annotate(str(n), (x, y), ha="center", va="center", fontsize=8)
     axes.plot([low, high], [low, high], color="gray", linestyle="--", linewidth=1, label="chosen = rejected")
     axes.legend(loc="lower right", fontsize=8)
     return figure
@@ -90,9 +87,8 @@ def gap_histogram(gaps: list[float], bins: int = 20) -> Figure:
 
 def pairs_per_prompt(pairs_of_each_prompt: list[int]) -> Figure:
     figure, axes = _figure("Pairs per prompt", "pairs from one prompt", "prompts")
-    counts = Counter(pairs_of_each_prompt)
-    keys = sorted(counts)
-    axes.bar(keys, [counts[k] for k in keys], width=0.8, color=NEUTRAL, edgecolor="white")
+    keys, counts = np.unique(np.asarray(pairs_of_each_prompt, dtype=int), return_counts=True)
+    axes.bar(keys, counts, width=0.8, color=NEUTRAL, edgecolor="white")
     axes.set_xticks(keys)
     return figure
 

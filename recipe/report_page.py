@@ -110,9 +110,9 @@ def gather(run_dir: Path, data_dir: Path, pairs: PairRewards | None = None) -> R
     data.manifest = _json(data.data_dir / "manifest.json")
     data.rollout_rewards = _json(data.data_dir / REWARDS_FILE)
     if pairs is not None:
-        data.chosen, data.rejected = pairs.chosen.tolist(), pairs.rejected.tolist()
-        data.gaps = (pairs.chosen - pairs.rejected).tolist()
-        data.pairs, data.pairs_per_prompt = len(pairs.chosen), pairs.per_prompt.tolist()
+        data.chosen, data.rejected = pairs.chosen, pairs.rejected  # arrays: no per-pair objects
+        data.gaps = pairs.chosen - pairs.rejected
+        data.pairs, data.pairs_per_prompt = len(pairs.chosen), pairs.per_prompt
     else:
         _read_pairs(data)
     data.preflight = _json(data.run_dir / "preflight.json")
@@ -174,14 +174,14 @@ def sections(data: RunData) -> list[Section]:
                            f"no {REWARDS_FILE} in {data.data_dir}: it is written by stage=prepare"))
     pair_note = ("the pairs carry no rewards: prepare with data.keep_extra_fields=true" if data.pairs
                  else f"no pairs in {data.data_dir}")
-    if data.chosen:
+    if len(data.chosen):
         out.append(Section("chosen_vs_rejected", "Chosen vs rejected reward",
                            plots.chosen_vs_rejected(data.chosen, data.rejected)))
         out.append(Section("gap_histogram", "Reward gap", plots.gap_histogram(data.gaps)))
     else:
         out.append(Section("chosen_vs_rejected", "Chosen vs rejected reward", None, pair_note))
         out.append(Section("gap_histogram", "Reward gap", None, pair_note))
-    if data.pairs_per_prompt:
+    if len(data.pairs_per_prompt):
         out.append(Section("pairs_per_prompt", "Pairs per prompt", plots.pairs_per_prompt(data.pairs_per_prompt)))
     else:
         out.append(Section("pairs_per_prompt", "Pairs per prompt", None, f"no pairs in {data.data_dir}"))
