@@ -6,17 +6,26 @@ every machine and in any chunking, and a prompt shown under two task identities 
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
+
+_GOLDEN, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """A bijective 64-bit mixer (SplitMix64's finaliser), vectorised; wraps modulo 2**64."""
+    x = x + _GOLDEN
+    x = (x ^ (x >> np.uint64(30))) * _MIX1
+    x = (x ^ (x >> np.uint64(27))) * _MIX2
+    return x ^ (x >> np.uint64(31))
 
 
 def rank(contexts: np.ndarray, seed: int) -> np.ndarray:
-    """A seeded pseudo-random position in [0, 1) for every context hash."""
-    salt = seed.to_bytes(8, "little", signed=True)
-    values = [hashlib.blake2b(int(c).to_bytes(8, "little"), digest_size=8, key=salt).digest()
-              for c in contexts]
-    return np.frombuffer(b"".join(values), dtype="<u8") / 2.0**64
+    """A seeded pseudo-random position in [0, 1) for every context hash, the same on every
+    machine (pure 64-bit integer arithmetic)."""
+    with np.errstate(over="ignore"):
+        salt = _splitmix64(np.array([seed % 2**64], dtype=np.uint64))[0]
+        mixed = _splitmix64(np.asarray(contexts, dtype=np.uint64) ^ salt)
+    return (mixed >> np.uint64(11)).astype(np.float64) / 2.0**53
 
 
 def validation_contexts(pair_contexts: np.ndarray, seed: int, val_fraction: float,

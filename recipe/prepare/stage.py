@@ -206,7 +206,7 @@ def scan_inputs(settings: Settings, workers: Workers, spilled: buckets.Buckets,
                     rejects(reject)
             lines_per_file[result.chunk.file_index] += result.lines
             spilled.add(result.records)
-            rewards.append(result.records["reward"])
+            rewards.append(result.records["reward"].copy())  # not a view: the records go to disk
             lines_seen += result.lines
             progress.update(result.chunk.end - result.chunk.start)
             progress.set_postfix_str(f"{lines_seen / max(time.monotonic() - started, 1e-9):,.0f} lines/s",

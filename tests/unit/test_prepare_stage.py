@@ -244,3 +244,15 @@ def test_manifest_statistics_and_output_hashes(tmp_path, prepare):
     assert manifest["outputs"]["train"]["sha256"] == hashlib.sha256((out / "train.jsonl").read_bytes()).hexdigest()
     assert manifest["package"]["name"] == "gym-dpo"
     assert set(manifest["timestamps"]) == {"started", "finished", "seconds"}
+
+
+def test_split_positions_are_the_same_on_every_machine():
+    """Pinned values: a change here moves prompts between train and val for every user."""
+    import numpy as np
+
+    from recipe.prepare import split
+
+    assert split.rank(np.array([1, 2, 3], dtype=np.uint64), 42) == pytest.approx(
+        [0.95043809, 0.44658787, 0.97777679])
+    positions = split.rank(np.arange(1, 100_001, dtype=np.uint64), 0)
+    assert 0 <= positions.min() and positions.max() < 1 and abs((positions < 0.25).mean() - 0.25) < 0.01
