@@ -161,8 +161,3 @@ def read_chunk(chunk: Chunk) -> bytes:
         handle.seek(chunk.start)
         return handle.read(chunk.end - chunk.start)
 
-
-def read_line(path: str, offset: int, length: int) -> bytes:
-    with open(path, "rb") as handle:
-        handle.seek(offset)
-        return handle.read(length)

@@ -1,14 +1,13 @@
 """The shipped JSON Schemas, and agreement between the fast decoder and jsonschema."""
 
 import json
-from pathlib import Path
 
 import jsonschema
 import msgspec
 import pytest
 
 from recipe.prepare import rollouts, writer
-from tests.conftest import REFERENCE, message, rollout
+from tests.conftest import REFERENCE, rollout
 
 ROLLOUT = jsonschema.Draft202012Validator(rollouts.schema("rollout"))
 PAIR = jsonschema.Draft202012Validator(rollouts.schema("pair"))
