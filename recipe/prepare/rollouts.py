@@ -160,4 +160,3 @@ def read_chunk(chunk: Chunk) -> bytes:
     with open(chunk.path, "rb") as handle:
         handle.seek(chunk.start)
         return handle.read(chunk.end - chunk.start)
-
