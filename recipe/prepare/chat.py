@@ -162,14 +162,15 @@ def response_of(output: list[Item] | None, options: ChatOptions) -> str | list[d
     return messages
 
 
-def response_length(response: str | list[dict]) -> int:
-    """Characters the model wrote (assistant turns only): the length a length penalty sees."""
+def response_length(response: str | list[dict], measure=len) -> int:
+    """What the model wrote (assistant turns only), in characters or in `measure`'s unit (tokens):
+    the length a length penalty and the length bias see."""
     if isinstance(response, str):
-        return len(response)
+        return measure(response)
     total = 0
     for message in response:
         if message["role"] == "assistant":
-            total += len(message["content"])
+            total += measure(message["content"]) if message["content"] else 0
             for call in message.get("tool_calls", ()):
-                total += len(call["function"]["arguments"])
+                total += measure(call["function"]["arguments"])
     return total

@@ -78,7 +78,8 @@ def run(cfg: DictConfig) -> list[dict]:
             for name in pairing.STRATEGIES:
                 run_as = dataclasses.replace(settings, strategy=name, strategy_options=options[name])
                 paired = stage.pair_buckets(run_as, workers, scanned)
-                summaries.append(pairing_report.summarize(name, paired.pairs, paired.groups))
+                summaries.append(pairing_report.summarize(name, paired.pairs, paired.groups,
+                                                          settings.length_unit))
         finally:
             workers.close()
             spilled.remove()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import msgspec
 import numpy as np
@@ -25,6 +26,18 @@ class ScanOptions:
     group_by: str | None = None
     chat: chat.ChatOptions = chat.ChatOptions()
     binary: bool = False  # BinaryPreferenceDataset: responses must be plain text
+    tokenizer: str | None = None  # a local tokenizer.json: response lengths in tokens
+
+
+@lru_cache(maxsize=2)
+def length_measure(tokenizer: str | None):
+    """How a response's length is counted: characters, or tokens of a local tokenizer."""
+    if tokenizer is None:
+        return len
+    from tokenizers import Tokenizer  # the `local` extra; checked when the config is read
+
+    encode = Tokenizer.from_file(tokenizer).encode
+    return lambda text: len(encode(text, add_special_tokens=False).ids)
 
 
 @dataclass
@@ -90,6 +103,7 @@ def _scan(chunk: rollouts.Chunk, options: ScanOptions) -> ChunkResult:
     reader = rollouts.Reader(options.group_by)
     decode, find, size = reader.decode, data.find, len(data)
     has_group_field = options.group_by is not None
+    measure = length_measure(options.tokenizer)
     rows: list[tuple] = []
     rejects: list[Reject] = []
     position = number = 0
@@ -119,6 +133,6 @@ def _scan(chunk: rollouts.Chunk, options: ScanOptions) -> ChunkResult:
         key_hi, key_lo, context_hash = grouping.keys(
             row.responses_create_params.input, row.responses_create_params.instructions, task)
         rows.append((key_hi, key_lo, context_hash, grouping.response_hash(response), row.reward,
-                     chat.response_length(response), chunk.file_index, end - start,
+                     chat.response_length(response, measure), chunk.file_index, end - start,
                      chunk.start + start, number))
     return ChunkResult(chunk, number, np.array(rows, dtype=grouping.RECORD), rejects)

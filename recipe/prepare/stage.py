@@ -51,6 +51,10 @@ class Settings:
     workers: int
     chunk_bytes: int
 
+    @property
+    def length_unit(self) -> str:
+        return "tokens" if self.scan.tokenizer else "characters"
+
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "Settings":
         data, prep = cfg.data, cfg.data_prep
@@ -76,12 +80,37 @@ class Settings:
             scan=scan.ScanOptions(
                 group_by=data.group_by,
                 chat=chat.ChatOptions(data.developer_role, bool(data.include_reasoning)),
-                binary=data.format == "binary"),
+                binary=data.format == "binary",
+                tokenizer=length_tokenizer(data.get("length_tokenizer"))),
             strategy=name, strategy_options=options, seed=int(cfg.seed),
             val_fraction=float(data.val_fraction),
             val_size=None if data.val_size is None else int(data.val_size),
             on_error=data.on_error, keep_extra_fields=bool(data.keep_extra_fields),
             workers=int(workers), chunk_bytes=int(float(data.chunk_mb) * (1 << 20)))
+
+
+def length_tokenizer(spec: str | None) -> str | None:
+    """The tokenizer.json that response lengths are counted with, or None for characters.
+
+    `data.length_tokenizer` names a local Hugging Face tokenizer folder or tokenizer.json; one
+    that is not on this machine (a hub name, say) leaves lengths in characters, with a warning.
+    """
+    if not spec:
+        return None
+    path = Path(os.path.expanduser(str(spec)))
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    try:
+        import tokenizers  # noqa: F401  (the `local` extra)
+    except ImportError:
+        report.console.print(f"warning: data.length_tokenizer={spec} needs the tokenizers package "
+                             "(pip install -e '.[local]'); lengths are in characters", markup=False)
+        return None
+    if not path.is_file():
+        report.console.print(f"warning: data.length_tokenizer={spec}: no tokenizer.json on this "
+                             "machine; lengths are in characters", markup=False)
+        return None
+    return str(path.absolute())
 
 
 def resolve_inputs(spec) -> list[str]:
@@ -363,7 +392,8 @@ def run(cfg: DictConfig) -> dict:
                     "chosen": manifest.stats(pairs["chosen_reward"]),
                     "rejected": manifest.stats(pairs["rejected_reward"]),
                     "gap": manifest.stats(pairs["chosen_reward"] - pairs["rejected_reward"])},
-        "pairing": pairing_report.summarize(settings.strategy, pairs, paired.groups),
+        "pairing": pairing_report.summarize(settings.strategy, pairs, paired.groups,
+                                            settings.length_unit),
     }
     hashing.shutdown()
     files.commit()

@@ -256,3 +256,34 @@ def test_split_positions_are_the_same_on_every_machine():
         [0.95043809, 0.44658787, 0.97777679])
     positions = split.rank(np.arange(1, 100_001, dtype=np.uint64), 0)
     assert 0 <= positions.min() and positions.max() < 1 and abs((positions < 0.25).mean() - 0.25) < 0.01
+
+
+def test_length_penalty_counts_tokens_with_a_local_tokenizer(tmp_path, prepare, capsys):
+    tokenizers = pytest.importorskip("tokenizers", reason="the tokenizers package (the local extra)")
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    tokenizer = tokenizers.Tokenizer(WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = Whitespace()
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    tokenizer.save(str(folder / "tokenizer.json"))
+    one_long_word, five_short_words = "a" * 30, "b b b b b"  # 30 chars, 1 token / 9 chars, 5 tokens
+    rows = [rollout(prompt="q", answer=one_long_word, reward=1.0), rollout(prompt="q", answer=five_short_words, reward=1.0)]
+    path = write_jsonl(tmp_path / "r.jsonl", rows)
+    penalty = ("data_prep.length_penalty=0.01", "data.val_fraction=0")
+
+    manifest, out = prepare(path, *penalty, f"data.length_tokenizer={folder}", out="tokens")
+    (pair,) = pairs_of(out)
+    assert pair["completions"][0]["completion"][0]["content"] == one_long_word  # 1 token < 5 tokens
+    assert manifest["pairing"]["length_unit"] == "tokens"
+    assert manifest["pairing"]["length_difference"]["mean"] == -4
+
+    manifest, out = prepare(path, *penalty, out="characters")
+    (pair,) = pairs_of(out)
+    assert pair["completions"][0]["completion"][0]["content"] == five_short_words  # 9 chars < 30 chars
+    assert manifest["pairing"]["length_unit"] == "characters"
+
+    manifest, _ = prepare(path, *penalty, f"data.length_tokenizer={tmp_path / 'absent'}", out="absent")
+    assert manifest["pairing"]["length_unit"] == "characters"
+    assert "no tokenizer.json on this machine" in capsys.readouterr().err

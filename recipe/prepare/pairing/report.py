@@ -19,10 +19,10 @@ def pairs_per_group(pairs: np.ndarray) -> np.ndarray:
     return counts
 
 
-def summarize(strategy: str, pairs: np.ndarray, groups: int) -> dict:
-    """Pairs per prompt group, gap distribution and length difference (chosen - rejected,
-    characters of the response) of `pairs` (writer.PAIR rows, with their gaps in the strategy's
-    score), out of `groups` groups of comparable rollouts."""
+def summarize(strategy: str, pairs: np.ndarray, groups: int, length_unit: str = "characters") -> dict:
+    """Pairs per prompt group, gap distribution and length difference (chosen - rejected, in
+    `length_unit` of the response) of `pairs` (writer.PAIR rows, with their gaps in the
+    strategy's score), out of `groups` groups of comparable rollouts."""
     covered = pairs_per_group(pairs)
     per_group = np.concatenate([covered, np.zeros(groups - len(covered), dtype=np.int64)])
     sizes, counts = np.unique(per_group, return_counts=True)
@@ -38,6 +38,7 @@ def summarize(strategy: str, pairs: np.ndarray, groups: int) -> dict:
             "max": int(per_group.max()) if len(per_group) else 0,
         },
         "score_gap": manifest.stats(pairs["score_gap"]),
+        "length_unit": length_unit,
         "length_difference": {
             **manifest.stats(difference),
             "chosen_longer_share": share(difference > 0),
