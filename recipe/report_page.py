@@ -221,6 +221,27 @@ def _table(rows: list[tuple[str, object]]) -> str:
     return f"<table>{cells}</table>"
 
 
+def _pairing(pairing: dict, options: dict) -> str:
+    """The manifest's pairing report: what the strategy made of the input, and its length bias."""
+    prompts, per_prompt = pairing.get("prompts", {}), pairing.get("pairs_per_prompt", {})
+    gap, length = pairing.get("score_gap", {}), pairing.get("length_difference", {})
+    unit = pairing.get("length_unit", "characters")
+    rows = [("strategy", pairing.get("strategy")),
+            ("options", ", ".join(f"{k}={v}" for k, v in options.items() if k != "name")),
+            ("prompts with a pair", f"{prompts.get('with_pairs', '?')} / {prompts.get('total', '?')}"),
+            ("pairs per paired prompt: mean / max", f"{per_prompt.get('mean_where_paired')} / {per_prompt.get('max')}"),
+            ("score gap: min / median / max", f"{gap.get('min')} / {gap.get('median')} / {gap.get('max')}"
+             if gap.get("count") else "no pairs"),
+            (f"length chosen - rejected ({unit}): mean / median",
+             f"{length.get('mean')} / {length.get('median')}" if length.get("count") else "no pairs"),
+            ("pairs whose chosen is longer", length.get("chosen_longer_share"))]
+    warning = ""
+    if (length.get("chosen_longer_share") or 0) > 0.5:
+        warning = ("<ul><li class='warn'>chosen is the longer response in most pairs: DPO may learn "
+                   "that longer is better; consider data_prep.length_penalty</li></ul>")
+    return "<h2>Pairing</h2>" + _table(rows) + warning
+
+
 def _summary(data: RunData) -> str:
     parts = []
     manifest = data.manifest
@@ -231,6 +252,8 @@ def _summary(data: RunData) -> str:
         rows += [(f"rejected: {k}", v) for k, v in counts.get("rejected", {}).items()]
         rows += [("train pairs", pairs.get("train", "?")), ("val pairs", pairs.get("val", "?"))]
         parts.append("<h2>Data</h2>" + _table(rows))
+        if manifest.get("pairing"):
+            parts.append(_pairing(manifest["pairing"], manifest.get("config", {}).get("data_prep", {})))
     if data.preflight:
         batches = data.preflight.get("batches", {})
         rows = [("tokenizer", data.preflight.get("tokenizer")),

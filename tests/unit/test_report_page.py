@@ -182,3 +182,16 @@ def test_prepare_hands_the_report_what_the_pair_files_hold(tmp_path, prepare, mo
     assert sorted(zip(from_memory.chosen, from_memory.rejected)) == sorted(zip(from_files.chosen, from_files.rejected))
     assert sorted(from_memory.gaps) == pytest.approx(sorted(from_files.gaps))
     assert sorted(from_memory.pairs_per_prompt) == sorted(from_files.pairs_per_prompt) == [3] * 5
+
+
+def test_the_page_shows_the_pairing_report_and_warns_on_length_bias(tmp_path, prepare):
+    from tests.conftest import rollout, write_jsonl
+
+    rows = [rollout(prompt=f"p{t}", answer="long answer " * (3 - r), reward=float(2 - r), task=t, agent="e")
+            for t in range(4) for r in range(3)]  # the best answer is always the longest
+    _, data = prepare(write_jsonl(tmp_path / "r.jsonl", rows), "data.val_fraction=0")
+    page = report_page.write(tmp_path / "run", data).read_text()
+    pairing = page[page.index("<h2>Pairing</h2>"):]
+    assert "same_prompt" in pairing and "4 / 4" in pairing  # prompts with a pair
+    assert "length chosen - rejected (characters)" in pairing and "24.0 / 24.0" in pairing
+    assert "longer is better" in pairing
