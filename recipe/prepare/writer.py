@@ -40,7 +40,7 @@ def pairs_of(records: np.ndarray, chosen: np.ndarray, rejected: np.ndarray,
 
 
 class PairSchemaError(RuntimeError):
-    pass
+    """A pair we built fails the pair schema: a bug of ours, never the user's data."""
 
 
 def preference_record(context: list[dict], chosen, rejected) -> dict:
