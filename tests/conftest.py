@@ -67,7 +67,7 @@ def prepare(tmp_path):
     def run(inputs, *overrides: str, out: str = "out"):
         spec = "[" + ",".join(map(str, inputs)) + "]" if isinstance(inputs, (list, tuple)) else str(inputs)
         cfg = compose_config(f"data.input={spec}", f"data.output_dir={tmp_path / out}",
-                             "data.workers=1", *overrides)
+                             f"output_root={tmp_path / 'runs'}", "data.workers=1", *overrides)
         return stage.run(cfg), tmp_path / out
 
     return run
