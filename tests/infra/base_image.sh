@@ -45,7 +45,8 @@
 #   GYM_DPO_BASE_TRUST_HOST_CA  1 (default) / 0, see above
 set -euo pipefail
 
-STATE=${INFRA_STATE:-/var/tmp/gym-dpo-infra}
+# shellcheck source=common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 CACHE=${GYM_DPO_CACHE:-$HOME/.cache/gym-dpo}
 IMAGE=${GYM_DPO_BASE_IMAGE:-gym-dpo-base:bookworm}
 ROOTFS_IMAGE="$IMAGE-rootfs"
@@ -55,8 +56,6 @@ PACKAGES=python3,python3-venv,python3-pip,ca-certificates,procps
 HOST_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-log() { echo "[base_image] $*" >&2; }
-die() { echo "[base_image] ERROR: $*" >&2; exit 1; }
 
 mkdir -p "$STATE" "$CACHE"
 
@@ -113,10 +112,7 @@ elif docker image inspect "$ROOTFS_IMAGE" >/dev/null 2>&1; then
     log "image $ROOTFS_IMAGE exists; no tarball needed"
 else
     if ! command -v debootstrap >/dev/null 2>&1; then
-        log "installing debootstrap (apt-get)"
-        export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1
-        apt-get update -q >/dev/null
-        apt-get install -y -q debootstrap >/dev/null
+        apt_install debootstrap
     fi
     mirror=$(debian_mirror)
     workdir=$(mktemp -d "$STATE/rootfs-build.XXXXXX")

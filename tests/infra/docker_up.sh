@@ -24,13 +24,12 @@
 #   DOCKER_WAIT_TIMEOUT  seconds to wait for dockerd (default 90)
 set -euo pipefail
 
-STATE=${INFRA_STATE:-/var/tmp/gym-dpo-infra}
+# shellcheck source=common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 DOCKER_WAIT_TIMEOUT=${DOCKER_WAIT_TIMEOUT:-90}
 COMPOSE_VENV="$STATE/compose-venv"
 PLUGIN_DIR="${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins"
 
-log() { echo "[docker_up] $*" >&2; }
-die() { echo "[docker_up] ERROR: $*" >&2; exit 1; }
 
 mkdir -p "$STATE"
 
@@ -39,11 +38,7 @@ if docker info >/dev/null 2>&1; then
     log "docker engine already up"
 else
     if ! command -v dockerd >/dev/null 2>&1; then
-        log "installing docker.io from Debian (apt-get)"
-        export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1
-        apt-get update -q >/dev/null
-        # docker.io pulls in containerd, runc, iptables and the docker CLI.
-        apt-get install -y -q --no-install-recommends docker.io >/dev/null
+        apt_install docker.io   # with containerd, runc, iptables and the docker CLI
     fi
 
     # Start dockerd only if none is running yet (one may still be starting).

@@ -10,11 +10,11 @@
 # stop it with slurm_down.sh. Exit code 0 = both checks passed.
 set -euo pipefail
 
-STATE=${INFRA_STATE:-/var/tmp/gym-dpo-infra}
+# shellcheck source=common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TIMEOUT=${SLURM_CHECK_TIMEOUT:-120}
 
-log() { echo "[slurm_check] $*" >&2; }
 die() { echo "[slurm_check] FAIL: $*" >&2; exit 1; }
 
 eval "$("$HERE/slurm_up.sh")"          # exports SLURM_CONF

@@ -7,12 +7,12 @@
 # $STATE/slurm for inspection.
 set -euo pipefail
 
-STATE=${INFRA_STATE:-/var/tmp/gym-dpo-infra}
+# shellcheck source=common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 SDIR="$STATE/slurm"
 STOP_TIMEOUT=${SLURM_STOP_TIMEOUT:-20}
 export SLURM_CONF="$SDIR/slurm.conf"
 
-log() { echo "[slurm_down] $*" >&2; }
 
 # daemon_pid NAME PIDFILE: print the pid if it is still that daemon (pids get
 # reused, so also check the process name); drop a stale pid file.

@@ -24,7 +24,8 @@
 #                        job may start again (default 10 s; Slurm's own: 120 s)
 set -euo pipefail
 
-STATE=${INFRA_STATE:-/var/tmp/gym-dpo-infra}
+# shellcheck source=common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 SDIR="$STATE/slurm"
 CONF="$SDIR/slurm.conf"
 ENV_FILE="$STATE/slurm.env"
@@ -35,8 +36,6 @@ SLURM_CRED_EXPIRE=${SLURM_CRED_EXPIRE:-10}
 HOST=$(hostname -s)
 NODES=(node1 node2)
 
-log() { echo "[slurm_up] $*" >&2; }
-die() { echo "[slurm_up] ERROR: $*" >&2; exit 1; }
 
 export SLURM_CONF="$CONF"
 
@@ -64,10 +63,7 @@ fi
 
 # ---------------------------------------------------------------- install ----
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null; then
-    log "installing slurm-wlm (apt-get)"
-    export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1
-    apt-get update -q >/dev/null
-    apt-get install -y -q --no-install-recommends slurm-wlm >/dev/null
+    apt_install slurm-wlm
 fi
 
 # ------------------------------------------------------------- slurm.conf ----

@@ -33,7 +33,8 @@
 #   GYM_DPO_REFERENCE       folder with nemo-rl-v0.7.0/dpo.yaml (default ../shared/reference)
 set -euo pipefail
 
-STATE=${INFRA_STATE:-/var/tmp/gym-dpo-infra}
+# shellcheck source=common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 CACHE=${GYM_DPO_CACHE:-$HOME/.cache/gym-dpo}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -45,8 +46,6 @@ STANDIN=${GYM_DPO_TEST_STANDIN:-gym-dpo-test:nemo-rl}
 REFERENCE=${GYM_DPO_REFERENCE:-$REPO/../shared/reference}
 CONTEXT=$CACHE/test-image
 
-log() { echo "[test_image] $*" >&2; }
-die() { echo "[test_image] ERROR: $*" >&2; exit 1; }
 missing() { echo "[test_image] $*" >&2; exit 3; }   # a tool is missing (the tests skip on 3)
 t0=$SECONDS
 
@@ -82,10 +81,7 @@ registry_up() { curl -fsS -o /dev/null "http://$REGISTRY/v2/" 2>/dev/null; }
 if ! registry_up; then
     if ! command -v docker-registry >/dev/null; then
         [[ $(id -u) == 0 ]] || missing "no local registry: docker-registry is not installed (apt-get install docker-registry, as root)"
-        log "installing Debian's docker-registry"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker-registry >&2 \
-            || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive \
-                 apt-get install -y -q --no-install-recommends docker-registry >&2; }
+        apt_install docker-registry
     fi
     mkdir -p "$STATE/registry/data"
     cat >"$STATE/registry/config.yml" <<EOF
