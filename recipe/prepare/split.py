@@ -28,24 +28,19 @@ def rank(contexts: np.ndarray, seed: int) -> np.ndarray:
     return (mixed >> np.uint64(11)).astype(np.float64) / 2.0**53
 
 
-def validation_contexts(pair_contexts: np.ndarray, seed: int, val_fraction: float,
-                        val_size: int | None) -> set[int]:
-    """Context hashes whose pairs go to validation.
+def is_validation(pair_contexts: np.ndarray, seed: int, val_fraction: float,
+                  val_size: int | None) -> np.ndarray:
+    """For each pair (by its context hash), whether it goes to validation.
 
     `val_fraction` puts each prompt on the validation side with that probability; `val_size`
     instead takes prompts in hashed order until at least that many pairs are set aside.
     """
     unique, counts = np.unique(pair_contexts, return_counts=True)
-    if len(unique) == 0:
-        return set()
     positions = rank(unique, seed)
     if val_size is None:
-        return {int(c) for c in unique[positions < val_fraction]}
-    chosen: set[int] = set()
-    taken = 0
-    for index in np.argsort(positions, kind="stable"):
-        if taken >= val_size:
-            break
-        chosen.add(int(unique[index]))
-        taken += int(counts[index])
-    return chosen
+        chosen = unique[positions < val_fraction]
+    else:
+        order = np.argsort(positions, kind="stable")
+        pairs_before = np.cumsum(counts[order]) - counts[order]
+        chosen = unique[order][pairs_before < val_size]
+    return np.isin(pair_contexts, chosen)

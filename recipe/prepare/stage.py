@@ -322,9 +322,8 @@ def pair_buckets(settings: Settings, workers: Workers, scanned: Scanned) -> Buck
 def write_pairs(settings: Settings, pairs: np.ndarray, workers: Workers,
                 files: writer.AtomicFiles, batch: int = 512) -> np.ndarray:
     """Write train/val; returns a boolean mask of the pairs that went to validation."""
-    val_contexts = split.validation_contexts(pairs["context"], settings.seed, settings.val_fraction,
-                                             settings.val_size)
-    is_val = np.isin(pairs["context"], np.fromiter(val_contexts, dtype=np.uint64, count=len(val_contexts)))
+    is_val = split.is_validation(pairs["context"], settings.seed, settings.val_fraction,
+                                 settings.val_size)
     tasks = ((pairs[i:i + batch], is_val[i:i + batch]) for i in range(0, len(pairs), batch))
     with tqdm(total=len(pairs), unit="pair", desc="write pairs", mininterval=1.0) as progress:
         for start, (train, val) in zip(range(0, len(pairs), batch), workers.map(_build, tasks)):
