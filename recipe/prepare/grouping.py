@@ -14,6 +14,7 @@ from typing import Iterator
 
 import msgspec
 import numpy as np
+import orjson
 import xxhash
 
 # One usable rollout. `key` groups comparable rollouts; `context` (the prompt alone) decides the
@@ -33,21 +34,33 @@ RECORD = np.dtype([
 
 _encode = msgspec.json.Encoder(order="sorted").encode
 _LOW = (1 << 64) - 1
+CONTEXT_SALT = 0x9E3779B97F4A7C15  # the second half of the 128-bit context hash
+_xxh64 = xxhash.xxh64_intdigest
+
+# The hashes below are XXH64 over bytes laid out as here, so that the C fast path
+# (`_native.c`, `row_keys`) computes the very same keys; tests check that both agree.
 
 
 def identity(file_index: int, agent: str | None, task_index: int | None, group_value) -> bytes:
-    """The task identity part of a group key, encoded (`null` when the row carries none)."""
+    """The task identity part of a group key (empty when the row carries none)."""
     if group_value is not msgspec.UNSET:
-        return _encode(["field", group_value])
+        return b"F" + _encode(group_value)
     return _task_identity(file_index, agent, task_index)
 
 
 @lru_cache(maxsize=1 << 16)
 def _task_identity(file_index: int, agent: str | None, task_index: int | None) -> bytes:
     if task_index is None and agent is None:
-        return b"null"
+        return b""
     # task indices restart at 0 in every collection run: scope them to their file
-    return _encode(["task", agent, task_index, file_index if task_index is not None else None])
+    name = b"\x00" if agent is None else b"\x01" + _length_prefixed(agent.encode())
+    index = b"\x00" if task_index is None else (
+        b"\x01" + task_index.to_bytes(9, "little", signed=True) + file_index.to_bytes(2, "little"))
+    return b"T" + name + index
+
+
+def _length_prefixed(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "little") + data
 
 
 def keys(raw_input, instructions: str | None, task: bytes) -> tuple[int, int, int]:
@@ -56,15 +69,15 @@ def keys(raw_input, instructions: str | None, task: bytes) -> tuple[int, int, in
     The context is identified by the request's `input` exactly as written plus `instructions`:
     rows of one task carry byte-identical requests, and a hash of the bytes costs no re-encoding.
     """
-    seed = xxhash.xxh3_64_intdigest(instructions.encode()) + 1 if instructions is not None else 0
-    context = xxhash.xxh3_128_intdigest(raw_input, seed & _LOW)
-    group = xxhash.xxh3_128_intdigest(context.to_bytes(16, "little") + task)
-    return group >> 64, group & _LOW, context & _LOW
+    seed = (_xxh64(instructions.encode()) + 1) & _LOW if instructions is not None else 0
+    context = _xxh64(raw_input, seed)
+    head = context.to_bytes(8, "little") + _xxh64(raw_input, seed ^ CONTEXT_SALT).to_bytes(8, "little")
+    return _xxh64(head + task, 1), _xxh64(head + task, 2), context
 
 
 def response_hash(response: str | list[dict]) -> int:
-    data = response.encode() if isinstance(response, str) else _encode(response)
-    return xxhash.xxh3_64_intdigest(data)
+    """Identity of a response: the hash of its JSON as written to the pair files."""
+    return _xxh64(orjson.dumps(response))
 
 
 def sort_records(records: np.ndarray) -> np.ndarray:

@@ -4,6 +4,9 @@ Each line is decoded and validated (typed fast path), checked for what DPO needs
 not masked, a context, assistant text) and reduced to a `grouping.RECORD`. Texts are not kept and
 context messages are not built here: `convert` builds them later, only for the lines that end up
 in a pair, and it runs the very same checks.
+
+With the C fast path (`native.py`) a chunk is read in C, and only the lines it hands back (bad
+or unusual ones) go through `LineReader`, the Python definition of the same reading.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from functools import lru_cache
 import msgspec
 import numpy as np
 
-from recipe.prepare import chat, grouping, rollouts
+from recipe.prepare import chat, grouping, native, rollouts
 
 OPEN_BRACE = ord("{")
 
@@ -99,40 +102,63 @@ def scan_chunk(chunk: rollouts.Chunk, options: ScanOptions) -> ChunkResult:
 
 def _scan(chunk: rollouts.Chunk, options: ScanOptions) -> ChunkResult:
     data = rollouts.read_chunk(chunk)
-    view = memoryview(data)
-    reader = rollouts.Reader(options.group_by)
-    decode, find, size = reader.decode, data.find, len(data)
-    has_group_field = options.group_by is not None
-    measure = length_measure(options.tokenizer)
-    rows: list[tuple] = []
-    rejects: list[Reject] = []
+    reader = LineReader(chunk, options)
+    if native.covers(options):
+        blob, lines, handed_back = native.scan(data, chunk.file_index, chunk.start, options)
+        view = memoryview(data)
+        for number, start, end in handed_back:  # lines the C path was not sure of: Python decides
+            reader.read(view[start:end], number, start)
+        records = np.frombuffer(blob, dtype=grouping.RECORD)
+        if reader.rows:
+            records = np.concatenate([records, reader.records()])
+        return ChunkResult(chunk, lines, records, reader.rejects)
+    view, find, size = memoryview(data), data.find, len(data)
     position = number = 0
     while position < size:
         end = find(b"\n", position)
         if end < 0:
             end = size
-        start, line, position = position, view[position:end], end + 1
         number += 1
-        if start == end or data[start] != OPEN_BRACE:
-            if not data[start:end].strip():
-                rejects.append(Reject(chunk.file_index, number, "blank_line", "the line is empty"))
-                continue
+        reader.read(view[position:end], number, position)
+        position = end + 1
+    return ChunkResult(chunk, number, reader.records(), reader.rejects)
+
+
+class LineReader:
+    """The Python path, one line at a time: a record for a usable line, a `Reject` otherwise."""
+
+    def __init__(self, chunk: rollouts.Chunk, options: ScanOptions):
+        self.chunk = chunk
+        self.options = options
+        self.decode = rollouts.Reader(options.group_by).decode
+        self.measure = length_measure(options.tokenizer)
+        self.rows: list[tuple] = []
+        self.rejects: list[Reject] = []
+
+    def records(self) -> np.ndarray:
+        return np.array(self.rows, dtype=grouping.RECORD)
+
+    def read(self, line: memoryview, number: int, start: int) -> None:
+        chunk, options = self.chunk, self.options
+        if not line or line[0] != OPEN_BRACE:
+            if not bytes(line).strip():
+                self.rejects.append(Reject(chunk.file_index, number, "blank_line", "the line is empty"))
+                return
         try:
-            row, params_input = decode(line)
+            row, params_input = self.decode(line)
         except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
-            rejects.append(Reject(chunk.file_index, number, *_invalid(line)))
-            continue
+            self.rejects.append(Reject(chunk.file_index, number, *_invalid(line)))
+            return
         try:
             response = checked_response(row, params_input, options)
         except chat.Unusable as exc:
-            rejects.append(Reject(chunk.file_index, number, exc.reason, exc.detail))
-            continue
+            self.rejects.append(Reject(chunk.file_index, number, exc.reason, exc.detail))
+            return
         agent = row.agent_ref.name if row.agent_ref is not None else None
-        group_value = row.group_value if has_group_field else msgspec.UNSET
+        group_value = row.group_value if options.group_by is not None else msgspec.UNSET
         task = grouping.identity(chunk.file_index, agent, row.task_index, group_value)
         key_hi, key_lo, context_hash = grouping.keys(
             row.responses_create_params.input, row.responses_create_params.instructions, task)
-        rows.append((key_hi, key_lo, context_hash, grouping.response_hash(response), row.reward,
-                     chat.response_length(response, measure), chunk.file_index, end - start,
-                     chunk.start + start, number))
-    return ChunkResult(chunk, number, np.array(rows, dtype=grouping.RECORD), rejects)
+        self.rows.append((key_hi, key_lo, context_hash, grouping.response_hash(response),
+                          row.reward, chat.response_length(response, self.measure),
+                          chunk.file_index, len(line), chunk.start + start, number))

@@ -15,7 +15,7 @@ import jsonschema_rs
 import numpy as np
 import orjson
 
-from recipe.prepare import rollouts, scan
+from recipe.prepare import native, rollouts, scan
 
 
 SIDE = [("file", "u2"), ("line", "u8"), ("offset", "u8"), ("nbytes", "u4"), ("reward", "f8"),
@@ -59,47 +59,73 @@ def binary_record(context: list[dict], chosen: str, rejected: str) -> dict:
             "chosen": chosen, "rejected": rejected}
 
 
+# A pair line is put together from the JSON of its parts (as orjson writes them), so that the
+# C path and the Python path give the same bytes: what `orjson.dumps(preference_record(...))`
+# and `orjson.dumps(binary_record(...))` give.
+def _completion(response: bytes) -> bytes:
+    return response if response[:1] == b"[" else b'[{"role":"assistant","content":' + response + b"}]"
+
+
+def preference_line(context: bytes, chosen: bytes, rejected: bytes) -> bytes:
+    return (b'{"context":' + context + b',"completions":[{"rank":0,"completion":' + _completion(chosen)
+            + b'},{"rank":1,"completion":' + _completion(rejected) + b"}]}")
+
+
+def binary_line(prompt: bytes, chosen: bytes, rejected: bytes) -> bytes:
+    return b'{"prompt":' + prompt + b',"chosen":' + chosen + b',"rejected":' + rejected + b"}"
+
+
 class PairBuilder:
-    """Per worker: decodes the two lines of a pair and returns the JSONL line to write."""
+    """Per worker: converts the two lines of a pair and returns the JSONL line to write."""
 
     def __init__(self, paths: list[str], options: scan.ScanOptions, keep_extra_fields: bool):
         self.paths = paths
         self.options = options
         self.keep_extra_fields = keep_extra_fields
         self.reader = rollouts.Reader(options.group_by)
+        self.native = native.covers(options)
         self.validator = jsonschema_rs.validator_for(rollouts.schema("pair"))
         self.files = [open(p, "rb") for p in paths]
 
-    def _decode(self, pair, side: str):
+    def _parts(self, pair, side: str) -> tuple[bytes, bytes, bytes | None]:
+        """(context JSON, response JSON, prompt JSON when the context is one user turn)."""
         handle = self.files[pair[f"{side}_file"]]
         handle.seek(pair[f"{side}_offset"])
-        return self.reader.decode(handle.read(pair[f"{side}_nbytes"]))
+        line = handle.read(pair[f"{side}_nbytes"])
+        if self.native:
+            parts = native.convert(line, self.options)
+            if parts is not None:
+                return parts
+        context, response = scan.convert(*self.reader.decode(line), self.options)
+        single_user_turn = len(context) == 1 and context[0]["role"] == "user"
+        return (orjson.dumps(context), orjson.dumps(response),
+                orjson.dumps(context[0]["content"]) if single_user_turn else None)
 
     def build_all(self, pairs: np.ndarray) -> list[bytes]:
         return [self.build(dict(zip(PAIR.names, row))) for row in pairs.tolist()]
 
     def build(self, pair: dict) -> bytes:
         """The JSONL line of one pair (`pair`: a PAIR row as a dict)."""
-        context, chosen = scan.convert(*self._decode(pair, "chosen"), self.options)
-        rejected = scan.checked_response(*self._decode(pair, "rejected"), self.options)
+        context, chosen, prompt = self._parts(pair, "chosen")
+        rejected = self._parts(pair, "rejected")[1]
         if self.options.binary:
-            record = binary_record(context, chosen, rejected)
+            line = binary_line(prompt or context, chosen, rejected)
         else:
-            record = preference_record(context, chosen, rejected)
-        if not self.validator.is_valid(record):
-            error = next(iter(self.validator.iter_errors(record)))
+            line = preference_line(context, chosen, rejected)
+        if not self.validator.is_valid(orjson.loads(line)):
+            error = next(iter(self.validator.iter_errors(orjson.loads(line))))
             raise PairSchemaError(f"a pair from {self.source(pair, 'chosen')} and "
                                   f"{self.source(pair, 'rejected')} fails the pair schema: {error}")
         if self.keep_extra_fields:
-            record.update({
+            line = line[:-1] + b"," + orjson.dumps({
                 "chosen_reward": pair["chosen_reward"],
                 "rejected_reward": pair["rejected_reward"],
                 "reward_gap": pair["chosen_reward"] - pair["rejected_reward"],
                 "group_id": f"{pair['key_hi']:016x}{pair['key_lo']:016x}",
                 "chosen_source": self.source(pair, "chosen"),
                 "rejected_source": self.source(pair, "rejected"),
-            })
-        return orjson.dumps(record) + b"\n"
+            })[1:]
+        return line + b"\n"
 
     def source(self, pair: dict, side: str) -> str:
         return f"{self.paths[pair[f'{side}_file']]}:{pair[f'{side}_line']}"
