@@ -91,6 +91,7 @@ typedef struct {
     uint8_t esc;       /* holds backslash escapes */
     uint8_t set;       /* the key was present */
     uint8_t null;      /* ... with the value null */
+    uint8_t ascii;     /* only ASCII bytes (so one character per byte) */
 } jstr;
 
 #define TRUTHY(j) ((j).set && !(j).null && (j).n > 0)  /* Python: a non-empty str */
@@ -235,6 +236,12 @@ static int emit_chars(buf_t *b, jstr j) {
 /* Characters (code points: Python's len()) and whether any is not whitespace. */
 static void measure(jstr j, uint64_t *chars, int *visible) {
     const uint8_t *p = j.s, *end = j.s + j.n;
+    if (!j.esc && j.ascii) {
+        *chars += j.n;
+        for (; p < end && !*visible; p++)
+            if (!is_space(*p)) *visible = 1;
+        return;
+    }
     if (!j.esc) {
         for (; p < end; p++) {
             if ((*p & 0xC0) != 0x80) (*chars)++;
@@ -263,10 +270,21 @@ static inline void ws(cur_t *c) {
     while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r')) c->p++;
 }
 
+/* Whether any of 8 bytes is '"', '\\', a control character or not ASCII: what stops the plain
+ * copy of a string's characters (SWAR: all 8 tested at once). */
+static inline uint64_t special8(uint64_t v) {
+    const uint64_t ones = 0x0101010101010101ULL, high = 0x8080808080808080ULL;
+    uint64_t quote = v ^ (ones * '"'), backslash = v ^ (ones * '\\');
+    uint64_t control = (v - ones * 0x20) & ~v;                 /* a byte < 0x20 */
+    uint64_t zeros = ((quote - ones) & ~quote) | ((backslash - ones) & ~backslash);
+    return (control | zeros | v) & high;                       /* v: a byte >= 0x80 */
+}
+
 static int parse_string(cur_t *c, jstr *out) {
     const uint8_t *p = c->p + 1, *end = c->end, *start = p;
-    int esc = 0;
+    int esc = 0, ascii = 1;
     for (;;) {
+        while (end - p >= 8 && !special8(rd64(p))) p += 8;
         if (p >= end) return FAIL;
         uint8_t ch = *p;
         if (ch == '"') break;
@@ -299,12 +317,14 @@ static int parse_string(cur_t *c, jstr *out) {
             int n = utf8_len(p, end);
             if (!n) return FAIL;
             p += n;
+            ascii = 0;
         }
     }
     if (p - start > UINT32_MAX) return FAIL;
     out->s = start;
     out->n = (uint32_t)(p - start);
     out->esc = (uint8_t)esc;
+    out->ascii = (uint8_t)ascii;
     out->set = 1;
     out->null = 0;
     c->p = p + 1;
@@ -782,7 +802,7 @@ static msg_t *new_msg(ctx_t *x, uint8_t role) {
     return m;
 }
 
-static const jstr EMPTY = {(const uint8_t *)"", 0, 0, 1, 0};
+static const jstr EMPTY = {(const uint8_t *)"", 0, 0, 1, 0, 1};
 static inline jstr or_empty(jstr j) { return TRUTHY(j) ? j : EMPTY; }
 
 /* chat.to_messages(items, include_reasoning=False): appends to x->msgs; the messages before
@@ -1119,16 +1139,48 @@ PyDoc_STRVAR(convert_doc,
 "convert(line, developer_role, binary) -> (context, response, prompt) | None\n\n"
 "The JSON (orjson's bytes) of a usable line's context messages and response (a string for a\n"
 "single assistant turn, else a message list), and `prompt`: the context's only user turn as a\n"
-"JSON string, or None. None: the Python path decides.");
+"JSON string, or None. Parts it returns meet the pair schema; None: the Python path decides.");
+
+/* What `schemas/pair.schema.json` asks of a pair built from these parts, beyond what the
+ * emitter guarantees by construction (roles of the enum, string contents, a completion that ends
+ * with an assistant turn, tool_calls only when there are some): a context of at least one
+ * message, tool calls with a name, and in the binary format a prompt with a visible character.
+ * A line that fails goes to the Python path, where jsonschema says precisely what is wrong. */
+static int named_calls(const ctx_t *x, uint32_t msg0, uint32_t nmsg) {
+    for (uint32_t i = 0; i < nmsg; i++) {
+        const msg_t *m = &x->msgs[msg0 + i];
+        for (uint32_t k = 0; k < m->ncall; k++)
+            if (!x->calls[m->call0 + k].name.n) return 0;
+    }
+    return 1;
+}
+
+static int meets_pair_schema(ctx_t *x, const response_t *resp, uint32_t msg0, uint32_t nmsg, int binary) {
+    if (!nmsg || !named_calls(x, msg0, nmsg)) return 0;
+    if (!resp->is_text && !named_calls(x, resp->msg0, resp->nmsg)) return 0;
+    if (binary && nmsg == 1 && x->msgs[msg0].role == R_USER) {
+        uint64_t chars = 0;
+        int visible = 0;
+        text_measure(x, x->msgs[msg0].seg0, x->msgs[msg0].nseg, &chars, &visible);
+        if (!visible) return 0;
+    }
+    return 1;
+}
+
+/* convert() is called once per paired line: its work arrays are kept from call to call (the
+ * module is only ever used with the GIL held). */
+static ctx_t convert_ctx;
+static buf_t convert_context, convert_prompt;
 
 static PyObject *py_convert(PyObject *self, PyObject *args) {
     Py_buffer view;
     int developer_is_system, binary;
     if (!PyArg_ParseTuple(args, "y*pp", &view, &developer_is_system, &binary)) return NULL;
-    ctx_t x;
-    memset(&x, 0, sizeof x);
+    ctx_t x = convert_ctx;  /* the arrays; returned below */
+    ctx_reset(&x);
     x.developer_role = developer_is_system ? R_SYSTEM : R_DEVELOPER;
-    buf_t context = {0}, prompt = {0};
+    buf_t context = convert_context, prompt = convert_prompt;
+    context.n = prompt.n = 0;
     row_t r;
     response_t resp;
     PyObject *result = NULL;
@@ -1151,6 +1203,7 @@ static PyObject *py_convert(PyObject *self, PyObject *args) {
             rc = to_messages(&x, r.input_items);
         }
         uint32_t nmsg = (uint32_t)(x.nmsgs - msg0);
+        if (!rc && !meets_pair_schema(&x, &resp, msg0, nmsg, binary)) rc = FAIL;
         if (!rc) rc = emit_messages(&x, &context, msg0, nmsg);
         if (!rc && nmsg == 1 && x.msgs[msg0].role == R_USER)
             rc = emit_text(&x, &prompt, x.msgs[msg0].seg0, x.msgs[msg0].nseg);
@@ -1164,9 +1217,9 @@ static PyObject *py_convert(PyObject *self, PyObject *args) {
     }
     if (rc == FAIL) result = Py_NewRef(Py_None);
     else if (rc == NOMEM) PyErr_NoMemory();
-    free(context.p);
-    free(prompt.p);
-    ctx_free(&x);
+    convert_ctx = x;
+    convert_context = context;
+    convert_prompt = prompt;
     PyBuffer_Release(&view);
     return result;
 }

@@ -1,13 +1,15 @@
 """Second pass and output files: re-read the paired lines, build NeMo RL records, write atomically.
 
 Records are built in worker processes from the input lines (by offset); every record is checked
-against `schemas/pair.schema.json` before it is written. Outputs go to temporary files that are
+against `schemas/pair.schema.json` before it is written: with jsonschema_rs, or, for the parts the
+C fast path built, by its own checks of what the schema asks (tests hold the two to agree). Outputs go to temporary files that are
 renamed only when everything succeeded, so a failed run never leaves half-written data.
 """
 
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 from pathlib import Path
 
@@ -24,6 +26,11 @@ SIDE = [("file", "u2"), ("line", "u8"), ("offset", "u8"), ("nbytes", "u4"), ("re
 PAIR = np.dtype([("key_hi", "u8"), ("key_lo", "u8"), ("context", "u8"), ("score_gap", "f8")]
                 + [(f"chosen_{name}", kind) for name, kind in SIDE]
                 + [(f"rejected_{name}", kind) for name, kind in SIDE])
+
+
+_AT = {name: index for index, name in enumerate(PAIR.names)}  # a field's place in a row tuple
+_CHOSEN_FILE, _CHOSEN_OFFSET, _CHOSEN_NBYTES = (_AT[f"chosen_{n}"] for n in ("file", "offset", "nbytes"))
+_REJECTED_FILE, _REJECTED_OFFSET, _REJECTED_NBYTES = (_AT[f"rejected_{n}"] for n in ("file", "offset", "nbytes"))
 
 
 def pairs_of(records: np.ndarray, chosen: np.ndarray, rejected: np.ndarray,
@@ -75,6 +82,11 @@ def binary_line(prompt: bytes, chosen: bytes, rejected: bytes) -> bytes:
     return b'{"prompt":' + prompt + b',"chosen":' + chosen + b',"rejected":' + rejected + b"}"
 
 
+def _mapped(path: str) -> memoryview:
+    with open(path, "rb") as handle:
+        return memoryview(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
+
+
 class PairBuilder:
     """Per worker: converts the two lines of a pair and returns the JSONL line to write."""
 
@@ -85,50 +97,52 @@ class PairBuilder:
         self.reader = rollouts.Reader(options.group_by)
         self.native = native.covers(options)
         self.validator = jsonschema_rs.validator_for(rollouts.schema("pair"))
-        self.files = [open(p, "rb") for p in paths]
+        self.files = [_mapped(p) for p in paths]  # lines are read in place, never copied
 
-    def _parts(self, pair, side: str) -> tuple[bytes, bytes, bytes | None]:
-        """(context JSON, response JSON, prompt JSON when the context is one user turn)."""
-        handle = self.files[pair[f"{side}_file"]]
-        handle.seek(pair[f"{side}_offset"])
-        line = handle.read(pair[f"{side}_nbytes"])
+    def _parts(self, file: int, offset: int, nbytes: int) -> tuple[bytes, bytes, bytes | None, bool]:
+        """(context JSON, response JSON, prompt JSON when the context is one user turn, whether
+        the C path built them: then they already meet the pair schema)."""
+        line = self.files[file][offset:offset + nbytes]
         if self.native:
             parts = native.convert(line, self.options)
             if parts is not None:
-                return parts
+                return (*parts, True)
         context, response = scan.convert(*self.reader.decode(line), self.options)
         single_user_turn = len(context) == 1 and context[0]["role"] == "user"
         return (orjson.dumps(context), orjson.dumps(response),
-                orjson.dumps(context[0]["content"]) if single_user_turn else None)
+                orjson.dumps(context[0]["content"]) if single_user_turn else None, False)
 
     def build_all(self, pairs: np.ndarray) -> list[bytes]:
-        return [self.build(dict(zip(PAIR.names, row))) for row in pairs.tolist()]
+        return [self.build(row) for row in pairs.tolist()]
 
-    def build(self, pair: dict) -> bytes:
-        """The JSONL line of one pair (`pair`: a PAIR row as a dict)."""
-        context, chosen, prompt = self._parts(pair, "chosen")
-        rejected = self._parts(pair, "rejected")[1]
+    def build(self, pair: tuple) -> bytes:
+        """The JSONL line of one pair (`pair`: a PAIR row as a tuple)."""
+        context, chosen, prompt, checked = self._parts(
+            pair[_CHOSEN_FILE], pair[_CHOSEN_OFFSET], pair[_CHOSEN_NBYTES])
+        _, rejected, _, rejected_checked = self._parts(
+            pair[_REJECTED_FILE], pair[_REJECTED_OFFSET], pair[_REJECTED_NBYTES])
         if self.options.binary:
             line = binary_line(prompt or context, chosen, rejected)
         else:
             line = preference_line(context, chosen, rejected)
-        if not self.validator.is_valid(orjson.loads(line)):
+        if not (checked and rejected_checked) and not self.validator.is_valid(orjson.loads(line)):
             error = next(iter(self.validator.iter_errors(orjson.loads(line))))
             raise PairSchemaError(f"a pair from {self.source(pair, 'chosen')} and "
                                   f"{self.source(pair, 'rejected')} fails the pair schema: {error}")
         if self.keep_extra_fields:
+            field = dict(zip(PAIR.names, pair))
             line = line[:-1] + b"," + orjson.dumps({
-                "chosen_reward": pair["chosen_reward"],
-                "rejected_reward": pair["rejected_reward"],
-                "reward_gap": pair["chosen_reward"] - pair["rejected_reward"],
-                "group_id": f"{pair['key_hi']:016x}{pair['key_lo']:016x}",
+                "chosen_reward": field["chosen_reward"],
+                "rejected_reward": field["rejected_reward"],
+                "reward_gap": field["chosen_reward"] - field["rejected_reward"],
+                "group_id": f"{field['key_hi']:016x}{field['key_lo']:016x}",
                 "chosen_source": self.source(pair, "chosen"),
                 "rejected_source": self.source(pair, "rejected"),
             })[1:]
         return line + b"\n"
 
-    def source(self, pair: dict, side: str) -> str:
-        return f"{self.paths[pair[f'{side}_file']]}:{pair[f'{side}_line']}"
+    def source(self, pair: tuple, side: str) -> str:
+        return f"{self.paths[pair[_AT[side + '_file']]]}:{pair[_AT[side + '_line']]}"
 
 
 class AtomicFiles:

@@ -15,12 +15,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import orjson
 import pytest
 import xxhash
 
-from recipe.prepare import chat, grouping, native, rollouts, scan
+from recipe.prepare import chat, grouping, native, rollouts, scan, writer
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT.parent / "shared" / "reference" / "nemo-gym"
@@ -57,6 +58,19 @@ def python_parts(line: bytes, options: scan.ScanOptions):
             orjson.dumps(context[0]["content"]) if single_user_turn else None)
 
 
+PAIR_SCHEMA = jsonschema.Draft202012Validator(rollouts.schema("pair"))
+
+
+def pair_is_valid(parts, options: scan.ScanOptions) -> bool:
+    """The pair that pairs this line with itself (both sides: what the writer puts together)."""
+    context, response, prompt = parts
+    if options.binary:
+        line = writer.binary_line(prompt or context, response, response)
+    else:
+        line = writer.preference_line(context, response, response)
+    return PAIR_SCHEMA.is_valid(orjson.loads(line))
+
+
 def assert_agree(data: bytes, options: scan.ScanOptions) -> tuple[int, int]:
     """(lines the C path accepted, lines it handed back); fails on any disagreement."""
     blob, lines, handed_back = native.scan(data, 0, 0, options)
@@ -70,7 +84,13 @@ def assert_agree(data: bytes, options: scan.ScanOptions) -> tuple[int, int]:
         assert line in by_line, f"line {line}: the C path accepts a line the Python path refuses"
         assert record.tobytes() == by_line[line].tobytes(), f"line {line}: {record} != {by_line[line]}"
         text = data[record["offset"]:record["offset"] + record["nbytes"]]
-        assert native.convert(text, options) == python_parts(text, options), f"line {line}"
+        parts, expected = native.convert(text, options), python_parts(text, options)
+        if parts is None:  # declined to build a pair from it: only when the schema may refuse it
+            assert not pair_is_valid(expected, options) or not expected[2] or \
+                not orjson.loads(expected[2]).strip(), f"line {line}"
+            continue
+        assert parts == expected, f"line {line}"
+        assert pair_is_valid(parts, options), f"line {line}: the C path built a pair the schema refuses"
     for number, start, end in handed_back:  # handed back: convert() must hand it back too
         assert native.convert(data[start:end], options) is None, f"line {number}"
     return len(fast), len(handed_back)
@@ -160,6 +180,9 @@ EDGE_ROWS = [
     _row(response=_output(_say(""), CALL, CALL, RESULT, RESULT, _say("ok"))),
     _row(response=_output({**CALL, "name": None, "call_id": None}, _say("x"))),
     _row(response=_output({"type": "function_call"}, _say("x"))),
+    _row(response=_output({**CALL, "name": ""}, RESULT, _say("x"))),
+    _row(responses_create_params={"input": [{"role": "user", "content": "q"}, {**CALL, "name": None}]}),
+    _row(responses_create_params={"input": "\x1c\x1d"}), _row(responses_create_params={"input": " "}),
     _row(response=_output({"type": "web_search_call", "id": "w"}, _say("x"))),
     _row(response=_output({"type": "message", "role": "user", "content": "env says"}, _say("x"),
                           {"type": "message", "role": "user", "content": "trailing env turn"})),
