@@ -256,37 +256,52 @@ class Pairing:
 
 
 def pair_records(records: np.ndarray, settings: Settings) -> Pairing:
-    select = pairing.strategy(settings.strategy)
     options = pairing.resolve_options(settings.strategy, settings.strategy_options)
-    chosen, rejected, gaps = [], [], []
-    used = np.zeros(len(records), dtype=bool)
-    unpaired = dict.fromkeys(UNPAIRED, 0)
-    responses = records["response"]
     bounds = list(grouping.group_bounds(records))
-    all_scores, all_normalized = pairing.scores(records["reward"], records["length"], options,
-                                                starts=[start for start, _ in bounds])
-    groups = with_pairs = 0
+    starts = np.array([start for start, _ in bounds], dtype=np.int64)
+    all_scores, all_normalized = pairing.scores(records["reward"], records["length"], options, starts=starts)
+    responses = records["response"]
+    every_group = pairing.select_groups(settings.strategy)
+    if every_group is not None:  # the strategy's vectorised form: all groups at once
+        chosen, rejected = every_group(all_scores, responses, starts, options)
+    else:
+        chosen, rejected = _pair_group_by_group(records, bounds, all_scores, all_normalized, options, settings)
+    return Pairing(chosen, rejected, all_scores[chosen] - all_scores[rejected],
+                   *_outcomes(all_scores, starts, chosen, rejected))
+
+
+def _pair_group_by_group(records, bounds, all_scores, all_normalized, options, settings):
+    select = pairing.strategy(settings.strategy)
+    responses = records["response"]
+    chosen, rejected = [], []
     for start, end in bounds:
-        groups += 1
         if end - start == 1:
-            unpaired["no_comparable_rollout"] += 1
             continue
-        scores = all_scores[start:end]
         seed = (settings.seed << 64) | int(records["key_hi"][start])
-        group = pairing.Group(scores, responses[start:end], seed, rewards=all_normalized[start:end])
-        selected = select(group, options)
-        if selected:
-            with_pairs += 1
-        for c, r in selected:
+        group = pairing.Group(all_scores[start:end], responses[start:end], seed,
+                              rewards=all_normalized[start:end])
+        for c, r in select(group, options):
             chosen.append(start + c)
             rejected.append(start + r)
-            gaps.append(scores[c] - scores[r])
-            used[start + c] = used[start + r] = True
-        left = int(end - start - used[start:end].sum())
-        if left:
-            unpaired["tie" if scores.min() == scores.max() else "not_selected"] += left
-    return Pairing(np.array(chosen, dtype=np.int64), np.array(rejected, dtype=np.int64),
-                   np.array(gaps, dtype=np.float64), unpaired, groups, with_pairs)
+    return np.array(chosen, dtype=np.int64), np.array(rejected, dtype=np.int64)
+
+
+def _outcomes(scores: np.ndarray, starts: np.ndarray, chosen: np.ndarray, rejected: np.ndarray):
+    """(why usable rollouts ended in no pair, groups, groups with pairs), for every group at once."""
+    unpaired = dict.fromkeys(UNPAIRED, 0)
+    if len(starts) == 0:
+        return unpaired, 0, 0
+    n = len(scores)
+    sizes = np.diff(np.append(starts, n))
+    used = np.zeros(n, dtype=bool)
+    used[chosen] = used[rejected] = True
+    left = sizes - np.add.reduceat(used, starts)
+    flat = np.maximum.reduceat(scores, starts) == np.minimum.reduceat(scores, starts)
+    several = sizes > 1
+    unpaired["no_comparable_rollout"] = int((~several).sum())
+    unpaired["tie"] = int(left[several & flat].sum())
+    unpaired["not_selected"] = int(left[several & ~flat].sum())
+    return unpaired, len(starts), int((left < sizes).sum())
 
 
 @dataclass

@@ -215,3 +215,22 @@ def test_every_strategy_pairs_the_same_whatever_order_the_groups_come_in(tmp_pat
 
     first = pairs(write_jsonl(tmp_path / "a.jsonl", rows), "a")
     assert first and first == pairs(write_jsonl(tmp_path / "b.jsonl", shuffled), "b")
+
+
+# -- vectorised forms ------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", [n for n in pairing.STRATEGIES if pairing.select_groups(n)])
+@pytest.mark.parametrize("min_gap", [0.0, 0.5, 2.0])
+def test_vectorised_form_picks_what_the_group_by_group_form_picks(name, min_gap):
+    """Many random groups with ties and repeated responses: the same pairs, in the same order."""
+    rng = np.random.default_rng(11)
+    sizes = rng.integers(1, 8, size=3000)
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    scores = rng.integers(0, 6, size=sizes.sum()).astype(np.float64) * 0.5
+    responses = rng.integers(0, 3, size=sizes.sum()).astype(np.uint64)
+    options = pairing.resolve_options(name, {**DEFAULTS[name], "min_gap": min_gap})
+    expected = [(start + c, start + r) for start, size in zip(starts, sizes)
+                for c, r in pairing.strategy(name)(
+                    pairing.Group(scores[start:start + size], responses[start:start + size], 0), options)]
+    chosen, rejected = pairing.select_groups(name)(scores, responses, starts, options)
+    assert list(zip(chosen.tolist(), rejected.tolist())) == expected
+    assert len(expected) > 100

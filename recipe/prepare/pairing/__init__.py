@@ -76,6 +76,13 @@ def strategy(name: str) -> Select:
     return select
 
 
+def select_groups(name: str):
+    """The strategy's choice for all groups at once, `select_groups(scores, responses, starts,
+    options) -> (chosen, rejected)` over records sorted by group, when the strategy has such a
+    vectorised form (it must pick exactly what `strategy(name)` picks group by group); else None."""
+    return getattr(_module(name), "select_groups", None)
+
+
 def cap(group: Group, pairs: list[tuple[int, int]], limit: int | None, keep: str):
     """At most `limit` pairs (None: all). `largest_gaps`: ordered largest gap first, the first
     ones kept; `seeded_sample`: a sample under the group's seed (a fair draw rather than always

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 
 def select(group, options: dict) -> list[tuple[int, int]]:
     ranked = group.ranked()
@@ -10,3 +12,24 @@ def select(group, options: dict) -> list[tuple[int, int]]:
         if group.responses[worst] != group.responses[best]:
             return [(best, worst)] if group.can_pair(best, worst, options["min_gap"]) else []
     return []
+
+
+def select_groups(scores: np.ndarray, responses: np.ndarray, starts: np.ndarray,
+                  options: dict) -> tuple[np.ndarray, np.ndarray]:
+    """`select` for every group at once: the best is the first top score in input order; the
+    worst, the lowest score whose response differs from the best's, the latest in input order
+    among equal scores (the order `select` tries them in). One pair at most: no cap applies."""
+    n = len(scores)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    position = np.arange(n)
+    group = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, n)))
+    top = np.maximum.reduceat(scores, starts)
+    best = np.minimum.reduceat(np.where(scores == top[group], position, n), starts)
+    candidate = responses != responses[best][group]
+    low = np.minimum.reduceat(np.where(candidate, scores, np.inf), starts)
+    worst = np.maximum.reduceat(np.where(candidate & (scores == low[group]), position, -1), starts)
+    found = worst >= 0
+    gap = np.where(found, scores[best] - scores[np.maximum(worst, 0)], 0.0)
+    keep = found & (gap > 0) & (gap >= options["min_gap"])
+    return best[keep].astype(np.int64), worst[keep].astype(np.int64)
