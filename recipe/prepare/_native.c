@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define OK 0
 #define FAIL (-1)  /* hand the line to the Python path */
@@ -1167,61 +1168,156 @@ static int meets_pair_schema(ctx_t *x, const response_t *resp, uint32_t msg0, ui
     return 1;
 }
 
-/* convert() is called once per paired line: its work arrays are kept from call to call (the
- * module is only ever used with the GIL held). */
-static ctx_t convert_ctx;
-static buf_t convert_context, convert_prompt;
+/* chat.context_of + the response of one line, as JSON in `context`, x->out and `prompt` (the
+ * context's only user turn, when it is one); OK, FAIL (ask Python) or NOMEM. */
+static int convert_line(ctx_t *x, const uint8_t *line, size_t n, int binary, buf_t *context, buf_t *prompt) {
+    row_t r;
+    response_t resp;
+    ctx_reset(x);
+    context->n = prompt->n = 0;
+    int rc = parse_row(x, line, n, &r);
+    if (!rc) rc = check_context(x, &r);
+    if (!rc) rc = response_of(x, &r, binary, &resp);
+    if (!rc) rc = emit_response(x, &x->out, &resp);
+    if (rc) return rc;
+    uint32_t msg0 = (uint32_t)x->nmsgs;
+    if (TRUTHY(r.instructions)) {
+        msg_t *m = new_msg(x, R_SYSTEM);
+        if (!m || add_seg(x, r.instructions, 0)) return NOMEM;
+        m->nseg = 1;
+    }
+    if (r.input_kind == IN_STR && r.input_str.n) {
+        msg_t *m = new_msg(x, R_USER);
+        if (!m || add_seg(x, r.input_str, 0)) return NOMEM;
+        m->nseg = 1;
+    } else if (r.input_kind == IN_LIST && (rc = to_messages(x, r.input_items))) {
+        return rc;
+    }
+    uint32_t nmsg = (uint32_t)(x->nmsgs - msg0);
+    if (!meets_pair_schema(x, &resp, msg0, nmsg, binary)) return FAIL;
+    if ((rc = emit_messages(x, context, msg0, nmsg))) return rc;
+    if (nmsg == 1 && x->msgs[msg0].role == R_USER)
+        return emit_text(x, prompt, x->msgs[msg0].seg0, x->msgs[msg0].nseg);
+    return OK;
+}
+
+/* convert() and build_lines() run once per paired line: their work arrays are kept from call to
+ * call (the module is only ever used with the GIL held). */
+static ctx_t keep_ctx;
+static buf_t keep_context, keep_prompt, keep_line, keep_response;
 
 static PyObject *py_convert(PyObject *self, PyObject *args) {
     Py_buffer view;
     int developer_is_system, binary;
     if (!PyArg_ParseTuple(args, "y*pp", &view, &developer_is_system, &binary)) return NULL;
-    ctx_t x = convert_ctx;  /* the arrays; returned below */
-    ctx_reset(&x);
-    x.developer_role = developer_is_system ? R_SYSTEM : R_DEVELOPER;
-    buf_t context = convert_context, prompt = convert_prompt;
-    context.n = prompt.n = 0;
-    row_t r;
-    response_t resp;
+    keep_ctx.developer_role = developer_is_system ? R_SYSTEM : R_DEVELOPER;
     PyObject *result = NULL;
-    int rc = parse_row(&x, view.buf, (size_t)view.len, &r);
-    if (!rc) rc = check_context(&x, &r);
-    if (!rc) rc = response_of(&x, &r, binary, &resp);
-    if (!rc) rc = emit_response(&x, &x.out, &resp);
-    if (!rc) {  /* chat.context_of */
-        uint32_t msg0 = (uint32_t)x.nmsgs;
-        if (TRUTHY(r.instructions)) {
-            msg_t *m = new_msg(&x, R_SYSTEM);
-            if (!m || add_seg(&x, r.instructions, 0)) rc = NOMEM;
-            else m->nseg = 1;
-        }
-        if (!rc && r.input_kind == IN_STR && r.input_str.n) {
-            msg_t *m = new_msg(&x, R_USER);
-            if (!m || add_seg(&x, r.input_str, 0)) rc = NOMEM;
-            else m->nseg = 1;
-        } else if (!rc && r.input_kind == IN_LIST) {
-            rc = to_messages(&x, r.input_items);
-        }
-        uint32_t nmsg = (uint32_t)(x.nmsgs - msg0);
-        if (!rc && !meets_pair_schema(&x, &resp, msg0, nmsg, binary)) rc = FAIL;
-        if (!rc) rc = emit_messages(&x, &context, msg0, nmsg);
-        if (!rc && nmsg == 1 && x.msgs[msg0].role == R_USER)
-            rc = emit_text(&x, &prompt, x.msgs[msg0].seg0, x.msgs[msg0].nseg);
-        if (!rc) {
-            PyObject *p = prompt.n ? PyBytes_FromStringAndSize(prompt.p, (Py_ssize_t)prompt.n)
-                                   : Py_NewRef(Py_None);
-            if (p)
-                result = Py_BuildValue("(y#y#N)", context.p, (Py_ssize_t)context.n, x.out.p,
-                                       (Py_ssize_t)x.out.n, p);
-        }
-    }
-    if (rc == FAIL) result = Py_NewRef(Py_None);
-    else if (rc == NOMEM) PyErr_NoMemory();
-    convert_ctx = x;
-    convert_context = context;
-    convert_prompt = prompt;
+    int rc = convert_line(&keep_ctx, view.buf, (size_t)view.len, binary, &keep_context, &keep_prompt);
     PyBuffer_Release(&view);
+    if (rc == FAIL) Py_RETURN_NONE;
+    if (rc == NOMEM) return PyErr_NoMemory();
+    PyObject *p = keep_prompt.n ? PyBytes_FromStringAndSize(keep_prompt.p, (Py_ssize_t)keep_prompt.n)
+                                : Py_NewRef(Py_None);
+    if (p)
+        result = Py_BuildValue("(y#y#N)", keep_context.p, (Py_ssize_t)keep_context.n, keep_ctx.out.p,
+                               (Py_ssize_t)keep_ctx.out.n, p);
     return result;
+}
+
+/* Read `n` bytes at `offset` of `fd` into b (from its start). */
+static int read_at(int fd, uint64_t offset, uint64_t n, buf_t *b) {
+    b->n = 0;
+    if (grow((void **)&b->p, &b->cap, n ? n : 1, 1)) return NOMEM;
+    size_t done = 0;
+    while (done < n) {
+        ssize_t got = pread(fd, b->p + done, n - done, (off_t)(offset + done));
+        if (got <= 0) return FAIL;  /* the file changed under us: Python reports it */
+        done += (size_t)got;
+    }
+    b->n = n;
+    return OK;
+}
+
+/* The JSONL line of one pair (writer.preference_line / writer.binary_line), or FAIL. */
+static int pair_line(int chosen_fd, uint64_t chosen_offset, uint64_t chosen_n, int rejected_fd,
+                     uint64_t rejected_offset, uint64_t rejected_n, int binary, buf_t *line) {
+    ctx_t *x = &keep_ctx;
+    int rc;
+    line->n = 0;
+    /* the rejected side first: only its response is kept */
+    if ((rc = read_at(rejected_fd, rejected_offset, rejected_n, &keep_line))) return rc;
+    if ((rc = convert_line(x, (uint8_t *)keep_line.p, keep_line.n, binary, &keep_context, &keep_prompt)))
+        return rc;
+    keep_response.n = 0;
+    if (put(&keep_response, x->out.p, x->out.n)) return NOMEM;
+    if ((rc = read_at(chosen_fd, chosen_offset, chosen_n, &keep_line))) return rc;
+    if ((rc = convert_line(x, (uint8_t *)keep_line.p, keep_line.n, binary, &keep_context, &keep_prompt)))
+        return rc;
+    buf_t *chosen = &x->out, *rejected = &keep_response;
+    if (binary) {
+        buf_t *prompt = keep_prompt.n ? &keep_prompt : &keep_context;
+        if (PUTS(line, "{\"prompt\":") || put(line, prompt->p, prompt->n) || PUTS(line, ",\"chosen\":") ||
+            put(line, chosen->p, chosen->n) || PUTS(line, ",\"rejected\":") ||
+            put(line, rejected->p, rejected->n) || PUTS(line, "}\n"))
+            return NOMEM;
+        return OK;
+    }
+    if (PUTS(line, "{\"context\":") || put(line, keep_context.p, keep_context.n) ||
+        PUTS(line, ",\"completions\":[{\"rank\":0,\"completion\":"))
+        return NOMEM;
+    for (int side = 0; side < 2; side++) {
+        buf_t *response = side ? rejected : chosen;
+        int text = response->n && response->p[0] == '"';
+        if ((side && PUTS(line, "},{\"rank\":1,\"completion\":")) ||
+            (text && PUTS(line, "[{\"role\":\"assistant\",\"content\":")) ||
+            put(line, response->p, response->n) || (text && PUTS(line, "}]")))
+            return NOMEM;
+    }
+    return PUTS(line, "}]}\n");
+}
+
+PyDoc_STRVAR(build_lines_doc,
+"build_lines(fds, chosen_file, chosen_offset, chosen_nbytes, rejected_file, rejected_offset,\n"
+"            rejected_nbytes, developer_role, binary) -> list[bytes | None]\n\n"
+"The JSONL line (with its newline) of every pair: the columns are int64 arrays, one entry per\n"
+"pair, `fds` the open input files. None where the Python path must build the pair.");
+
+static PyObject *py_build_lines(PyObject *self, PyObject *args) {
+    PyObject *fds;
+    Py_buffer col[6];
+    int developer_is_system, binary;
+    memset(col, 0, sizeof col);
+    if (!PyArg_ParseTuple(args, "O!y*y*y*y*y*y*pp", &PyTuple_Type, &fds, &col[0], &col[1], &col[2],
+                          &col[3], &col[4], &col[5], &developer_is_system, &binary))
+        return NULL;
+    PyObject *lines = NULL;
+    Py_ssize_t count = col[0].len / 8, nfds = PyTuple_GET_SIZE(fds);
+    for (int i = 1; i < 6; i++)
+        if (col[i].len != col[0].len) { PyErr_SetString(PyExc_ValueError, "columns differ in length"); goto done; }
+    if (!(lines = PyList_New(count))) goto done;
+    keep_ctx.developer_role = developer_is_system ? R_SYSTEM : R_DEVELOPER;
+    const int64_t *c[6];
+    for (int i = 0; i < 6; i++) c[i] = col[i].buf;
+    buf_t line = {0};
+    for (Py_ssize_t k = 0; k < count; k++) {
+        int rc = FAIL;
+        if (c[0][k] >= 0 && c[0][k] < nfds && c[3][k] >= 0 && c[3][k] < nfds) {
+            int chosen_fd = (int)PyLong_AsLong(PyTuple_GET_ITEM(fds, c[0][k]));
+            int rejected_fd = (int)PyLong_AsLong(PyTuple_GET_ITEM(fds, c[3][k]));
+            if (PyErr_Occurred()) { Py_CLEAR(lines); break; }
+            rc = pair_line(chosen_fd, (uint64_t)c[1][k], (uint64_t)c[2][k], rejected_fd,
+                           (uint64_t)c[4][k], (uint64_t)c[5][k], binary, &line);
+        }
+        PyObject *item = rc == OK ? PyBytes_FromStringAndSize(line.p, (Py_ssize_t)line.n)
+                       : rc == FAIL ? Py_NewRef(Py_None) : PyErr_NoMemory();
+        if (!item) { Py_CLEAR(lines); break; }
+        PyList_SET_ITEM(lines, k, item);
+    }
+    free(line.p);
+done:
+    for (int i = 0; i < 6; i++)
+        if (col[i].obj) PyBuffer_Release(&col[i]);
+    return lines;
 }
 
 static PyObject *py_xxh64(PyObject *self, PyObject *args) {
@@ -1242,6 +1338,7 @@ static PyObject *py_is_space(PyObject *self, PyObject *arg) {
 static PyMethodDef methods[] = {
     {"scan", py_scan, METH_VARARGS, scan_doc},
     {"convert", py_convert, METH_VARARGS, convert_doc},
+    {"build_lines", py_build_lines, METH_VARARGS, build_lines_doc},
     {"xxh64", py_xxh64, METH_VARARGS, "xxh64(data, seed=0): this module's XXH64 (for tests)."},
     {"is_space", py_is_space, METH_O, "is_space(code point): what it takes for whitespace (for tests)."},
     {NULL, NULL, 0, NULL},

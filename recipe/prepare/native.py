@@ -32,6 +32,16 @@ def scan(data: bytes, file_index: int, base_offset: int, options) -> tuple[bytea
                         options.binary)
 
 
+def build_lines(fds: tuple[int, ...], pairs, options) -> list[bytes | None]:
+    """The JSONL line of every `writer.PAIR` row (None: the Python path builds that one)."""
+    import numpy as np
+
+    column = {side: [np.ascontiguousarray(pairs[f"{side}_{name}"], dtype=np.int64)
+                     for name in ("file", "offset", "nbytes")] for side in ("chosen", "rejected")}
+    return _native.build_lines(fds, *column["chosen"], *column["rejected"],
+                               options.chat.developer_role == "system", options.binary)
+
+
 def convert(line: bytes, options) -> tuple[bytes, bytes, bytes | None] | None:
     """(context JSON, response JSON, single-user-turn prompt JSON or None), or None: ask Python."""
     return _native.convert(line, options.chat.developer_role == "system", options.binary)

@@ -9,7 +9,6 @@ renamed only when everything succeeded, so a failed run never leaves half-writte
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 from pathlib import Path
 
@@ -82,11 +81,6 @@ def binary_line(prompt: bytes, chosen: bytes, rejected: bytes) -> bytes:
     return b'{"prompt":' + prompt + b',"chosen":' + chosen + b',"rejected":' + rejected + b"}"
 
 
-def _mapped(path: str) -> memoryview:
-    with open(path, "rb") as handle:
-        return memoryview(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
-
-
 class PairBuilder:
     """Per worker: converts the two lines of a pair and returns the JSONL line to write."""
 
@@ -97,12 +91,14 @@ class PairBuilder:
         self.reader = rollouts.Reader(options.group_by)
         self.native = native.covers(options)
         self.validator = jsonschema_rs.validator_for(rollouts.schema("pair"))
-        self.files = [_mapped(p) for p in paths]  # lines are read in place, never copied
+        # lines are read with pread: a file mapping would count the pages it touched as the
+        # process's memory (PSS), up to the whole input
+        self.files = [os.open(p, os.O_RDONLY) for p in paths]
 
     def _parts(self, file: int, offset: int, nbytes: int) -> tuple[bytes, bytes, bytes | None, bool]:
         """(context JSON, response JSON, prompt JSON when the context is one user turn, whether
         the C path built them: then they already meet the pair schema)."""
-        line = self.files[file][offset:offset + nbytes]
+        line = os.pread(self.files[file], nbytes, offset)
         if self.native:
             parts = native.convert(line, self.options)
             if parts is not None:
@@ -113,7 +109,17 @@ class PairBuilder:
                 orjson.dumps(context[0]["content"]) if single_user_turn else None, False)
 
     def build_all(self, pairs: np.ndarray) -> list[bytes]:
-        return [self.build(row) for row in pairs.tolist()]
+        """The JSONL lines of a batch of pairs: built in C where it can, else by `build`."""
+        rows = pairs.tolist()
+        if not self.native:
+            return [self.build(row) for row in rows]
+        lines = native.build_lines(tuple(self.files), pairs, self.options)
+        for index, line in enumerate(lines):
+            if line is None:
+                lines[index] = self.build(rows[index])
+            elif self.keep_extra_fields:
+                lines[index] = line[:-2] + b"," + self.extra_fields(rows[index])[1:] + b"\n"
+        return lines
 
     def build(self, pair: tuple) -> bytes:
         """The JSONL line of one pair (`pair`: a PAIR row as a tuple)."""
@@ -130,16 +136,20 @@ class PairBuilder:
             raise PairSchemaError(f"a pair from {self.source(pair, 'chosen')} and "
                                   f"{self.source(pair, 'rejected')} fails the pair schema: {error}")
         if self.keep_extra_fields:
-            field = dict(zip(PAIR.names, pair))
-            line = line[:-1] + b"," + orjson.dumps({
-                "chosen_reward": field["chosen_reward"],
-                "rejected_reward": field["rejected_reward"],
-                "reward_gap": field["chosen_reward"] - field["rejected_reward"],
-                "group_id": f"{field['key_hi']:016x}{field['key_lo']:016x}",
-                "chosen_source": self.source(pair, "chosen"),
-                "rejected_source": self.source(pair, "rejected"),
-            })[1:]
+            line = line[:-1] + b"," + self.extra_fields(pair)[1:]
         return line + b"\n"
+
+    def extra_fields(self, pair: tuple) -> bytes:
+        """`data.keep_extra_fields`: the pair's rewards, gap, group and sources, as a JSON object."""
+        field = dict(zip(PAIR.names, pair))
+        return orjson.dumps({
+            "chosen_reward": field["chosen_reward"],
+            "rejected_reward": field["rejected_reward"],
+            "reward_gap": field["chosen_reward"] - field["rejected_reward"],
+            "group_id": f"{field['key_hi']:016x}{field['key_lo']:016x}",
+            "chosen_source": self.source(pair, "chosen"),
+            "rejected_source": self.source(pair, "rejected"),
+        })
 
     def source(self, pair: tuple, side: str) -> str:
         return f"{self.paths[pair[_AT[side + '_file']]]}:{pair[_AT[side + '_line']]}"

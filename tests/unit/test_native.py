@@ -265,13 +265,19 @@ def test_whitespace_is_pythons():
     assert [c for c in range(0x110000) if chr(c).isspace() != native._native.is_space(c)] == []
 
 
-def test_prepare_gives_the_same_files_either_way(tmp_path):
+@pytest.mark.parametrize("overrides", [[], ["data.format=binary"], ["data.keep_extra_fields=true"],
+                                       ["data.developer_role=developer", "data_prep=all_pairs"]])
+def test_prepare_gives_the_same_files_either_way(tmp_path, generated, overrides):
+    """The whole stage on the sample plus generated rows: the same bytes with the C path on or off."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_bytes(SAMPLE.read_bytes() + generated)
     outputs = {}
     for flag in ("1", "0"):
         out = tmp_path / f"native{flag}"
-        subprocess.run([sys.executable, "-m", "recipe", "stage=prepare", f"data.input={SAMPLE}",
-                        f"data.output_dir={out}", f"hydra.run.dir={tmp_path / ('run' + flag)}"],
+        subprocess.run([sys.executable, "-m", "recipe", "stage=prepare", f"data.input={rows}",
+                        f"data.output_dir={out}", f"hydra.run.dir={tmp_path / ('run' + flag)}", *overrides],
                        check=True, capture_output=True, env={**os.environ, "GYM_DPO_NATIVE": flag})
         outputs[flag] = {name: (out / name).read_bytes() for name in ("train.jsonl", "val.jsonl", "rejects.jsonl")}
         outputs[flag]["counts"] = json.loads((out / "manifest.json").read_text())["counts"]
     assert outputs["1"] == outputs["0"]
+    assert outputs["1"]["train.jsonl"].count(b"\n") > 300

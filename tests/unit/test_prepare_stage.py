@@ -229,7 +229,7 @@ def test_a_failure_while_writing_leaves_no_partial_files(tmp_path, prepare, monk
     from recipe.prepare import writer
 
     path = write_jsonl(tmp_path / "r.jsonl", scattered_tasks())
-    monkeypatch.setattr(writer.PairBuilder, "build", lambda self, pair: 1 / 0)
+    monkeypatch.setattr(writer.PairBuilder, "build_all", lambda self, pairs: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         prepare(path)
     assert os.listdir(tmp_path / "out") == []

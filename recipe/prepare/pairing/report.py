@@ -14,9 +14,13 @@ from recipe.prepare import manifest
 
 
 def pairs_per_group(pairs: np.ndarray) -> np.ndarray:
-    """How many pairs each group that has any holds (writer.PAIR rows)."""
-    _, counts = np.unique(np.stack([pairs["key_hi"], pairs["key_lo"]]), axis=1, return_counts=True)
-    return counts
+    """How many pairs each group that has any holds (writer.PAIR rows), in group key order."""
+    if len(pairs) == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.lexsort((pairs["key_lo"], pairs["key_hi"]))
+    hi, lo = pairs["key_hi"][order], pairs["key_lo"][order]
+    starts = np.flatnonzero(np.concatenate(([True], (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1]))))
+    return np.diff(np.append(starts, len(pairs)))
 
 
 def summarize(strategy: str, pairs: np.ndarray, groups: int, length_unit: str = "characters") -> dict:
