@@ -19,6 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #define OK 0
 #define FAIL (-1)  /* hand the line to the Python path */
@@ -281,11 +284,29 @@ static inline uint64_t special8(uint64_t v) {
     return (control | zeros | v) & high;                       /* v: a byte >= 0x80 */
 }
 
+/* Past the plain characters at p: 16 bytes at a time with SSE2 (x86-64), else 8 with SWAR. */
+static inline const uint8_t *skip_plain(const uint8_t *p, const uint8_t *end) {
+#ifdef __SSE2__
+    const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\'), space = _mm_set1_epi8(0x20);
+    while (end - p >= 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)p);
+        /* signed: bytes >= 0x80 are negative, so "< 0x20" also finds non-ASCII */
+        __m128i special = _mm_or_si128(_mm_cmplt_epi8(v, space),
+                                       _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)));
+        int mask = _mm_movemask_epi8(special);
+        if (mask) return p + __builtin_ctz((unsigned)mask);
+        p += 16;
+    }
+#endif
+    while (end - p >= 8 && !special8(rd64(p))) p += 8;
+    return p;
+}
+
 static int parse_string(cur_t *c, jstr *out) {
     const uint8_t *p = c->p + 1, *end = c->end, *start = p;
     int esc = 0, ascii = 1;
     for (;;) {
-        while (end - p >= 8 && !special8(rd64(p))) p += 8;
+        p = skip_plain(p, end);
         if (p >= end) return FAIL;
         uint8_t ch = *p;
         if (ch == '"') break;

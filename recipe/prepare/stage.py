@@ -161,12 +161,22 @@ def _pair_bucket(task: tuple[Path, Settings]) -> "BucketPairs":
     return BucketPairs(pairs, found.unpaired, found.groups, found.groups_with_pairs, paired)
 
 
-def _build(task: tuple[np.ndarray, np.ndarray]) -> tuple[bytes, bytes]:
-    """(train lines, validation lines) of a batch of pairs."""
-    pairs, is_val = task
-    lines = _WORKER["builder"].build_all(pairs)
-    return (b"".join(line for line, val in zip(lines, is_val) if not val),
-            b"".join(line for line, val in zip(lines, is_val) if val))
+def _build(task: tuple[Path, np.ndarray, np.ndarray]) -> tuple[Path, int, Path, int]:
+    """Write a part of the pairs (train and validation lines, in pair order) to two files beside
+    the outputs; returns (train file, its lines, validation file, its lines). The lines go
+    through files, not back through the pool's pipe, which carries a few hundred MB/s at most."""
+    stem, pairs, is_val = task
+    train_path, val_path = stem.with_suffix(".train"), stem.with_suffix(".val")
+    counts = [0, 0]
+    with open(train_path, "wb") as train, open(val_path, "wb") as val:
+        for start in range(0, len(pairs), BUILD_BATCH):
+            lines = _WORKER["builder"].build_all(pairs[start:start + BUILD_BATCH])
+            sides = is_val[start:start + BUILD_BATCH].tolist()
+            for side, handle in ((False, train), (True, val)):
+                chosen = [line for line, on_val in zip(lines, sides) if on_val is side]
+                handle.write(b"".join(chosen))
+                counts[side] += len(chosen)
+    return train_path, counts[0], val_path, counts[1]
 
 
 class Workers:
@@ -334,17 +344,22 @@ def pair_buckets(settings: Settings, workers: Workers, scanned: Scanned) -> Buck
     return total
 
 
+BUILD_BATCH = 512  # pairs a worker builds in one call
+PART_PAIRS = 8192  # pairs per work item of the writing phase
+
+
 def write_pairs(settings: Settings, pairs: np.ndarray, workers: Workers,
-                files: writer.AtomicFiles, batch: int = 512) -> np.ndarray:
+                files: writer.AtomicFiles, parts_folder: Path) -> np.ndarray:
     """Write train/val; returns a boolean mask of the pairs that went to validation."""
     is_val = split.is_validation(pairs["context"], settings.seed, settings.val_fraction,
                                  settings.val_size)
-    tasks = ((pairs[i:i + batch], is_val[i:i + batch]) for i in range(0, len(pairs), batch))
+    tasks = ((parts_folder / f"part-{start // PART_PAIRS:06d}", pairs[start:start + PART_PAIRS],
+              is_val[start:start + PART_PAIRS]) for start in range(0, len(pairs), PART_PAIRS))
     with tqdm(total=len(pairs), unit="pair", desc="write pairs", mininterval=1.0) as progress:
-        for start, (train, val) in zip(range(0, len(pairs), batch), workers.map(_build, tasks)):
-            files.write("train.jsonl", train)
-            files.write("val.jsonl", val)
-            progress.update(min(batch, len(pairs) - start))
+        for train, train_lines, val, val_lines in workers.map(_build, tasks):
+            files.append("train.jsonl", train, train_lines)
+            files.append("val.jsonl", val, val_lines)
+            progress.update(train_lines + val_lines)
     return is_val
 
 
@@ -376,7 +391,7 @@ def run(cfg: DictConfig) -> dict:
     try:
         scanned = scan_inputs(settings, workers, spilled, _write_reject(files, settings.inputs))
         paired = pair_buckets(settings, workers, scanned)
-        is_val = write_pairs(settings, paired.pairs, workers, files)
+        is_val = write_pairs(settings, paired.pairs, workers, files, spilled.folder)
     except writer.PairSchemaError as exc:
         files.abort()
         raise RecipeError(f"internal error, please report: {exc}") from None

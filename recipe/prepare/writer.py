@@ -110,15 +110,14 @@ class PairBuilder:
 
     def build_all(self, pairs: np.ndarray) -> list[bytes]:
         """The JSONL lines of a batch of pairs: built in C where it can, else by `build`."""
-        rows = pairs.tolist()
         if not self.native:
-            return [self.build(row) for row in rows]
+            return [self.build(row) for row in pairs.tolist()]
         lines = native.build_lines(tuple(self.files), pairs, self.options)
         for index, line in enumerate(lines):
             if line is None:
-                lines[index] = self.build(rows[index])
+                lines[index] = self.build(pairs[index].tolist())
             elif self.keep_extra_fields:
-                lines[index] = line[:-2] + b"," + self.extra_fields(rows[index])[1:] + b"\n"
+                lines[index] = line[:-2] + b"," + self.extra_fields(pairs[index].tolist())[1:] + b"\n"
         return lines
 
     def build(self, pair: tuple) -> bytes:
@@ -172,6 +171,18 @@ class AtomicFiles:
         self.hashes[name].update(data)
         self.sizes[name] += len(data)
         self.lines[name] += data.count(b"\n")
+
+    def append(self, name: str, part: Path, lines: int, block: int = 1 << 22) -> None:
+        """Append the file `part` (of `lines` lines) to `name`, then delete it."""
+        buffer = bytearray(block)
+        view = memoryview(buffer)
+        with open(part, "rb", buffering=0) as source:
+            while size := source.readinto(buffer):
+                self.handles[name].write(view[:size])
+                self.hashes[name].update(view[:size])
+                self.sizes[name] += size
+        self.lines[name] += lines
+        part.unlink()
 
     def digest(self, name: str) -> dict:
         return {"path": str(self.final[name]), "lines": self.lines[name],
