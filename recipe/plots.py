@@ -50,13 +50,22 @@ def reward_distribution(values: list[float], counts: list[int], width: float | N
 MAX_POINTS = 400  # more distinct (rejected, chosen) pairs than this are binned
 
 
+def _distinct_points(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(2 x k distinct (x, y) points in sorted order, how often each occurs): np.unique over
+    rows, by a two-key sort (np.unique with an axis sorts structured rows, ~10x slower)."""
+    order = np.lexsort((ys, xs))
+    xs, ys = xs[order], ys[order]
+    starts = np.flatnonzero(np.concatenate(([True], (xs[1:] != xs[:-1]) | (ys[1:] != ys[:-1]))))
+    return np.stack([xs[starts], ys[starts]]), np.diff(np.append(starts, len(xs)))
+
+
 def chosen_vs_rejected(chosen, rejected) -> Figure:
     """One point per distinct (rejected, chosen) reward pair, sized by how many pairs it holds;
     hexagonal bins coloured by count when rewards are too continuous for points to read."""
     figure, axes = _figure("Chosen vs rejected reward", "rejected reward", "chosen reward")
     xs, ys = np.asarray(rejected, dtype=float), np.asarray(chosen, dtype=float)
     if len(xs):
-        points, sizes = np.unique(np.stack([xs, ys]), axis=1, return_counts=True)
+        points, sizes = _distinct_points(xs, ys)
         low, high = float(min(xs.min(), ys.min())), float(max(xs.max(), ys.max()))
     else:
         points, sizes, low, high = np.empty((2, 0)), np.empty(0, dtype=int), 0.0, 1.0
