@@ -35,12 +35,9 @@ def is_validation(pair_contexts: np.ndarray, seed: int, val_fraction: float,
     `val_fraction` puts each prompt on the validation side with that probability; `val_size`
     instead takes prompts in hashed order until at least that many pairs are set aside.
     """
+    if val_size is None:  # a prompt's pairs share its rank: no need to find the distinct prompts
+        return rank(pair_contexts, seed) < val_fraction
     unique, counts = np.unique(pair_contexts, return_counts=True)
-    positions = rank(unique, seed)
-    if val_size is None:
-        chosen = unique[positions < val_fraction]
-    else:
-        order = np.argsort(positions, kind="stable")
-        pairs_before = np.cumsum(counts[order]) - counts[order]
-        chosen = unique[order][pairs_before < val_size]
-    return np.isin(pair_contexts, chosen)
+    order = np.argsort(rank(unique, seed), kind="stable")
+    pairs_before = np.cumsum(counts[order]) - counts[order]
+    return np.isin(pair_contexts, unique[order][pairs_before < val_size])

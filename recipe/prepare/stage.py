@@ -328,19 +328,25 @@ def input_bytes(settings: Settings) -> int:
 
 
 def pair_buckets(settings: Settings, workers: Workers, scanned: Scanned) -> BucketPairs:
-    """Every bucket paired in a worker; the pairs in canonical order (bucket, then group key)."""
-    parts, total = [], BucketPairs(np.empty(0, writer.PAIR), dict.fromkeys(UNPAIRED, 0), 0, 0, 0)
+    """Every bucket paired in a worker; the pairs in canonical order (bucket, then group key).
+
+    Each bucket's pairs go to a file as they come and are read back in one piece: collecting
+    them in a list and concatenating would hold every pair twice at the end."""
+    total = BucketPairs(np.empty(0, writer.PAIR), dict.fromkeys(UNPAIRED, 0), 0, 0, 0)
     tasks = ((scanned.buckets.path(b), settings) for b in range(scanned.buckets.count))
-    with tqdm(total=scanned.buckets.count, unit="bucket", desc="group+pair", mininterval=1.0) as progress:
+    spill = scanned.buckets.folder / "pairs"
+    with tqdm(total=scanned.buckets.count, unit="bucket", desc="group+pair", mininterval=1.0) as progress, \
+            open(spill, "wb") as pairs:
         for found in workers.map(_pair_bucket, tasks):
-            parts.append(found.pairs)
+            found.pairs.tofile(pairs)
             for reason, n in found.unpaired.items():
                 total.unpaired[reason] += n
             total.groups += found.groups
             total.groups_with_pairs += found.groups_with_pairs
             total.paired_lines += found.paired_lines
             progress.update()
-    total.pairs = np.concatenate(parts) if parts else total.pairs
+    total.pairs = np.fromfile(spill, dtype=writer.PAIR)
+    spill.unlink()
     return total
 
 
@@ -424,6 +430,13 @@ def run(cfg: DictConfig) -> dict:
         "pairing": pairing_report.summarize(settings.strategy, pairs, paired.groups,
                                             settings.length_unit),
     }
+    from recipe import report_page  # report.html, and the rewards of all rollouts for its plot
+
+    # what the report draws; the pair rows themselves are let go before it draws
+    report_pairs = report_page.PairRewards(pairs["chosen_reward"].copy(), pairs["rejected_reward"].copy(),
+                                           pairing_report.pairs_per_group(pairs))
+    rollout_rewards = scanned.rewards
+    del pairs, paired, scanned
     hashing.shutdown()
     files.commit()
     result["outputs"] = {name.removesuffix(".jsonl"): files.digest(name) for name in OUTPUTS}
@@ -434,8 +447,5 @@ def run(cfg: DictConfig) -> dict:
     report.console.print(report.prepare_summary(result))
     report.console.print(f"wrote {settings.output_dir}/{{train,val,rejects}}.jsonl and manifest.json",
                          soft_wrap=True)
-    from recipe import report_page  # report.html, and the rewards of all rollouts for its plot
-
-    report_page.after_prepare(cfg, scanned.rewards, report_page.PairRewards(
-        pairs["chosen_reward"], pairs["rejected_reward"], pairing_report.pairs_per_group(pairs)))
+    report_page.after_prepare(cfg, rollout_rewards, report_pairs)
     return result
