@@ -20,9 +20,23 @@ from recipe.prepare import grouping
 BUCKET_INPUT_BYTES = 128 << 20
 
 
+def count_for(input_bytes: int) -> int:
+    return max(1, math.ceil(input_bytes / BUCKET_INPUT_BYTES))
+
+
+def split(records: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the records ordered by bucket, where each bucket's run starts: count + 1 bounds); done in
+    the worker that scanned them, so the parent only writes slices."""
+    if count == 1:
+        return records, np.array([0, len(records)])
+    which = records["key_hi"] % count
+    order = np.argsort(which, kind="stable")
+    return records[order], np.searchsorted(which[order], np.arange(count + 1))
+
+
 class Buckets:
     def __init__(self, parent: Path, input_bytes: int):
-        self.count = max(1, math.ceil(input_bytes / BUCKET_INPUT_BYTES))
+        self.count = count_for(input_bytes)
         parent.mkdir(parents=True, exist_ok=True)
         self.folder = Path(tempfile.mkdtemp(prefix=".buckets-", dir=parent))
         self._files = [open(self.path(b), "wb") for b in range(self.count)]
@@ -31,17 +45,12 @@ class Buckets:
     def path(self, bucket: int) -> Path:
         return self.folder / f"{bucket:05d}.records"
 
-    def add(self, records: np.ndarray) -> None:
+    def add(self, records: np.ndarray, bounds: np.ndarray) -> None:
+        """Append records already ordered by bucket (`split`)."""
         self.records += len(records)
-        if self.count == 1:
-            records.tofile(self._files[0])
-            return
-        which = records["key_hi"] % self.count
-        order = np.argsort(which, kind="stable")
-        bounds = np.searchsorted(which[order], np.arange(self.count + 1))
         for bucket in range(self.count):
             if bounds[bucket] < bounds[bucket + 1]:
-                records[order[bounds[bucket]:bounds[bucket + 1]]].tofile(self._files[bucket])
+                records[bounds[bucket]:bounds[bucket + 1]].tofile(self._files[bucket])
 
     def seal(self) -> None:
         for handle in self._files:

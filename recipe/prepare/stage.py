@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import multiprocessing
 import os
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import recipe
-from recipe import report
+from recipe import report, report_page
 from recipe.errors import RecipeError
 from recipe.prepare import buckets, chat, grouping, manifest, pairing, rollouts, scan, split, writer
 from recipe.prepare.pairing import report as pairing_report
@@ -145,11 +146,15 @@ _WORKER: dict = {}
 
 def _init_worker(settings: Settings) -> None:
     _WORKER["settings"] = settings
+    _WORKER["buckets"] = buckets.count_for(input_bytes(settings))
     _WORKER["builder"] = writer.PairBuilder(settings.inputs, settings.scan, settings.keep_extra_fields)
 
 
-def _scan(chunk: rollouts.Chunk) -> scan.ChunkResult:
-    return scan.scan_chunk(chunk, _WORKER["settings"].scan)
+def _scan(chunk: rollouts.Chunk) -> tuple[scan.ChunkResult, np.ndarray]:
+    """A chunk's records (ordered by bucket) and rejects, and where each bucket's records start."""
+    result = scan.scan_chunk(chunk, _WORKER["settings"].scan)
+    result.records, bounds = buckets.split(result.records, _WORKER["buckets"])
+    return result, bounds
 
 
 def _pair_bucket(task: tuple[Path, Settings]) -> "BucketPairs":
@@ -231,7 +236,7 @@ def scan_inputs(settings: Settings, workers: Workers, spilled: buckets.Buckets,
     started = time.monotonic()
     with progress:
         chunks = rollouts.chunks(settings.inputs, settings.chunk_bytes)
-        for result in workers.map(_scan, chunks):
+        for result, bounds in workers.map(_scan, chunks):
             first = lines_per_file[result.chunk.file_index]
             result.records["line"] += first
             for reject in result.rejects:
@@ -244,7 +249,7 @@ def scan_inputs(settings: Settings, workers: Workers, spilled: buckets.Buckets,
                 if rejects is not None:
                     rejects(reject)
             lines_per_file[result.chunk.file_index] += result.lines
-            spilled.add(result.records)
+            spilled.add(result.records, bounds)
             rewards.append(result.records["reward"].copy())  # not a view: the records go to disk
             lines_seen += result.lines
             progress.update(result.chunk.end - result.chunk.start)
@@ -397,6 +402,7 @@ def run(cfg: DictConfig) -> dict:
     try:
         scanned = scan_inputs(settings, workers, spilled, _write_reject(files, settings.inputs))
         paired = pair_buckets(settings, workers, scanned)
+        threading.Thread(target=report_page.warm_up, daemon=True).start()  # for the report at the end
         is_val = write_pairs(settings, paired.pairs, workers, files, spilled.folder)
     except writer.PairSchemaError as exc:
         files.abort()
@@ -430,8 +436,6 @@ def run(cfg: DictConfig) -> dict:
         "pairing": pairing_report.summarize(settings.strategy, pairs, paired.groups,
                                             settings.length_unit),
     }
-    from recipe import report_page  # report.html, and the rewards of all rollouts for its plot
-
     # what the report draws; the pair rows themselves are let go before it draws
     report_pairs = report_page.PairRewards(pairs["chosen_reward"].copy(), pairs["rejected_reward"].copy(),
                                            pairing_report.pairs_per_group(pairs))
