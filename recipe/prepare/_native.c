@@ -611,7 +611,7 @@ typedef struct {
     const uint8_t *raw_input; size_t raw_input_n;
     uint8_t input_kind; jstr input_str; list_t input_items;
     jstr instructions;
-    uint8_t params_set, input_set, response_set, response_output_set_dummy;
+    uint8_t params_set, input_set, response_set;
     list_t response_output, output;
     uint8_t reward_set; double reward;
     uint8_t mask_set; uint8_t mask;
@@ -703,11 +703,12 @@ static int parse_reward(cur_t *c, row_t *r) {
     if (is_null(c) || parse_number(c, &s, &is_int)) return FAIL;  /* null: rejected in Python */
     size_t n = c->p - s;
     if ((is_int && n > 15) || n > 60) return FAIL;  /* exact conversion only */
-    char tmp[64];
+    char tmp[64], *stop;
     memcpy(tmp, s, n);
     tmp[n] = 0;
-    r->reward = strtod(tmp, NULL);
-    return isfinite(r->reward) ? OK : FAIL;
+    r->reward = strtod(tmp, &stop);
+    /* all of it read (a locale with a decimal comma would stop at the '.'), and finite */
+    return stop == tmp + n && isfinite(r->reward) ? OK : FAIL;
 }
 
 static int parse_row(ctx_t *x, const uint8_t *line, size_t n, row_t *r) {
