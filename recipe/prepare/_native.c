@@ -1260,6 +1260,84 @@ static int read_at(int fd, uint64_t offset, uint64_t n, buf_t *b) {
     return OK;
 }
 
+/* A finite double as orjson writes it: the shortest digits that read back as the same double,
+ * fixed notation for decimal exponents -5..15 ("100.0", "0.00001"), else "1.5e-7" / "1e+16". */
+static int emit_float(buf_t *b, double v) {
+    if (v == 0) return signbit(v) ? PUTS(b, "-0.0") : PUTS(b, "0.0");
+    /* Python's repr digits (the shortest that read back as v, David Gay's algorithm) */
+    char *text = PyOS_double_to_string(v, 'r', 0, 0, NULL), digits[40], out[64];
+    if (!text) return NOMEM;
+    int n = 0, exp10 = 0, point = -1;
+    const char *t = text;
+    for (; *t && *t != 'e'; t++) {
+        if (*t == '.') point = n;
+        else if (*t >= '0' && *t <= '9' && n < 38) digits[n++] = *t;
+    }
+    if (*t == 'e') exp10 = (int)strtol(t + 1, NULL, 10);
+    PyMem_Free(text);
+    /* as d.ddd x 10^exp10, without leading or trailing zeros */
+    exp10 += (point < 0 ? n : point) - 1;
+    int first = 0;
+    while (first < n - 1 && digits[first] == '0') { first++; exp10--; }
+    memmove(digits, digits + first, (size_t)(n - first));
+    n -= first;
+    while (n > 1 && digits[n - 1] == '0') n--;
+    int k = 0;
+    if (v < 0) out[k++] = '-';
+    if (exp10 >= -5 && exp10 < 16) {
+        if (exp10 < 0) {
+            out[k++] = '0';
+            out[k++] = '.';
+            for (int i = 0; i < -exp10 - 1; i++) out[k++] = '0';
+            for (int i = 0; i < n; i++) out[k++] = digits[i];
+        } else {
+            for (int i = 0; i <= exp10; i++) out[k++] = i < n ? digits[i] : '0';
+            out[k++] = '.';
+            if (n > exp10 + 1) for (int i = exp10 + 1; i < n; i++) out[k++] = digits[i];
+            else out[k++] = '0';
+        }
+    } else {
+        out[k++] = digits[0];
+        if (n > 1) {
+            out[k++] = '.';
+            for (int i = 1; i < n; i++) out[k++] = digits[i];
+        }
+        k += snprintf(out + k, sizeof out - k, "e%c%d", exp10 > 0 ? '+' : '-', exp10 > 0 ? exp10 : -exp10);
+    }
+    return put(b, out, (size_t)k);
+}
+
+/* writer.PairBuilder.extra_fields, for `data.keep_extra_fields` */
+typedef struct {
+    PyObject *sources;  /* per input file: its path as the start of a JSON string ("path) */
+    const double *chosen_reward, *rejected_reward;
+    const uint64_t *key_hi, *key_lo;
+    const int64_t *chosen_line, *rejected_line;
+} extra_t;
+
+static int emit_source(buf_t *b, PyObject *sources, int64_t file, int64_t line) {
+    PyObject *prefix = PyTuple_GET_ITEM(sources, file);
+    char number[32];
+    int n = snprintf(number, sizeof number, ":%lld\"", (long long)line);
+    return put(b, PyBytes_AS_STRING(prefix), (size_t)PyBytes_GET_SIZE(prefix)) || put(b, number, (size_t)n)
+           ? NOMEM : OK;
+}
+
+static int emit_extra(buf_t *line, const extra_t *e, Py_ssize_t k, int64_t chosen_file, int64_t rejected_file) {
+    char group[40];
+    snprintf(group, sizeof group, "\"%016llx%016llx\"", (unsigned long long)e->key_hi[k],
+             (unsigned long long)e->key_lo[k]);
+    line->n -= 2;  /* "}\n" */
+    if (PUTS(line, ",\"chosen_reward\":") || emit_float(line, e->chosen_reward[k]) ||
+        PUTS(line, ",\"rejected_reward\":") || emit_float(line, e->rejected_reward[k]) ||
+        PUTS(line, ",\"reward_gap\":") || emit_float(line, e->chosen_reward[k] - e->rejected_reward[k]) ||
+        PUTS(line, ",\"group_id\":") || put(line, group, 34) || PUTS(line, ",\"chosen_source\":") ||
+        emit_source(line, e->sources, chosen_file, e->chosen_line[k]) || PUTS(line, ",\"rejected_source\":") ||
+        emit_source(line, e->sources, rejected_file, e->rejected_line[k]) || PUTS(line, "}\n"))
+        return NOMEM;
+    return OK;
+}
+
 /* The JSONL line of one pair (writer.preference_line / writer.binary_line), or FAIL. */
 static int pair_line(int chosen_fd, uint64_t chosen_offset, uint64_t chosen_n, int rejected_fd,
                      uint64_t rejected_offset, uint64_t rejected_n, int binary, buf_t *line) {
@@ -1300,21 +1378,45 @@ static int pair_line(int chosen_fd, uint64_t chosen_offset, uint64_t chosen_n, i
 
 PyDoc_STRVAR(build_lines_doc,
 "build_lines(fds, chosen_file, chosen_offset, chosen_nbytes, rejected_file, rejected_offset,\n"
-"            rejected_nbytes, developer_role, binary) -> list[bytes | None]\n\n"
+"            rejected_nbytes, developer_role, binary, extra) -> list[bytes | None]\n\n"
 "The JSONL line (with its newline) of every pair: the columns are int64 arrays, one entry per\n"
-"pair, `fds` the open input files. None where the Python path must build the pair.");
+"pair, `fds` the open input files. None where the Python path must build the pair. `extra`:\n"
+"None, or (sources, chosen_reward, rejected_reward, key_hi, key_lo, chosen_line, rejected_line)\n"
+"for data.keep_extra_fields (sources: each file's path as the start of a JSON string).");
 
 static PyObject *py_build_lines(PyObject *self, PyObject *args) {
-    PyObject *fds;
-    Py_buffer col[6];
-    int developer_is_system, binary;
+    PyObject *fds, *extra_arg;
+    Py_buffer col[13];
+    int developer_is_system, binary, ncols = 6;
+    extra_t extra = {0};
     memset(col, 0, sizeof col);
-    if (!PyArg_ParseTuple(args, "O!y*y*y*y*y*y*pp", &PyTuple_Type, &fds, &col[0], &col[1], &col[2],
-                          &col[3], &col[4], &col[5], &developer_is_system, &binary))
+    if (!PyArg_ParseTuple(args, "O!y*y*y*y*y*y*ppO", &PyTuple_Type, &fds, &col[0], &col[1], &col[2],
+                          &col[3], &col[4], &col[5], &developer_is_system, &binary, &extra_arg))
         return NULL;
     PyObject *lines = NULL;
     Py_ssize_t count = col[0].len / 8, nfds = PyTuple_GET_SIZE(fds);
-    for (int i = 1; i < 6; i++)
+    if (extra_arg != Py_None) {
+        if (!PyArg_ParseTuple(extra_arg, "O!y*y*y*y*y*y*", &PyTuple_Type, &extra.sources, &col[6], &col[7],
+                              &col[8], &col[9], &col[10], &col[11]))
+            goto done;
+        ncols = 12;
+        extra.chosen_reward = col[6].buf;
+        extra.rejected_reward = col[7].buf;
+        extra.key_hi = col[8].buf;
+        extra.key_lo = col[9].buf;
+        extra.chosen_line = col[10].buf;
+        extra.rejected_line = col[11].buf;
+        if (PyTuple_GET_SIZE(extra.sources) != nfds) {
+            PyErr_SetString(PyExc_ValueError, "one source per file");
+            goto done;
+        }
+        for (Py_ssize_t i = 0; i < nfds; i++)
+            if (!PyBytes_Check(PyTuple_GET_ITEM(extra.sources, i))) {
+                PyErr_SetString(PyExc_TypeError, "sources are bytes");
+                goto done;
+            }
+    }
+    for (int i = 1; i < ncols; i++)
         if (col[i].len != col[0].len) { PyErr_SetString(PyExc_ValueError, "columns differ in length"); goto done; }
     if (!(lines = PyList_New(count))) goto done;
     keep_ctx.developer_role = developer_is_system ? R_SYSTEM : R_DEVELOPER;
@@ -1329,6 +1431,7 @@ static PyObject *py_build_lines(PyObject *self, PyObject *args) {
             if (PyErr_Occurred()) { Py_CLEAR(lines); break; }
             rc = pair_line(chosen_fd, (uint64_t)c[1][k], (uint64_t)c[2][k], rejected_fd,
                            (uint64_t)c[4][k], (uint64_t)c[5][k], binary, &line);
+            if (rc == OK && ncols == 12) rc = emit_extra(&line, &extra, k, c[0][k], c[3][k]);
         }
         PyObject *item = rc == OK ? PyBytes_FromStringAndSize(line.p, (Py_ssize_t)line.n)
                        : rc == FAIL ? Py_NewRef(Py_None) : PyErr_NoMemory();
@@ -1337,9 +1440,20 @@ static PyObject *py_build_lines(PyObject *self, PyObject *args) {
     }
     free(line.p);
 done:
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < 13; i++)
         if (col[i].obj) PyBuffer_Release(&col[i]);
     return lines;
+}
+
+static PyObject *py_float_json(PyObject *self, PyObject *arg) {
+    double v = PyFloat_AsDouble(arg);
+    if (v == -1.0 && PyErr_Occurred()) return NULL;
+    if (!isfinite(v)) { PyErr_SetString(PyExc_ValueError, "not finite"); return NULL; }
+    buf_t b = {0};
+    if (emit_float(&b, v)) { free(b.p); return PyErr_NoMemory(); }
+    PyObject *result = PyBytes_FromStringAndSize(b.p, (Py_ssize_t)b.n);
+    free(b.p);
+    return result;
 }
 
 static PyObject *py_xxh64(PyObject *self, PyObject *args) {
@@ -1363,6 +1477,7 @@ static PyMethodDef methods[] = {
     {"build_lines", py_build_lines, METH_VARARGS, build_lines_doc},
     {"xxh64", py_xxh64, METH_VARARGS, "xxh64(data, seed=0): this module's XXH64 (for tests)."},
     {"is_space", py_is_space, METH_O, "is_space(code point): what it takes for whitespace (for tests)."},
+    {"float_json", py_float_json, METH_O, "float_json(x): a float as this module writes it (for tests)."},
     {NULL, NULL, 0, NULL},
 };
 

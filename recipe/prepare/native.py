@@ -32,14 +32,24 @@ def scan(data: bytes, file_index: int, base_offset: int, options) -> tuple[bytea
                         options.binary)
 
 
-def build_lines(fds: tuple[int, ...], pairs, options) -> list[bytes | None]:
-    """The JSONL line of every `writer.PAIR` row (None: the Python path builds that one)."""
+def build_lines(fds: tuple[int, ...], pairs, options, sources: tuple[bytes, ...] | None = None
+                ) -> list[bytes | None]:
+    """The JSONL line of every `writer.PAIR` row (None: the Python path builds that one); with
+    `sources` (each input path as the start of a JSON string), the `data.keep_extra_fields`
+    fields too."""
     import numpy as np
 
-    column = {side: [np.ascontiguousarray(pairs[f"{side}_{name}"], dtype=np.int64)
-                     for name in ("file", "offset", "nbytes")] for side in ("chosen", "rejected")}
-    return _native.build_lines(fds, *column["chosen"], *column["rejected"],
-                               options.chat.developer_role == "system", options.binary)
+    def column(name: str, kind) -> np.ndarray:
+        return np.ascontiguousarray(pairs[name], dtype=kind)
+
+    columns = [column(f"{side}_{name}", np.int64) for side in ("chosen", "rejected")
+               for name in ("file", "offset", "nbytes")]
+    extra = None if sources is None else (
+        sources, column("chosen_reward", np.float64), column("rejected_reward", np.float64),
+        column("key_hi", np.uint64), column("key_lo", np.uint64),
+        column("chosen_line", np.int64), column("rejected_line", np.int64))
+    return _native.build_lines(fds, *columns, options.chat.developer_role == "system", options.binary,
+                               extra)
 
 
 def convert(line: bytes, options) -> tuple[bytes, bytes, bytes | None] | None:

@@ -112,12 +112,11 @@ class PairBuilder:
         """The JSONL lines of a batch of pairs: built in C where it can, else by `build`."""
         if not self.native:
             return [self.build(row) for row in pairs.tolist()]
-        lines = native.build_lines(tuple(self.files), pairs, self.options)
+        sources = tuple(orjson.dumps(path)[:-1] for path in self.paths) if self.keep_extra_fields else None
+        lines = native.build_lines(tuple(self.files), pairs, self.options, sources)
         for index, line in enumerate(lines):
             if line is None:
                 lines[index] = self.build(pairs[index].tolist())
-            elif self.keep_extra_fields:
-                lines[index] = line[:-2] + b"," + self.extra_fields(pairs[index].tolist())[1:] + b"\n"
         return lines
 
     def build(self, pair: tuple) -> bytes:

@@ -261,11 +261,28 @@ def test_xxh64_is_xxhash():
             assert native._native.xxh64(data, seed) == xxhash.xxh64_intdigest(data, seed)
 
 
+def test_floats_are_written_as_orjson_writes_them():
+    """The reward fields of data.keep_extra_fields: shortest digits, orjson's notation (a run of
+    1.2 million values, random bit patterns among them, agreed the same way)."""
+    import random
+    import struct
+
+    rng = random.Random(5)
+    values = [0.0, -0.0, 1.0, 0.5, 1e16, 1e15, 1.5e-7, 1e-5, 1e-6, 5e-324, 1.7976931348623157e308,
+              100.0, 0.1, 0.30000000000000004, 2.5e-5, 9007199254740992.0, 2.2250738585072014e-308]
+    for _ in range(5000):
+        values += [struct.unpack("d", struct.pack("Q", rng.getrandbits(64)))[0], rng.uniform(-10, 10),
+                   round(rng.uniform(0, 1), rng.randint(0, 6)),
+                   rng.randint(-10**6, 10**6) * 10.0 ** rng.randint(-30, 30)]
+    finite = [v for v in values if v == v and abs(v) != float("inf")]
+    assert [native._native.float_json(v) for v in finite] == [orjson.dumps(v) for v in finite]
+
+
 def test_whitespace_is_pythons():
     assert [c for c in range(0x110000) if chr(c).isspace() != native._native.is_space(c)] == []
 
 
-@pytest.mark.parametrize("overrides", [[], ["data.format=binary"], ["data.keep_extra_fields=true"],
+@pytest.mark.parametrize("overrides", [[], ["data.format=binary"], ["data.keep_extra_fields=false"],
                                        ["data.developer_role=developer", "data_prep=all_pairs"]])
 def test_prepare_gives_the_same_files_either_way(tmp_path, generated, overrides):
     """The whole stage on the sample plus generated rows: the same bytes with the C path on or off."""
