@@ -305,15 +305,6 @@ def write(run_dir: Path, data_dir: Path, pairs: PairRewards | None = None) -> Pa
     return path
 
 
-def warm_up() -> None:
-    """Import the plotting modules (matplotlib: ~0.4 s) ahead of time, in a thread, while prepare
-    still waits on its workers."""
-    try:
-        import recipe.plots  # noqa: F401
-    except ImportError:
-        pass
-
-
 def _matplotlib() -> bool:
     try:
         import matplotlib  # noqa: F401

@@ -11,7 +11,6 @@ from __future__ import annotations
 import glob
 import multiprocessing
 import os
-import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -402,7 +401,6 @@ def run(cfg: DictConfig) -> dict:
     try:
         scanned = scan_inputs(settings, workers, spilled, _write_reject(files, settings.inputs))
         paired = pair_buckets(settings, workers, scanned)
-        threading.Thread(target=report_page.warm_up, daemon=True).start()  # for the report at the end
         is_val = write_pairs(settings, paired.pairs, workers, files, spilled.folder)
     except writer.PairSchemaError as exc:
         files.abort()
