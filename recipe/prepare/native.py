@@ -9,6 +9,7 @@ tests run both ways). Whatever the C code is not sure of, it hands back to the P
 from __future__ import annotations
 
 import os
+import sys
 
 try:
     from recipe.prepare import _native
@@ -17,7 +18,9 @@ except ImportError:  # built without a C compiler: the Python path does everythi
 
 
 def enabled() -> bool:
-    return _native is not None and os.environ.get("GYM_DPO_NATIVE", "1") != "0"
+    # little-endian only: its records and hashes are laid out as numpy and xxhash read them there
+    return (_native is not None and sys.byteorder == "little"
+            and os.environ.get("GYM_DPO_NATIVE", "1") != "0")
 
 
 def covers(options) -> bool:

@@ -49,25 +49,10 @@ class PairSchemaError(RuntimeError):
     """A pair we built fails the pair schema: a bug of ours, never the user's data."""
 
 
-def preference_record(context: list[dict], chosen, rejected) -> dict:
-    def completion(response):
-        return [{"role": "assistant", "content": response}] if isinstance(response, str) else response
-
-    return {"context": context, "completions": [
-        {"rank": 0, "completion": completion(chosen)},
-        {"rank": 1, "completion": completion(rejected)},
-    ]}
-
-
-def binary_record(context: list[dict], chosen: str, rejected: str) -> dict:
-    single_user_turn = len(context) == 1 and context[0]["role"] == "user"
-    return {"prompt": context[0]["content"] if single_user_turn else context,
-            "chosen": chosen, "rejected": rejected}
-
-
-# A pair line is put together from the JSON of its parts (as orjson writes them), so that the
-# C path and the Python path give the same bytes: what `orjson.dumps(preference_record(...))`
-# and `orjson.dumps(binary_record(...))` give.
+# A pair line is put together from the JSON of its parts (as orjson writes them), so that the C
+# path and the Python path give the same bytes. PreferenceDataset: the context and two ranked
+# completions (a plain-text response becomes one assistant message); BinaryPreferenceDataset:
+# prompt (the only user turn's text, else the context), chosen and rejected texts.
 def _completion(response: bytes) -> bytes:
     return response if response[:1] == b"[" else b'[{"role":"assistant","content":' + response + b"}]"
 
@@ -93,12 +78,13 @@ class PairBuilder:
         self.validator = jsonschema_rs.validator_for(rollouts.schema("pair"))
         # lines are read with pread: a file mapping would count the pages it touched as the
         # process's memory (PSS), up to the whole input
-        self.files = [os.open(p, os.O_RDONLY) for p in paths]
+        self.files = [open(p, "rb", buffering=0) for p in paths]  # closed with the builder
+        self.fds = tuple(handle.fileno() for handle in self.files)
 
     def _parts(self, file: int, offset: int, nbytes: int) -> tuple[bytes, bytes, bytes | None, bool]:
         """(context JSON, response JSON, prompt JSON when the context is one user turn, whether
         the C path built them: then they already meet the pair schema)."""
-        line = os.pread(self.files[file], nbytes, offset)
+        line = os.pread(self.fds[file], nbytes, offset)
         if self.native:
             parts = native.convert(line, self.options)
             if parts is not None:
@@ -113,7 +99,7 @@ class PairBuilder:
         if not self.native:
             return [self.build(row) for row in pairs.tolist()]
         sources = tuple(orjson.dumps(path)[:-1] for path in self.paths) if self.keep_extra_fields else None
-        lines = native.build_lines(tuple(self.files), pairs, self.options, sources)
+        lines = native.build_lines(self.fds, pairs, self.options, sources)
         for index, line in enumerate(lines):
             if line is None:
                 lines[index] = self.build(pairs[index].tolist())

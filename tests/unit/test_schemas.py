@@ -4,6 +4,7 @@ import json
 
 import jsonschema
 import msgspec
+import orjson
 import pytest
 
 from recipe.prepare import rollouts, writer
@@ -92,12 +93,16 @@ def test_explanation_names_the_field():
 
 def test_pair_schema_accepts_what_the_writer_builds_and_refuses_broken_pairs():
     context = [{"role": "user", "content": "q"}]
-    good = writer.preference_record(context, "yes", [{"role": "assistant", "content": "", "tool_calls": [
-        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}])
+    dumps = orjson.dumps
+    good = orjson.loads(writer.preference_line(dumps(context), dumps("yes"), dumps([
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}])))
+    assert good["completions"][0] == {"rank": 0, "completion": [{"role": "assistant", "content": "yes"}]}
     assert PAIR.is_valid(good)
-    assert PAIR.is_valid(writer.binary_record(context, "a", "b"))
-    assert writer.binary_record(context, "a", "b")["prompt"] == "q"
-    assert PAIR.is_valid(writer.binary_record([{"role": "system", "content": "s"}] + context, "a", "b"))
+    binary = orjson.loads(writer.binary_line(dumps("q"), dumps("a"), dumps("b")))
+    assert PAIR.is_valid(binary) and binary["prompt"] == "q"
+    with_system = [{"role": "system", "content": "s"}] + context
+    assert PAIR.is_valid(orjson.loads(writer.binary_line(dumps(with_system), dumps("a"), dumps("b"))))
     assert not PAIR.is_valid({**good, "task_name": "x"})  # NeMo RL adds task_name itself
     assert not PAIR.is_valid({"context": context, "completions": good["completions"][:1]})
     swapped = {"context": context, "completions": [good["completions"][1], good["completions"][0]]}
