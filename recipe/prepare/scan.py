@@ -101,17 +101,17 @@ def scan_chunk(chunk: rollouts.Chunk, options: ScanOptions) -> ChunkResult:
 
 
 def _scan(chunk: rollouts.Chunk, options: ScanOptions) -> ChunkResult:
-    data = rollouts.read_chunk(chunk)
     reader = LineReader(chunk, options)
     if native.covers(options):
+        data = rollouts.read_chunk_reused(chunk)
         blob, lines, handed_back = native.scan(data, chunk.file_index, chunk.start, options)
-        view = memoryview(data)
         for number, start, end in handed_back:  # lines the C path was not sure of: Python decides
-            reader.read(view[start:end], number, start)
+            reader.read(bytes(data[start:end]), number, start)
         records = np.frombuffer(blob, dtype=grouping.RECORD)
         if reader.rows:
             records = np.concatenate([records, reader.records()])
         return ChunkResult(chunk, lines, records, reader.rejects)
+    data = rollouts.read_chunk(chunk)
     view, find, size = memoryview(data), data.find, len(data)
     position = number = 0
     while position < size:
