@@ -851,6 +851,7 @@ static int to_messages(ctx_t *x, list_t list) {
             if (add_content(x, &it->content)) return NOMEM;
             last->nseg = (uint32_t)(x->nsegs - last->seg0);
         } else if (kind == K_CALL) {
+            if (!TRUTHY(it->name)) return FAIL;  /* tool_call_without_name: a reject */
             if (!(last && last->role == R_ASSISTANT && (last->ncall || !last->nseg))) {
                 if (!(last = new_msg(x, R_ASSISTANT))) return NOMEM;
             }
@@ -934,6 +935,8 @@ static int check_context(ctx_t *x, const row_t *r) {
                 if ((rc = content_check(x, &it->content, &nonempty))) return rc;
             } else if (kind == K_CALL_OUTPUT) {
                 if ((rc = content_check(x, &it->output, &nonempty))) return rc;
+            } else if (kind == K_CALL && !TRUTHY(it->name)) {
+                return FAIL;  /* tool_call_without_name: a reject */
             }
             turns += kind == K_MESSAGE || kind == K_CALL || kind == K_CALL_OUTPUT;
         }
@@ -1167,7 +1170,8 @@ PyDoc_STRVAR(convert_doc,
 /* What `schemas/pair.schema.json` asks of a pair built from these parts, beyond what the
  * emitter guarantees by construction (roles of the enum, string contents, a completion that ends
  * with an assistant turn, tool_calls only when there are some): a context of at least one
- * message, tool calls with a name, and in the binary format a prompt with a visible character.
+ * message, tool calls with a name (already a reject: checked again here), and in the binary
+ * format a prompt with a visible character.
  * A line that fails goes to the Python path, where jsonschema says precisely what is wrong. */
 static int named_calls(const ctx_t *x, uint32_t msg0, uint32_t nmsg) {
     for (uint32_t i = 0; i < nmsg; i++) {

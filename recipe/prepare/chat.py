@@ -55,6 +55,11 @@ def _role(item: Item, where: str) -> str:
     return role
 
 
+def _check_call(item: Item, where: str) -> None:
+    if not item.name:  # a tool call must name its tool (the pair schema, NeMo RL's chat template)
+        raise Unusable("tool_call_without_name", f"{where} has a function_call without a name")
+
+
 def to_messages(items: list[Item], options: ChatOptions, where: str) -> list[dict]:
     """Items in order as chat messages: tool calls attach to the assistant turn they belong to."""
     messages: list[dict] = []
@@ -77,6 +82,7 @@ def to_messages(items: list[Item], options: ChatOptions, where: str) -> list[dic
             else:
                 messages.append({"role": role, "content": text})
         elif kind == "function_call":
+            _check_call(item, where)
             call = {"id": item.call_id or "", "type": "function",
                     "function": {"name": item.name or "", "arguments": item.arguments or ""}}
             last = messages[-1] if messages else None
@@ -109,6 +115,8 @@ def check_context(params_input, instructions: str | None) -> None:
                 text_of(item.content, f"input {_role(item, 'input')} message")
             elif kind == "function_call_output":
                 text_of(item.output, "input function_call_output")
+            elif kind == "function_call":
+                _check_call(item, "input")
             turns += kind in ("message", "function_call", "function_call_output")
     if not (instructions or turns):
         raise Unusable("empty_context", "the request has no input turns: the prompt was built "

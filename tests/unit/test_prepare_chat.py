@@ -56,6 +56,19 @@ def test_tool_items_in_input_become_tool_calls_and_tool_messages():
         {"role": "user", "content": "thanks, and tomorrow?"}]
 
 
+def test_a_tool_call_without_a_name_is_a_reject_in_the_input_and_in_the_output():
+    nameless = {"type": "function_call", "name": "", "arguments": "{}", "call_id": "c"}
+    row = rollout(output=[nameless, {"type": "message", "role": "assistant", "content": "done"}])
+    with pytest.raises(chat.Unusable) as raised:
+        convert(row)
+    assert raised.value.reason == "tool_call_without_name"
+    row = rollout()
+    row["responses_create_params"]["input"] = [message("user", "q"), {**nameless, "name": None}]
+    with pytest.raises(chat.Unusable) as raised:
+        convert(row)
+    assert raised.value.reason == "tool_call_without_name"
+
+
 def test_tool_call_output_is_a_trajectory():
     row = rollout(output=[
         {"type": "reasoning", "summary": []},

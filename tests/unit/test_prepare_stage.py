@@ -175,6 +175,9 @@ BAD_LINES = [
     (json.dumps(rollout()).replace('"reward": 1.0', '"reward": Infinity'), "reward_not_finite"),
     (json.dumps(rollout()).replace('"reward": 1.0', '"reward": 1e999'), "reward_not_finite"),
     (json.dumps(rollout(answer="")), "empty_response"),
+    (json.dumps(rollout(output=[{"type": "function_call", "arguments": "{}", "call_id": "c"},
+                                {"type": "message", "role": "assistant", "content": "done"}])),
+     "tool_call_without_name"),  # it would fail the pair schema (and a chat template) if paired
     ("", "blank_line"),
 ]
 
