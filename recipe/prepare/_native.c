@@ -1,13 +1,13 @@
 /* The native fast path of prepare: a JSON reader for rollout lines, in C.
  *
  * It does, per line, what `scan.py` and `chat.py` do in Python (typed decode, usability checks,
- * context key, response identity and length) and, per paired line, what `writer.py` needs (the
- * context and the response as JSON in orjson's exact bytes). It is a fast path only: whenever a
- * line is anything but plainly valid and usable (a parse error, a wrong type, a duplicate key, an
- * escaped key, a reject reason, a number it would not convert exactly, ...) it hands the line
- * back to the Python path, which decides. So the Python code stays the definition of what
- * prepare does, and `tests/unit/test_native.py` checks that both agree on every line this path
- * accepts.
+ * context key, response identity and length) and, per pair, what `writer.py` does (re-read both
+ * lines, convert them, write the pair line with its extra fields in orjson's exact bytes). It is
+ * a fast path only: whenever a line is anything but plainly valid and usable (a parse error, a
+ * wrong type, a duplicate key, an escaped key, a reject reason, a number it would not convert
+ * exactly, ...) it hands the line back to the Python path, which decides. So the Python code
+ * stays the definition of what prepare does, and `tests/unit/test_native.py` checks that both
+ * agree on every line this path accepts.
  *
  * Built by setup.py as an optional extension: without a C compiler, prepare runs in Python.
  */
