@@ -10,7 +10,6 @@ are re-read from the input by offset when a pair is written.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Iterator
 
 import msgspec
 import numpy as np
@@ -86,11 +85,19 @@ def sort_records(records: np.ndarray) -> np.ndarray:
     return records[order]
 
 
-def group_bounds(records: np.ndarray) -> Iterator[tuple[int, int]]:
-    """(start, end) of each run of `sort_records` output that shares a group key."""
-    if len(records) == 0:
-        return
-    hi, lo = records["key_hi"], records["key_lo"]
-    starts = np.flatnonzero((hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])) + 1
-    bounds = np.concatenate(([0], starts, [len(records)])).tolist()
-    yield from zip(bounds[:-1], bounds[1:])
+def group_starts(key_hi: np.ndarray, key_lo: np.ndarray) -> np.ndarray:
+    """Where each run of equal (key_hi, key_lo) begins, in keys sorted by group (`sort_records`)."""
+    if len(key_hi) == 0:
+        return np.zeros(0, dtype=np.int64)
+    changes = np.flatnonzero((key_hi[1:] != key_hi[:-1]) | (key_lo[1:] != key_lo[:-1])) + 1
+    return np.concatenate(([0], changes)).astype(np.int64)
+
+
+def group_sizes(starts: np.ndarray, n: int) -> np.ndarray:
+    """How many of the `n` sorted rows each group beginning at `starts` holds."""
+    return np.diff(np.append(starts, n))
+
+
+def group_ids(starts: np.ndarray, n: int) -> np.ndarray:
+    """Each of the `n` sorted rows' group: its position in `starts`."""
+    return np.repeat(np.arange(len(starts)), group_sizes(starts, n))

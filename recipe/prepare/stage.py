@@ -271,24 +271,23 @@ class Pairing:
 
 def pair_records(records: np.ndarray, settings: Settings) -> Pairing:
     options = pairing.resolve_options(settings.strategy, settings.strategy_options)
-    bounds = list(grouping.group_bounds(records))
-    starts = np.array([start for start, _ in bounds], dtype=np.int64)
+    starts = grouping.group_starts(records["key_hi"], records["key_lo"])
     all_scores, all_normalized = pairing.scores(records["reward"], records["length"], options, starts=starts)
     responses = records["response"]
     every_group = pairing.select_groups(settings.strategy)
     if every_group is not None:  # the strategy's vectorised form: all groups at once
         chosen, rejected = every_group(all_scores, responses, starts, options)
     else:
-        chosen, rejected = _pair_group_by_group(records, bounds, all_scores, all_normalized, options, settings)
+        chosen, rejected = _pair_group_by_group(records, starts, all_scores, all_normalized, options, settings)
     return Pairing(chosen, rejected, all_scores[chosen] - all_scores[rejected],
                    *_outcomes(all_scores, starts, chosen, rejected))
 
 
-def _pair_group_by_group(records, bounds, all_scores, all_normalized, options, settings):
+def _pair_group_by_group(records, starts, all_scores, all_normalized, options, settings):
     select = pairing.strategy(settings.strategy)
     responses = records["response"]
     chosen, rejected = [], []
-    for start, end in bounds:
+    for start, end in zip(starts.tolist(), np.append(starts[1:], len(records)).tolist()):
         if end - start == 1:
             continue
         seed = (settings.seed << 64) | int(records["key_hi"][start])
@@ -306,7 +305,7 @@ def _outcomes(scores: np.ndarray, starts: np.ndarray, chosen: np.ndarray, reject
     if len(starts) == 0:
         return unpaired, 0, 0
     n = len(scores)
-    sizes = np.diff(np.append(starts, n))
+    sizes = grouping.group_sizes(starts, n)
     used = np.zeros(n, dtype=bool)
     used[chosen] = used[rejected] = True
     left = sizes - np.add.reduceat(used, starts)

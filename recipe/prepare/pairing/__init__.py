@@ -22,6 +22,8 @@ from typing import Callable
 
 import numpy as np
 
+from recipe.prepare import grouping
+
 STRATEGIES = ("same_prompt", "stratified", "all_pairs", "distribution", "best_vs_subset_worst")
 NORMALIZATIONS = ("none", "zscore", "rank")
 # Options every strategy takes, with the values that leave rewards and pairs as they are.
@@ -137,8 +139,7 @@ def normalize(rewards: np.ndarray, how: str, starts: np.ndarray | None = None) -
     starts = np.zeros(min(n, 1), dtype=np.int64) if starts is None else np.asarray(starts, dtype=np.int64)
     if n == 0:
         return np.zeros(0)
-    sizes = np.diff(np.append(starts, n))
-    group = np.repeat(np.arange(len(starts)), sizes)
+    sizes, group = grouping.group_sizes(starts, n), grouping.group_ids(starts, n)
     flat = (np.maximum.reduceat(rewards, starts) == np.minimum.reduceat(rewards, starts))[group]
     if how == "zscore":
         deviation = rewards - (np.add.reduceat(rewards, starts) / sizes)[group]

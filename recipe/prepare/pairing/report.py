@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from recipe.prepare import manifest
+from recipe.prepare import grouping, manifest
 
 
 def pairs_per_group(pairs: np.ndarray) -> np.ndarray:
     """How many pairs each group that has any holds (writer.PAIR rows), in group key order."""
-    if len(pairs) == 0:
-        return np.zeros(0, dtype=np.int64)
     order = np.lexsort((pairs["key_lo"], pairs["key_hi"]))
-    hi, lo = pairs["key_hi"][order], pairs["key_lo"][order]
-    starts = np.flatnonzero(np.concatenate(([True], (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1]))))
-    return np.diff(np.append(starts, len(pairs)))
+    starts = grouping.group_starts(pairs["key_hi"][order], pairs["key_lo"][order])
+    return grouping.group_sizes(starts, len(pairs))
 
 
 def summarize(strategy: str, pairs: np.ndarray, groups: int, length_unit: str = "characters") -> dict:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from recipe.prepare import grouping
+
 
 def select(group, options: dict) -> list[tuple[int, int]]:
     ranked = group.ranked()
@@ -23,7 +25,7 @@ def select_groups(scores: np.ndarray, responses: np.ndarray, starts: np.ndarray,
     if n == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     position = np.arange(n)
-    group = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, n)))
+    group = grouping.group_ids(starts, n)
     top = np.maximum.reduceat(scores, starts)
     best = np.minimum.reduceat(np.where(scores == top[group], position, n), starts)
     candidate = responses != responses[best][group]
