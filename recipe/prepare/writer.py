@@ -2,8 +2,9 @@
 
 Records are built in worker processes from the input lines (by offset); every record is checked
 against `schemas/pair.schema.json` before it is written: with jsonschema_rs, or, for the parts the
-C fast path built, by its own checks of what the schema asks (tests hold the two to agree). Outputs go to temporary files that are
-renamed only when everything succeeded, so a failed run never leaves half-written data.
+C fast path built, by its own checks of what the schema asks (tests hold the two to agree).
+Outputs go to temporary files that are renamed only when everything succeeded, so a failed run
+never leaves half-written data.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ class PairBuilder:
         self.keep_extra_fields = keep_extra_fields
         self.reader = rollouts.Reader(options.group_by)
         self.native = native.covers(options)
+        # each input path as the start of a JSON string: the C path writes the `*_source` fields
+        self.sources = tuple(orjson.dumps(path)[:-1] for path in paths) if keep_extra_fields else None
         self.validator = jsonschema_rs.validator_for(rollouts.schema("pair"))
         # lines are read with pread: a file mapping would count the pages it touched as the
         # process's memory (PSS), up to the whole input
@@ -98,8 +101,7 @@ class PairBuilder:
         """The JSONL lines of a batch of pairs: built in C where it can, else by `build`."""
         if not self.native:
             return [self.build(row) for row in pairs.tolist()]
-        sources = tuple(orjson.dumps(path)[:-1] for path in self.paths) if self.keep_extra_fields else None
-        lines = native.build_lines(self.fds, pairs, self.options, sources)
+        lines = native.build_lines(self.fds, pairs, self.options, self.sources)
         for index, line in enumerate(lines):
             if line is None:
                 lines[index] = self.build(pairs[index].tolist())
