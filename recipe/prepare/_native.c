@@ -420,6 +420,13 @@ static int next_key(cur_t *c, int *count, jstr *key) {
     return 1;
 }
 
+/* next_key in an object whose keys are matched against field names: an escaped key might spell
+ * one of them, so it hands the line back. */
+static int next_field(cur_t *c, int *count, jstr *key) {
+    int more = next_key(c, count, key);
+    return more == 1 && key->esc ? FAIL : more;
+}
+
 static int next_item(cur_t *c, int *count) {
     int more = next_member(c, count, ']');
     if (more == 1 && c->p < c->end && *c->p == ']') return FAIL;  /* [1,] */
@@ -457,6 +464,15 @@ static inline int key_is(jstr k, const char *name, size_t n) {
     return k.n == n && !memcmp(k.s, name, n);
 }
 #define KEY(k, lit) key_is((k), (lit), sizeof(lit) - 1)
+
+/* `X | None` for a struct X: 0 when it was null, 1 with the object opened; a repeated key hands
+ * the line back. */
+static int open_optional(cur_t *c, uint8_t *set) {
+    if (*set) return FAIL;
+    *set = 1;
+    if (is_null(c)) return literal(c, "null", 4);
+    return open_container(c, '{') ? FAIL : 1;
+}
 
 /* str | None (msgspec's `str | None`); a repeated key hands the line back. */
 static int str_or_null(cur_t *c, jstr *out) {
@@ -526,8 +542,7 @@ static int parse_part(ctx_t *x, cur_t *c) {
     int count = 0, more;
     jstr key;
     if (open_container(c, '{')) return FAIL;
-    while ((more = next_key(c, &count, &key)) == 1) {
-        if (key.esc) return FAIL;
+    while ((more = next_field(c, &count, &key)) == 1) {
         int rc = KEY(key, "type") ? str_or_null(c, &part.type)
                : KEY(key, "text") ? str_or_null(c, &part.text) : skip_value(c);
         if (rc) return rc;
@@ -566,8 +581,7 @@ static int parse_item(ctx_t *x, cur_t *c) {
     int count = 0, more, rc;
     jstr key;
     if (open_container(c, '{')) return FAIL;
-    while ((more = next_key(c, &count, &key)) == 1) {
-        if (key.esc) return FAIL;
+    while ((more = next_field(c, &count, &key)) == 1) {
         if (KEY(key, "type")) rc = str_or_null(c, &it.type);
         else if (KEY(key, "role")) rc = str_or_null(c, &it.role);
         else if (KEY(key, "name")) rc = str_or_null(c, &it.name);
@@ -646,8 +660,7 @@ static int parse_params(ctx_t *x, cur_t *c, row_t *r) {
     if (r->params_set) return FAIL;
     r->params_set = 1;
     if (open_container(c, '{')) return FAIL;  /* Params is not optional */
-    while ((more = next_key(c, &count, &key)) == 1) {
-        if (key.esc) return FAIL;
+    while ((more = next_field(c, &count, &key)) == 1) {
         if (KEY(key, "input")) {
             if (r->input_set) return FAIL;
             r->input_set = 1;
@@ -666,32 +679,20 @@ static int parse_params(ctx_t *x, cur_t *c, row_t *r) {
 }
 
 static int parse_response(ctx_t *x, cur_t *c, row_t *r) {
-    int count = 0, more, rc;
+    int count = 0, more, rc = open_optional(c, &r->response_set);
     jstr key;
-    if (r->response_set) return FAIL;
-    r->response_set = 1;
-    if (is_null(c)) return literal(c, "null", 4);
-    if (open_container(c, '{')) return FAIL;
-    while ((more = next_key(c, &count, &key)) == 1) {
-        if (key.esc) return FAIL;
-        rc = KEY(key, "output") ? parse_items(x, c, &r->response_output) : skip_value(c);
-        if (rc) return rc;
-    }
+    if (rc != 1) return rc;
+    while ((more = next_field(c, &count, &key)) == 1)
+        if ((rc = KEY(key, "output") ? parse_items(x, c, &r->response_output) : skip_value(c))) return rc;
     return more ? FAIL : OK;
 }
 
 static int parse_agent(cur_t *c, row_t *r) {
-    int count = 0, more, rc;
+    int count = 0, more, rc = open_optional(c, &r->agent_set);
     jstr key;
-    if (r->agent_set) return FAIL;
-    r->agent_set = 1;
-    if (is_null(c)) return literal(c, "null", 4);
-    if (open_container(c, '{')) return FAIL;
-    while ((more = next_key(c, &count, &key)) == 1) {
-        if (key.esc) return FAIL;
-        rc = KEY(key, "name") ? str_or_null(c, &r->agent_name) : skip_value(c);
-        if (rc) return rc;
-    }
+    if (rc != 1) return rc;
+    while ((more = next_field(c, &count, &key)) == 1)
+        if ((rc = KEY(key, "name") ? str_or_null(c, &r->agent_name) : skip_value(c))) return rc;
     return more ? FAIL : OK;
 }
 
@@ -718,8 +719,7 @@ static int parse_row(ctx_t *x, const uint8_t *line, size_t n, row_t *r) {
     memset(r, 0, sizeof *r);
     ws(c);
     if (open_container(c, '{')) return FAIL;
-    while ((more = next_key(c, &count, &key)) == 1) {
-        if (key.esc) return FAIL;
+    while ((more = next_field(c, &count, &key)) == 1) {
         if (KEY(key, "responses_create_params")) rc = parse_params(x, c, r);
         else if (KEY(key, "response")) rc = parse_response(x, c, r);
         else if (KEY(key, "output")) rc = parse_items(x, c, &r->output);
@@ -1169,22 +1169,12 @@ PyDoc_STRVAR(convert_doc,
 
 /* What `schemas/pair.schema.json` asks of a pair built from these parts, beyond what the
  * emitter guarantees by construction (roles of the enum, string contents, a completion that ends
- * with an assistant turn, tool_calls only when there are some): a context of at least one
- * message, tool calls with a name (already a reject: checked again here), and in the binary
- * format a prompt with a visible character.
- * A line that fails goes to the Python path, where jsonschema says precisely what is wrong. */
-static int named_calls(const ctx_t *x, uint32_t msg0, uint32_t nmsg) {
-    for (uint32_t i = 0; i < nmsg; i++) {
-        const msg_t *m = &x->msgs[msg0 + i];
-        for (uint32_t k = 0; k < m->ncall; k++)
-            if (!x->calls[m->call0 + k].name.n) return 0;
-    }
-    return 1;
-}
-
-static int meets_pair_schema(ctx_t *x, const response_t *resp, uint32_t msg0, uint32_t nmsg, int binary) {
-    if (!nmsg || !named_calls(x, msg0, nmsg)) return 0;
-    if (!resp->is_text && !named_calls(x, resp->msg0, resp->nmsg)) return 0;
+ * with an assistant turn, tool_calls only when there are some, each with a name: a nameless one
+ * is a reject): a context of at least one message, and in the binary format a prompt with a
+ * visible character. A line that fails goes to the Python path, where jsonschema says precisely
+ * what is wrong. */
+static int meets_pair_schema(ctx_t *x, uint32_t msg0, uint32_t nmsg, int binary) {
+    if (!nmsg) return 0;
     if (binary && nmsg == 1 && x->msgs[msg0].role == R_USER) {
         uint64_t chars = 0;
         int visible = 0;
@@ -1220,7 +1210,7 @@ static int convert_line(ctx_t *x, const uint8_t *line, size_t n, int binary, buf
         return rc;
     }
     uint32_t nmsg = (uint32_t)(x->nmsgs - msg0);
-    if (!meets_pair_schema(x, &resp, msg0, nmsg, binary)) return FAIL;
+    if (!meets_pair_schema(x, msg0, nmsg, binary)) return FAIL;
     if ((rc = emit_messages(x, context, msg0, nmsg))) return rc;
     if (nmsg == 1 && x->msgs[msg0].role == R_USER)
         return emit_text(x, prompt, x->msgs[msg0].seg0, x->msgs[msg0].nseg);
