@@ -105,9 +105,10 @@ class PairRewards:
     per_prompt: np.ndarray  # pairs of each prompt group that has any
 
 
-def gather(run_dir: Path, data_dir: Path, pairs: PairRewards | None = None) -> RunData:
+def gather(run_dir: Path, data_dir: Path, pairs: PairRewards | None = None,
+           manifest: dict | None = None) -> RunData:
     data = RunData(Path(run_dir), Path(data_dir))
-    data.manifest = _json(data.data_dir / "manifest.json")
+    data.manifest = manifest if manifest is not None else _json(data.data_dir / "manifest.json")
     data.rollout_rewards = _json(data.data_dir / REWARDS_FILE)
     if pairs is not None:
         data.chosen, data.rejected = pairs.chosen, pairs.rejected  # arrays: no per-pair objects
@@ -293,9 +294,11 @@ def render(data: RunData, parts: list[Section]) -> str:
             f"{_summary(data)}<h2>Plots</h2><div class='grid'>{''.join(figures)}</div></body></html>\n")
 
 
-def write(run_dir: Path, data_dir: Path, pairs: PairRewards | None = None) -> Path:
-    """Gather, plot and write `<run_dir>/report.html`; returns its path."""
-    data = gather(run_dir, data_dir, pairs)
+def write(run_dir: Path, data_dir: Path, pairs: PairRewards | None = None,
+          manifest: dict | None = None) -> Path:
+    """Gather, plot and write `<run_dir>/report.html`; returns its path. `pairs` and `manifest`,
+    when given, stand for what would be read from the data folder."""
+    data = gather(run_dir, data_dir, pairs, manifest)
     page = render(data, sections(data))
     path = Path(run_dir) / FILENAME
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -313,15 +316,16 @@ def _matplotlib() -> bool:
     return True
 
 
-def after_prepare(cfg: DictConfig, rollout_rewards: np.ndarray, pairs: PairRewards) -> None:
-    """The end of prepare: keep the rewards of all rollouts, then write the report (if it can)."""
+def after_prepare(cfg: DictConfig, rollout_rewards: np.ndarray, pairs: PairRewards, manifest: dict) -> str:
+    """The end of prepare: keep the rewards of all rollouts, then write the report (if it can).
+
+    Returns the line to tell the user, and prints nothing itself: prepare runs it in a
+    `Background` process while it commits its outputs and writes `manifest` to disk."""
     data_dir = Path(str(cfg.data.output_dir)).absolute()
     write_rollout_rewards(data_dir, rollout_rewards)
     if not _matplotlib():
-        report.console.print("report.html needs matplotlib (pip install -e '.[local]'); skipped", markup=False)
-        return
-    path = write(Path(str(cfg.run_dir)).absolute(), data_dir, pairs)
-    report.console.print(f"wrote {path}", soft_wrap=True)
+        return "report.html needs matplotlib (pip install -e '.[local]'); skipped"
+    return f"wrote {write(Path(str(cfg.run_dir)).absolute(), data_dir, pairs, manifest)}"
 
 
 def run(cfg: DictConfig) -> int:

@@ -22,8 +22,12 @@ def sha256_of(path: str, block: int = 1 << 22) -> str:
     view = memoryview(buffer)
     with open(path, "rb", buffering=0) as handle:
         while size := handle.readinto(buffer):
-            digest.update(view[:size])  # releases the GIL: runs beside the scan in a thread
+            digest.update(view[:size])
     return digest.hexdigest()
+
+
+def sha256_of_each(paths: list[str]) -> list[str]:
+    return [sha256_of(path) for path in paths]
 
 
 def input_entry(path: str, sha256: str) -> dict:

@@ -13,7 +13,6 @@ import multiprocessing
 import os
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +25,7 @@ from tqdm import tqdm
 
 import recipe
 from recipe import report, report_page
+from recipe.background import Background
 from recipe.errors import RecipeError
 from recipe.prepare import buckets, chat, grouping, manifest, pairing, rollouts, scan, split, writer
 from recipe.prepare.pairing import report as pairing_report
@@ -189,7 +189,7 @@ class Workers:
 
     def __init__(self, settings: Settings):
         self.pool = None
-        self.ahead = 2 * settings.workers
+        self.ahead = 4 * settings.workers
         if settings.workers > 1:
             context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
             self.pool = context.Pool(settings.workers, _init_worker, (settings,))
@@ -392,8 +392,16 @@ def run(cfg: DictConfig) -> dict:
     """Run the prepare stage; returns the manifest it wrote."""
     started = datetime.now(timezone.utc)
     settings = Settings.from_config(cfg)
-    hashing = ThreadPoolExecutor(1)
-    input_hashes = hashing.map(manifest.sha256_of, settings.inputs)  # beside the scan
+    # the inputs' sha256 (a core-second per 1.6 GB) at the lowest priority, in the time the
+    # workers leave idle; forked before the pool, while this process has no other threads
+    hashing = Background(manifest.sha256_of_each, settings.inputs, nice=19)
+    try:
+        return _run(cfg, settings, started, hashing)
+    finally:
+        hashing.cancel()  # a no-op once its result is in
+
+
+def _run(cfg: DictConfig, settings: Settings, started: datetime, hashing: Background) -> dict:
     files = writer.AtomicFiles(settings.output_dir, OUTPUTS)
     workers = Workers(settings)
     spilled = buckets.Buckets(settings.output_dir, input_bytes(settings))
@@ -414,7 +422,6 @@ def run(cfg: DictConfig) -> dict:
     result = {
         "manifest_version": manifest.MANIFEST_VERSION,
         "package": {"name": "gym-dpo", "version": recipe.__version__},
-        "inputs": [manifest.input_entry(p, h) for p, h in zip(settings.inputs, input_hashes)],
         "config": {"seed": settings.seed,
                    "data": OmegaConf.to_container(cfg.data, resolve=True),
                    "data_prep": OmegaConf.to_container(cfg.data_prep, resolve=True)},
@@ -438,15 +445,21 @@ def run(cfg: DictConfig) -> dict:
                                            pairing_report.pairs_per_group(pairs))
     rollout_rewards = scanned.rewards
     del pairs, paired, scanned
-    hashing.shutdown()
-    files.commit()
-    result["outputs"] = {name.removesuffix(".jsonl"): files.digest(name) for name in OUTPUTS}
-    finished = datetime.now(timezone.utc)
-    result["timestamps"] = {"started": started.isoformat(), "finished": finished.isoformat(),
-                            "seconds": round((finished - started).total_seconds(), 3)}
-    manifest.write(settings.output_dir / "manifest.json", result)
-    report.console.print(report.prepare_summary(result))
-    report.console.print(f"wrote {settings.output_dir}/{{train,val,rejects}}.jsonl and manifest.json",
-                         soft_wrap=True)
-    report_page.after_prepare(cfg, rollout_rewards, report_pairs)
+    # the report draws (matplotlib: a core-second) in a process of its own while this one
+    # commits the outputs, waits for the inputs' hashes and writes the manifest
+    drawing = Background(report_page.after_prepare, cfg, rollout_rewards, report_pairs, dict(result))
+    try:
+        files.commit()
+        result["outputs"] = {name.removesuffix(".jsonl"): files.digest(name) for name in OUTPUTS}
+        result["inputs"] = [manifest.input_entry(p, h) for p, h in zip(settings.inputs, hashing.result())]
+        finished = datetime.now(timezone.utc)
+        result["timestamps"] = {"started": started.isoformat(), "finished": finished.isoformat(),
+                                "seconds": round((finished - started).total_seconds(), 3)}
+        manifest.write(settings.output_dir / "manifest.json", result)
+        report.console.print(report.prepare_summary(result))
+        report.console.print(f"wrote {settings.output_dir}/{{train,val,rejects}}.jsonl and manifest.json",
+                             soft_wrap=True)
+        report.console.print(drawing.result(), markup=False, soft_wrap=True)
+    finally:
+        drawing.cancel()
     return result

@@ -1,6 +1,7 @@
 """The prepare stage end to end in-process: grouping, pairing, split, outputs, bad input."""
 
 import json
+import multiprocessing
 import os
 
 import jsonschema
@@ -205,6 +206,7 @@ def test_on_error_fail_stops_at_the_first_bad_line_and_writes_nothing(tmp_path, 
     with pytest.raises(RecipeError, match=r"r\.jsonl:2: malformed_json"):
         prepare(path, "data.on_error=fail")
     assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+    assert not multiprocessing.active_children()  # the input hashing stopped with the stage
 
 
 @pytest.mark.parametrize("setup, message_part", [
@@ -236,12 +238,16 @@ def test_a_failure_while_writing_leaves_no_partial_files(tmp_path, prepare, monk
     with pytest.raises(ZeroDivisionError):
         prepare(path)
     assert os.listdir(tmp_path / "out") == []
+    assert not multiprocessing.active_children()
 
 
 def test_manifest_statistics_and_output_hashes(tmp_path, prepare):
     import hashlib
 
-    manifest, out = prepare(write_jsonl(tmp_path / "r.jsonl", scattered_tasks()), "data.val_fraction=0")
+    path = write_jsonl(tmp_path / "r.jsonl", scattered_tasks())
+    manifest, out = prepare(path, "data.val_fraction=0")
+    assert manifest["inputs"] == [{"path": str(path), "bytes": path.stat().st_size,
+                                   "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}]
     assert manifest["rewards"]["gap"]["count"] == 6 and manifest["rewards"]["gap"]["mean"] == 3.0
     assert manifest["rewards"]["usable_rollouts"]["count"] == 24
     assert manifest["outputs"]["train"]["sha256"] == hashlib.sha256((out / "train.jsonl").read_bytes()).hexdigest()

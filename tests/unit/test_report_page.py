@@ -167,18 +167,28 @@ def test_stage_report_needs_a_run_folder(tmp_path):
 
 
 def test_prepare_hands_the_report_what_the_pair_files_hold(tmp_path, prepare, monkeypatch):
-    """The report at the end of prepare plots from memory; it must match the written files."""
+    """The report at the end of prepare plots from memory, in a process of its own; it must
+    match the written files."""
+    import pickle
+
     from tests.conftest import rollout, write_jsonl
 
-    handed = {}
-    monkeypatch.setattr(report_page, "write", lambda run_dir, data_dir, pairs=None: handed.update(
-        run_dir=run_dir, data_dir=data_dir, pairs=pairs))
+    handed = tmp_path / "handed.pickle"  # what the report process was given
+
+    def keep(run_dir, data_dir, pairs=None, manifest=None):
+        handed.write_bytes(pickle.dumps((run_dir, data_dir, pairs, manifest)))
+        return handed
+
+    monkeypatch.setattr(report_page, "write", keep)
     rows = [rollout(prompt=f"p{t}", answer=f"a{r}", reward=float(r * t), task=t, agent="e")
             for t in range(1, 6) for r in range(3)]
     prepare(write_jsonl(tmp_path / "r.jsonl", rows), "data_prep=all_pairs", "data.val_fraction=0.4")
-    from_memory = report_page.gather(handed["run_dir"], handed["data_dir"], handed["pairs"])
-    from_files = report_page.gather(handed["run_dir"], handed["data_dir"])
+    run_dir, data_dir, pairs, manifest = pickle.loads(handed.read_bytes())
+    from_memory = report_page.gather(run_dir, data_dir, pairs, manifest)
+    from_files = report_page.gather(run_dir, data_dir)
     assert from_memory.pairs == from_files.pairs == 15
+    written = from_files.manifest  # the manifest in memory lacks only what is known after the report forks
+    assert from_memory.manifest == {k: v for k, v in written.items() if k not in ("inputs", "outputs", "timestamps")}
     assert sorted(zip(from_memory.chosen, from_memory.rejected)) == sorted(zip(from_files.chosen, from_files.rejected))
     assert sorted(from_memory.gaps) == pytest.approx(sorted(from_files.gaps))
     assert sorted(from_memory.pairs_per_prompt) == sorted(from_files.pairs_per_prompt) == [3] * 5
