@@ -393,7 +393,7 @@ def run(cfg: DictConfig) -> dict:
     started = datetime.now(timezone.utc)
     settings = Settings.from_config(cfg)
     # the inputs' sha256 (a core-second per 1.6 GB) at the lowest priority, in the time the
-    # workers leave idle; forked before the pool, while this process has no other threads
+    # workers leave idle; forked before the pool starts its threads
     hashing = Background(manifest.sha256_of_each, settings.inputs, nice=19)
     try:
         return _run(cfg, settings, started, hashing)
