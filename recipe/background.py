@@ -10,6 +10,7 @@ the end) and still gets its share on a busy machine.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import traceback
@@ -42,7 +43,11 @@ class Background:
         self._receive, send = context.Pipe(duplex=False)
         self._process = context.Process(target=_child, args=(function, args, nice, send), daemon=True,
                                         name=f"gym-dpo-{getattr(function, '__name__', 'background')}")
-        self._process.start()
+        gc.freeze()  # the child's collections then leave the parent's objects (and their pages) alone
+        try:
+            self._process.start()
+        finally:
+            gc.unfreeze()
         send.close()  # the child holds the only writing end: its death reads as EOF here
 
     def result(self) -> Any:
