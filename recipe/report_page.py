@@ -248,9 +248,7 @@ def _summary(data: RunData) -> str:
     manifest = data.manifest
     if manifest:
         counts, pairs = manifest.get("counts", {}), manifest.get("pairs", {})
-        rows = [("input lines", counts.get("lines", "?")), ("rollouts in a pair", counts.get("paired", "?"))]
-        rows += [(f"no pair: {k}", v) for k, v in counts.get("unpaired", {}).items() if v]
-        rows += [(f"rejected: {k}", v) for k, v in counts.get("rejected", {}).items()]
+        rows = report.outcome_rows(counts)
         rows += [("train pairs", pairs.get("train", "?")), ("val pairs", pairs.get("val", "?"))]
         parts.append("<h2>Data</h2>" + _table(rows))
         if manifest.get("pairing"):
