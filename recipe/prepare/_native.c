@@ -188,8 +188,29 @@ static int utf8_put(buf_t *b, uint32_t cp) {
     return put(b, u, n);
 }
 
-/* The string's characters as UTF-8 (what Python's str.encode() gives). */
-static int unescape(buf_t *b, jstr j) {
+/* A code point as orjson writes it inside a string: ", \ and control characters escaped. */
+static int put_json_cp(buf_t *b, uint32_t cp) {
+    static const char hex[] = "0123456789abcdef";
+    switch (cp) {
+        case '"': return PUTS(b, "\\\"");
+        case '\\': return PUTS(b, "\\\\");
+        case 8: return PUTS(b, "\\b");
+        case 9: return PUTS(b, "\\t");
+        case 10: return PUTS(b, "\\n");
+        case 12: return PUTS(b, "\\f");
+        case 13: return PUTS(b, "\\r");
+        default:
+            if (cp < 0x20) {
+                char u[6] = {'\\', 'u', '0', '0', hex[cp >> 4], hex[cp & 15]};
+                return put(b, u, 6);
+            }
+            return utf8_put(b, cp);
+    }
+}
+
+/* The string's characters: the plain runs as they are, each escape decoded and handed to
+ * `put_cp` (the raw bytes when the string has no escape: a valid raw string needs none). */
+static int put_chars(buf_t *b, jstr j, int (*put_cp)(buf_t *, uint32_t)) {
     if (!j.esc) return put(b, j.s, j.n);
     const uint8_t *p = j.s, *end = j.s + j.n;
     while (p < end) {
@@ -198,44 +219,16 @@ static int unescape(buf_t *b, jstr j) {
         if (put(b, p, q - p)) return NOMEM;
         if (q == end) break;
         p = q;
-        if (utf8_put(b, next_cp(&p))) return NOMEM;
+        if (put_cp(b, next_cp(&p))) return NOMEM;
     }
     return OK;
 }
 
-/* The string's characters, escaped as orjson escapes them (", \, and control characters). */
-static int emit_chars(buf_t *b, jstr j) {
-    if (!j.esc) return put(b, j.s, j.n);  /* nothing in a valid raw string needs escaping */
-    static const char hex[] = "0123456789abcdef";
-    const uint8_t *p = j.s, *end = j.s + j.n;
-    while (p < end) {
-        const uint8_t *q = p;
-        while (q < end && *q != '\\') q++;
-        if (put(b, p, q - p)) return NOMEM;
-        if (q == end) break;
-        p = q;
-        uint32_t cp = next_cp(&p);
-        int rc;
-        switch (cp) {
-            case '"': rc = PUTS(b, "\\\""); break;
-            case '\\': rc = PUTS(b, "\\\\"); break;
-            case 8: rc = PUTS(b, "\\b"); break;
-            case 9: rc = PUTS(b, "\\t"); break;
-            case 10: rc = PUTS(b, "\\n"); break;
-            case 12: rc = PUTS(b, "\\f"); break;
-            case 13: rc = PUTS(b, "\\r"); break;
-            default:
-                if (cp < 0x20) {
-                    char u[6] = {'\\', 'u', '0', '0', hex[cp >> 4], hex[cp & 15]};
-                    rc = put(b, u, 6);
-                } else {
-                    rc = utf8_put(b, cp);
-                }
-        }
-        if (rc) return NOMEM;
-    }
-    return OK;
-}
+/* The string's characters as UTF-8 (what Python's str.encode() gives). */
+static int unescape(buf_t *b, jstr j) { return put_chars(b, j, utf8_put); }
+
+/* The string's characters, escaped as orjson escapes them. */
+static int emit_chars(buf_t *b, jstr j) { return put_chars(b, j, put_json_cp); }
 
 /* Characters (code points: Python's len()) and whether any is not whitespace. */
 static void measure(jstr j, uint64_t *chars, int *visible) {
