@@ -153,10 +153,13 @@ class AtomicFiles:
         self.sizes = dict.fromkeys(names, 0)
         self.lines = dict.fromkeys(names, 0)
 
-    def write(self, name: str, data: bytes) -> None:
+    def _add(self, name: str, data) -> None:
         self.handles[name].write(data)
         self.hashes[name].update(data)
         self.sizes[name] += len(data)
+
+    def write(self, name: str, data: bytes) -> None:
+        self._add(name, data)
         self.lines[name] += data.count(b"\n")
 
     def append(self, name: str, part: Path, lines: int, block: int = 1 << 22) -> None:
@@ -165,9 +168,7 @@ class AtomicFiles:
         view = memoryview(buffer)
         with open(part, "rb", buffering=0) as source:
             while size := source.readinto(buffer):
-                self.handles[name].write(view[:size])
-                self.hashes[name].update(view[:size])
-                self.sizes[name] += size
+                self._add(name, view[:size])
         self.lines[name] += lines
         part.unlink()
 
