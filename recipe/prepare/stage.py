@@ -419,6 +419,7 @@ def _run(cfg: DictConfig, settings: Settings, started: datetime, hashing: Backgr
         workers.close()
         spilled.remove()
     pairs = paired.pairs
+    per_group = pairing_report.pairs_per_group(pairs)  # for the manifest and the report
     result = {
         "manifest_version": manifest.MANIFEST_VERSION,
         "package": {"name": "gym-dpo", "version": recipe.__version__},
@@ -438,11 +439,11 @@ def _run(cfg: DictConfig, settings: Settings, started: datetime, hashing: Backgr
                     "rejected": manifest.stats(pairs["rejected_reward"]),
                     "gap": manifest.stats(pairs["chosen_reward"] - pairs["rejected_reward"])},
         "pairing": pairing_report.summarize(settings.strategy, pairs, paired.groups,
-                                            settings.length_unit),
+                                            settings.length_unit, per_group),
     }
     # what the report draws; the pair rows themselves are let go before it draws
     report_pairs = report_page.PairRewards(pairs["chosen_reward"].copy(), pairs["rejected_reward"].copy(),
-                                           pairing_report.pairs_per_group(pairs))
+                                           per_group)
     rollout_rewards = scanned.rewards
     del pairs, paired, scanned
     # the report draws (matplotlib: a core-second) in a process of its own while this one

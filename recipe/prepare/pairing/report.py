@@ -20,11 +20,13 @@ def pairs_per_group(pairs: np.ndarray) -> np.ndarray:
     return grouping.group_sizes(starts, len(pairs))
 
 
-def summarize(strategy: str, pairs: np.ndarray, groups: int, length_unit: str = "characters") -> dict:
+def summarize(strategy: str, pairs: np.ndarray, groups: int, length_unit: str = "characters",
+              covered: np.ndarray | None = None) -> dict:
     """Pairs per prompt group, gap distribution and length difference (chosen - rejected, in
     `length_unit` of the response) of `pairs` (writer.PAIR rows, with their gaps in the
-    strategy's score), out of `groups` groups of comparable rollouts."""
-    covered = pairs_per_group(pairs)
+    strategy's score), out of `groups` groups of comparable rollouts. `covered`: the caller's
+    `pairs_per_group(pairs)`, when it has it already."""
+    covered = pairs_per_group(pairs) if covered is None else covered
     per_group = np.concatenate([covered, np.zeros(groups - len(covered), dtype=np.int64)])
     sizes, counts = np.unique(per_group, return_counts=True)
     difference = pairs["chosen_length"].astype(np.int64) - pairs["rejected_length"].astype(np.int64)
