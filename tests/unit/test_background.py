@@ -1,5 +1,6 @@
 """`recipe.background.Background`: work in a child process, its result or its error back."""
 
+import gc
 import multiprocessing
 import os
 import time
@@ -12,6 +13,10 @@ from recipe.errors import RecipeError
 
 def niceness_and_sum(a, b):
     return os.nice(0), a + b
+
+
+def frozen_objects():
+    return gc.get_freeze_count()
 
 
 def bad_input():
@@ -31,6 +36,13 @@ def test_the_result_comes_back_from_a_child_at_the_priority_asked():
     niceness, total = work.result()
     assert total == 5
     assert niceness == min(os.nice(0) + 5, 19)
+
+
+def test_the_child_leaves_the_parent_objects_to_the_parent():
+    """Frozen in the child (its collections do not touch, so do not copy, the pages it shares
+    with the parent); not in the parent, whose collections go on as before."""
+    assert Background(frozen_objects).result() > 0
+    assert gc.get_freeze_count() == 0
 
 
 def test_bad_input_is_raised_as_the_recipe_error_it_was():

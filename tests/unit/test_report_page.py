@@ -205,3 +205,18 @@ def test_the_page_shows_the_pairing_report_and_warns_on_length_bias(tmp_path, pr
     assert "same_prompt" in pairing and "4 / 4" in pairing  # prompts with a pair
     assert "length chosen - rejected (characters)" in pairing and "24.0 / 24.0" in pairing
     assert "longer is better" in pairing
+
+
+def test_the_page_lists_where_the_input_lines_went_as_the_terminal_does(tmp_path, prepare):
+    from recipe import report
+    from tests.conftest import rollout, write_jsonl
+
+    rows = [rollout(prompt=f"p{t}", answer=f"a{r}", reward=float(r), task=t, agent="e")
+            for t in range(3) for r in range(3)] + ["{broken"]
+    manifest, data = prepare(write_jsonl(tmp_path / "r.jsonl", rows), "data.val_fraction=0")
+    page = report_page.write(tmp_path / "run", data).read_text()
+    table = page[page.index("<h2>Data</h2>"):page.index("<h2>Pairing</h2>")]
+    cells = re.findall(r"<tr><td>(.*?)</td><td class='n'>(.*?)</td></tr>", table)
+    assert cells == [("input lines", "10"), ("in a pair", "6"), ("no pair: not_selected", "3"),
+                     ("rejected: malformed_json", "1"), ("train pairs", "3"), ("val pairs", "0")]
+    assert cells[:4] == [(outcome, str(n)) for outcome, n in report.outcome_rows(manifest["counts"])]
