@@ -36,9 +36,6 @@ _LOW = (1 << 64) - 1
 CONTEXT_SALT = 0x9E3779B97F4A7C15  # the second half of the 128-bit context hash
 _xxh64 = xxhash.xxh64_intdigest
 
-# The hashes below are XXH64 over bytes laid out as here, so that the C fast path
-# (`_native.c`, `row_keys`) computes the very same keys; tests check that both agree.
-
 
 def identity(file_index: int, agent: str | None, task_index: int | None, group_value) -> bytes:
     """The task identity part of a group key (empty when the row carries none)."""

@@ -4,9 +4,6 @@ Each line is decoded and validated (typed fast path), checked for what DPO needs
 not masked, a context, assistant text) and reduced to a `grouping.RECORD`. Texts are not kept and
 context messages are not built here: `convert` builds them later, only for the lines that end up
 in a pair, and it runs the very same checks.
-
-With the C fast path (`native.py`) a chunk is read in C, and only the lines it hands back (bad
-or unusual ones) go through `LineReader`, the Python definition of the same reading.
 """
 
 from __future__ import annotations
@@ -19,7 +16,7 @@ from functools import lru_cache
 import msgspec
 import numpy as np
 
-from recipe.prepare import chat, grouping, native, rollouts
+from recipe.prepare import chat, grouping, rollouts
 
 OPEN_BRACE = ord("{")
 
@@ -102,15 +99,6 @@ def scan_chunk(chunk: rollouts.Chunk, options: ScanOptions) -> ChunkResult:
 
 def _scan(chunk: rollouts.Chunk, options: ScanOptions) -> ChunkResult:
     reader = LineReader(chunk, options)
-    if native.covers(options):
-        data = rollouts.read_chunk_reused(chunk)
-        blob, lines, handed_back = native.scan(data, chunk.file_index, chunk.start, options)
-        for number, start, end in handed_back:  # lines the C path was not sure of: Python decides
-            reader.read(bytes(data[start:end]), number, start)
-        records = np.frombuffer(blob, dtype=grouping.RECORD)
-        if reader.rows:
-            records = np.concatenate([records, reader.records()])
-        return ChunkResult(chunk, lines, records, reader.rejects)
     data = rollouts.read_chunk(chunk)
     view, find, size = memoryview(data), data.find, len(data)
     position = number = 0

@@ -1,8 +1,7 @@
 """Second pass and output files: re-read the paired lines, build NeMo RL records, write atomically.
 
 Records are built in worker processes from the input lines (by offset); every record is checked
-against `schemas/pair.schema.json` before it is written: with jsonschema_rs, or, for the parts the
-C fast path built, by its own checks of what the schema asks (tests hold the two to agree).
+against `schemas/pair.schema.json` (jsonschema_rs) before it is written.
 Outputs go to temporary files that are renamed only when everything succeeded, so a failed run
 never leaves half-written data.
 """
@@ -17,7 +16,7 @@ import jsonschema_rs
 import numpy as np
 import orjson
 
-from recipe.prepare import native, rollouts, scan
+from recipe.prepare import rollouts, scan
 
 
 SIDE = [("file", "u2"), ("line", "u8"), ("offset", "u8"), ("nbytes", "u4"), ("reward", "f8"),
@@ -50,8 +49,7 @@ class PairSchemaError(RuntimeError):
     """A pair we built fails the pair schema: a bug of ours, never the user's data."""
 
 
-# A pair line is put together from the JSON of its parts (as orjson writes them), so that the C
-# path and the Python path give the same bytes. PreferenceDataset: the context and two ranked
+# A pair line is put together from the JSON of its parts (as orjson writes them). PreferenceDataset: the context and two ranked
 # completions (a plain-text response becomes one assistant message); BinaryPreferenceDataset:
 # prompt (the only user turn's text, else the context), chosen and rejected texts.
 def _completion(response: bytes) -> bytes:
@@ -75,49 +73,35 @@ class PairBuilder:
         self.options = options
         self.keep_extra_fields = keep_extra_fields
         self.reader = rollouts.Reader(options.group_by)
-        self.native = native.covers(options)
-        # each input path as the start of a JSON string: the C path writes the `*_source` fields
-        self.sources = tuple(orjson.dumps(path)[:-1] for path in paths) if keep_extra_fields else None
         self.validator = jsonschema_rs.validator_for(rollouts.schema("pair"))
         # lines are read with pread: a file mapping would count the pages it touched as the
         # process's memory (PSS), up to the whole input
         self.files = [open(p, "rb", buffering=0) for p in paths]  # closed with the builder
         self.fds = tuple(handle.fileno() for handle in self.files)
 
-    def _parts(self, file: int, offset: int, nbytes: int) -> tuple[bytes, bytes, bytes | None, bool]:
-        """(context JSON, response JSON, prompt JSON when the context is one user turn, whether
-        the C path built them: then they already meet the pair schema)."""
+    def _parts(self, file: int, offset: int, nbytes: int) -> tuple[bytes, bytes, bytes | None]:
+        """(context JSON, response JSON, prompt JSON when the context is one user turn)."""
         line = os.pread(self.fds[file], nbytes, offset)
-        if self.native:
-            parts = native.convert(line, self.options)
-            if parts is not None:
-                return (*parts, True)
         context, response = scan.convert(*self.reader.decode(line), self.options)
         single_user_turn = len(context) == 1 and context[0]["role"] == "user"
         return (orjson.dumps(context), orjson.dumps(response),
-                orjson.dumps(context[0]["content"]) if single_user_turn else None, False)
+                orjson.dumps(context[0]["content"]) if single_user_turn else None)
 
     def build_all(self, pairs: np.ndarray) -> list[bytes]:
-        """The JSONL lines of a batch of pairs: built in C where it can, else by `build`."""
-        if not self.native:
-            return [self.build(row) for row in pairs.tolist()]
-        lines = native.build_lines(self.fds, pairs, self.options, self.sources)
-        for index, line in enumerate(lines):
-            if line is None:
-                lines[index] = self.build(pairs[index].tolist())
-        return lines
+        """The JSONL lines of a batch of pairs."""
+        return [self.build(row) for row in pairs.tolist()]
 
     def build(self, pair: tuple) -> bytes:
         """The JSONL line of one pair (`pair`: a PAIR row as a tuple)."""
-        context, chosen, prompt, checked = self._parts(
+        context, chosen, prompt = self._parts(
             pair[_CHOSEN_FILE], pair[_CHOSEN_OFFSET], pair[_CHOSEN_NBYTES])
-        _, rejected, _, rejected_checked = self._parts(
+        _, rejected, _ = self._parts(
             pair[_REJECTED_FILE], pair[_REJECTED_OFFSET], pair[_REJECTED_NBYTES])
         if self.options.binary:
             line = binary_line(prompt or context, chosen, rejected)
         else:
             line = preference_line(context, chosen, rejected)
-        if not (checked and rejected_checked) and not self.validator.is_valid(orjson.loads(line)):
+        if not self.validator.is_valid(orjson.loads(line)):
             error = next(iter(self.validator.iter_errors(orjson.loads(line))))
             raise PairSchemaError(f"a pair from {self.source(pair, 'chosen')} and "
                                   f"{self.source(pair, 'rejected')} fails the pair schema: {error}")
