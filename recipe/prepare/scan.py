@@ -16,7 +16,7 @@ from functools import lru_cache
 import msgspec
 import numpy as np
 
-from recipe.prepare import chat, grouping, rollouts
+from recipe.prepare import chat, cut, grouping, rollouts
 
 OPEN_BRACE = ord("{")
 
@@ -25,7 +25,7 @@ OPEN_BRACE = ord("{")
 class ScanOptions:
     group_by: str | None = None
     chat: chat.ChatOptions = chat.ChatOptions()
-    binary: bool = False  # BinaryPreferenceDataset: responses must be plain text
+    binary: bool = False  # BinaryPreferenceDataset: completions must be plain text (`cut`)
     tokenizer: str | None = None  # a local tokenizer.json: response lengths in tokens
 
 
@@ -57,7 +57,8 @@ class ChunkResult:
 
 
 def checked_response(row, params_input, options: ScanOptions) -> str | list[dict]:
-    """The response of a usable rollout, or `chat.Unusable` with the reason it is not usable."""
+    """The output of a usable rollout (`chat.output_of`), or `chat.Unusable` with the reason it
+    is not usable."""
     if row.mask_sample:
         raise chat.Unusable("mask_sample", "mask_sample is true: the environment says do not train on it")
     if row.reward is msgspec.UNSET:
@@ -70,15 +71,11 @@ def checked_response(row, params_input, options: ScanOptions) -> str | list[dict
     output = row.response.output if row.response is not None else None
     if output is None:
         output = row.output  # legacy layout: items at the top level
-    response = chat.response_of(output, options.chat)
-    if options.binary and not isinstance(response, str):
-        raise chat.Unusable("trajectory_in_binary_format", "data.format=binary holds plain text "
-                            "only; this response has tool calls or several turns (use preference)")
-    return response
+    return chat.output_of(output, options.chat)
 
 
 def convert(row, params_input, options: ScanOptions) -> tuple[list[dict], str | list[dict]]:
-    """(context messages, response) of a decoded rollout, or `chat.Unusable`."""
+    """(context messages, output) of a decoded rollout, or `chat.Unusable`."""
     response = checked_response(row, params_input, options)
     return chat.context_of(params_input, row.responses_create_params.instructions, options.chat), response
 
@@ -147,6 +144,6 @@ class LineReader:
         task = grouping.identity(chunk.file_index, agent, row.task_index, group_value)
         key_hi, key_lo, context_hash = grouping.keys(
             row.responses_create_params.input, row.responses_create_params.instructions, task)
-        self.rows.append((key_hi, key_lo, context_hash, grouping.response_hash(response),
+        self.rows.append((key_hi, key_lo, context_hash, *cut.identity(response),
                           row.reward, chat.response_length(response, self.measure),
                           chunk.file_index, len(line), chunk.start + start, number))
