@@ -4,7 +4,6 @@ import json
 
 import jsonschema
 import msgspec
-import orjson
 import pytest
 
 from recipe.prepare import rollouts
