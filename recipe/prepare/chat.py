@@ -48,8 +48,9 @@ def _text_rule():
 def has_text(text: str) -> bool:
     """Whether `text` holds more than whitespace, by the pair schema's own rule (its validator's
     `\\S`, ECMA-262 whitespace: U+FEFF is space there, U+001C is not), so that what prepare
-    calls text is exactly what the schema accepts."""
-    return bool(text) and _text_rule()(text)
+    calls text is exactly what the schema accepts. (A letter or digit at either end is text by
+    any rule: the common case needs no call.)"""
+    return bool(text) and (text[0].isalnum() or text[-1].isalnum() or _text_rule()(text))
 
 
 def text_of(content: Content, where: str) -> str:
@@ -181,6 +182,13 @@ def output_of(output: list[Item] | None, options: ChatOptions) -> str | list[dic
     longer output (environment turns after the model's last one included: `cut` decides what
     a pair can learn from them)."""
     output = output or []
+    if output and not options.include_reasoning:  # the commonest case: reasoning, then one answer
+        last = output[-1]
+        if last.role == "assistant" and last.type in ("message", None) and all(
+                item.type == "reasoning" for item in output[:-1]):
+            text = text_of(last.content, "output assistant message")
+            if has_text(text):
+                return text
     if not options.include_reasoning and all(map(_is_text_turn, output)):
         # the common case, without building messages: one assistant turn (plus reasoning)
         texts = [text_of(item.content, "output assistant message") for item in output

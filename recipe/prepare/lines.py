@@ -3,20 +3,24 @@
 The scan keeps a fixed-size record per usable rollout, not its text. What needs the messages
 later (a pair's line, a cut that the records alone do not settle) reads the line back by offset
 with pread: a file mapping would count the pages it touched as the process's memory (PSS), up to
-the whole input.
+the whole input. The scan validated and checked these lines already: here they are decoded into
+only what is needed (`rollouts.PairSide`, `rollouts.Output`) and converted.
 """
 
 from __future__ import annotations
 
 import os
 
-from recipe.prepare import rollouts, scan
+import msgspec
+
+from recipe.prepare import chat, rollouts, scan
 
 
 class LineSource:
     def __init__(self, paths: list[str], options: scan.ScanOptions):
         self.options = options
-        self.reader = rollouts.Reader(options.group_by)
+        self._sides = msgspec.json.Decoder(rollouts.PairSide)
+        self._outputs = msgspec.json.Decoder(rollouts.Output)
         self.files = [open(path, "rb", buffering=0) for path in paths]  # closed with the process
         self.fds = tuple(handle.fileno() for handle in self.files)
 
@@ -24,8 +28,11 @@ class LineSource:
         return os.pread(self.fds[file], nbytes, offset)
 
     def convert(self, file: int, offset: int, nbytes: int) -> tuple[list[dict], str | list[dict]]:
-        """(context messages, output) of a usable rollout's line (`scan.convert`)."""
-        return scan.convert(*self.reader.decode(self.line(file, offset, nbytes)), self.options)
+        """(context messages, output) of a usable rollout's line (what `scan.convert` gives)."""
+        side = self._sides.decode(self.line(file, offset, nbytes))
+        request = side.responses_create_params
+        return (chat.context_of(request.input, request.instructions, self.options.chat),
+                scan.output_of(side, self.options))
 
     def output(self, file: int, offset: int, nbytes: int) -> str | list[dict]:
-        return scan.checked_response(*self.reader.decode(self.line(file, offset, nbytes)), self.options)
+        return scan.output_of(self._outputs.decode(self.line(file, offset, nbytes)), self.options)

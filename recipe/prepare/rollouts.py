@@ -59,6 +59,29 @@ class AgentRef(Struct, gc=False):
     name: str | None = None
 
 
+class Request(Struct, gc=False):
+    """The request typed straight away: for lines the scan has validated already."""
+
+    input: Input = None
+    instructions: str | None = None
+
+
+class PairSide(Struct, gc=False):
+    """What a pair needs of a rollout the scan accepted: its request and its output."""
+
+    responses_create_params: Request
+    response: Response | None = None
+    output: list[Item] | None = None
+
+
+class Output(Struct, gc=False):
+    """A rollout the scan accepted, when only its output is needed (the other side of a pair
+    shares its context)."""
+
+    response: Response | None = None
+    output: list[Item] | None = None
+
+
 _BASE_FIELDS = [
     ("responses_create_params", Params),
     ("response", Response | None, None),

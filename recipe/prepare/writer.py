@@ -62,6 +62,7 @@ class PairBuilder:
 
     def __init__(self, lines: LineSource, keep_extra_fields: bool):
         self.lines = lines
+        self.paths = [handle.name for handle in lines.files]
         self.binary = lines.options.binary
         self.keep_extra_fields = keep_extra_fields
         self.validator = jsonschema_rs.validator_for(rollouts.schema("pair"))
@@ -75,7 +76,11 @@ class PairBuilder:
     def record(self, pair: tuple) -> dict:
         """The pair record of one pair (`pair`: a PAIR row as a tuple)."""
         context, chosen = self.lines.convert(pair[_CHOSEN_FILE], pair[_CHOSEN_OFFSET], pair[_CHOSEN_NBYTES])
-        _, rejected = self.lines.convert(pair[_REJECTED_FILE], pair[_REJECTED_OFFSET], pair[_REJECTED_NBYTES])
+        rejected = self.lines.output(pair[_REJECTED_FILE], pair[_REJECTED_OFFSET], pair[_REJECTED_NBYTES])
+        if isinstance(chosen, str) and isinstance(rejected, str) and chosen != rejected:
+            # two single answers part at their first and only message: no cut to look for
+            return self._record(context, {"role": "assistant", "content": chosen},
+                                {"role": "assistant", "content": rejected}, pair)
         parted = cut.cut(chosen, rejected, self.binary)
         if isinstance(parted, str):
             raise PairSchemaError(f"{self.source(pair, 'chosen')} and {self.source(pair, 'rejected')} were "
@@ -83,18 +88,20 @@ class PairBuilder:
         if cut.message_key(parted.chosen) == cut.message_key(parted.rejected):
             raise PairSchemaError(f"{self.source(pair, 'chosen')} and {self.source(pair, 'rejected')} "
                                   "end in the same message")
-        context = context + parted.shared
         self.tally["with_shared_turns"] += bool(parted.shared)
+        return self._record(context + parted.shared, parted.chosen, parted.rejected, pair)
+
+    def _record(self, context: list[dict], chosen: dict, rejected: dict, pair: tuple) -> dict:
         self.tally["arguments_as_written"] += _arguments_as_written(context) + _arguments_as_written(
-            [parted.chosen, parted.rejected])
+            [chosen, rejected])
         if self.binary:
             # the prompt as text when it is one user turn with text (the schema's rule), else the turns
             as_text = len(context) == 1 and context[0]["role"] == "user" and chat.has_text(context[0]["content"])
             record = {"prompt": context[0]["content"] if as_text else context,
-                      "chosen": parted.chosen["content"], "rejected": parted.rejected["content"]}
+                      "chosen": chosen["content"], "rejected": rejected["content"]}
         else:
             record = {"context": context, "completions": [
-                {"rank": 0, "completion": [parted.chosen]}, {"rank": 1, "completion": [parted.rejected]}]}
+                {"rank": 0, "completion": [chosen]}, {"rank": 1, "completion": [rejected]}]}
         if not self.validator.is_valid(record):
             error = next(iter(self.validator.iter_errors(record)))
             raise PairSchemaError(f"a pair from {self.source(pair, 'chosen')} and "
@@ -109,18 +116,18 @@ class PairBuilder:
 
     def extra_fields(self, pair: tuple) -> dict:
         """`data.keep_extra_fields`: the pair's rewards, gap, group and sources."""
-        field = dict(zip(PAIR.names, pair))
+        chosen, rejected = pair[_AT["chosen_reward"]], pair[_AT["rejected_reward"]]
         return {
-            "chosen_reward": field["chosen_reward"],
-            "rejected_reward": field["rejected_reward"],
-            "reward_gap": field["chosen_reward"] - field["rejected_reward"],
-            "group_id": f"{field['key_hi']:016x}{field['key_lo']:016x}",
+            "chosen_reward": chosen,
+            "rejected_reward": rejected,
+            "reward_gap": chosen - rejected,  # infinite for rewards of +-1e308: orjson writes null
+            "group_id": f"{pair[_AT['key_hi']]:016x}{pair[_AT['key_lo']]:016x}",
             "chosen_source": self.source(pair, "chosen"),
             "rejected_source": self.source(pair, "rejected"),
         }
 
     def source(self, pair: tuple, side: str) -> str:
-        return f"{self.lines.files[pair[_AT[side + '_file']]].name}:{pair[_AT[side + '_line']]}"
+        return f"{self.paths[pair[_AT[side + '_file']]]}:{pair[_AT[side + '_line']]}"
 
 
 def _arguments_as_written(messages: list[dict]) -> int:
