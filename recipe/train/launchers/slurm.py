@@ -106,20 +106,55 @@ def job_env(plan: LaunchPlan) -> dict[str, str]:
         "RAY": str(launcher.ray),
         "PYTHON": str(launcher.python),
         "NODE_TIMEOUT": str(int(launcher.node_timeout)),
+        "GPUS_PER_NODE": str(int(launcher.gpus_per_node)),
+        "CPUS_PER_NODE": str(cpus_per_node(plan) or ""),
+        "RAY_AUTH": ray_auth(plan),
         "RAY_GCS_PORT": str(ports.gcs),
+        "RAY_CLIENT_PORT": str(ports.client),
         "RAY_DASHBOARD_PORT": str(ports.dashboard),
         "RAY_HEAD_PORT_BASE": str(ports.head_base),
         "RAY_WORKER_PORT_BASE": str(ports.worker_base),
         "RAY_HEAD_WORKER_PORTS": str(ports.head_worker_range),
         "RAY_WORKER_WORKER_PORTS": str(ports.worker_worker_range),
-        "RAY_HEAD_IP": str(launcher.head_ip or ""),
-        "RAY_WORKER_IP": str(launcher.worker_ip or ""),
     }
     if launcher.get("hf_cache"):
         env["HF_HOME"] = str(Path(str(launcher.hf_cache)).expanduser().absolute())
     env.update({str(k): str(v) for k, v in (launcher.env or {}).items()})
     _check_ports(ports)
     return env
+
+
+def cpus_per_node(plan: LaunchPlan) -> int | None:
+    """launcher.cpus_per_node, checked; None: the whole node's (an exclusive job gets them all).
+
+    A job that is not exclusive gets one CPU per task from Slurm unless it asks for more, and
+    NeMo RL places one CPU with every GPU: such a job must say how many it needs.
+    """
+    launcher = plan.launcher
+    cpus = launcher.get("cpus_per_node")
+    if cpus is None:
+        if not launcher.exclusive:
+            raise RecipeError("launcher.exclusive=false: Slurm gives such a job one CPU per node "
+                              "unless it asks for more, and NeMo RL needs one per GPU; set "
+                              f"launcher.cpus_per_node (at least launcher.gpus_per_node="
+                              f"{int(launcher.gpus_per_node)})")
+        return None
+    cpus = int(cpus)
+    if cpus < max(1, int(launcher.gpus_per_node)):
+        raise RecipeError(f"launcher.cpus_per_node={cpus} is fewer than launcher.gpus_per_node="
+                          f"{int(launcher.gpus_per_node)}: NeMo RL places one CPU with every GPU")
+    return cpus
+
+
+AUTH_MODES = ("token", "disabled")
+
+
+def ray_auth(plan: LaunchPlan) -> str:
+    mode = str(plan.launcher.ray_auth)
+    if mode not in AUTH_MODES:
+        raise RecipeError(f"launcher.ray_auth={mode!r}: token (a new token per job, the default) "
+                          "or disabled")
+    return mode
 
 
 def _range(text) -> range:
@@ -136,11 +171,11 @@ def _check_ports(ports) -> None:
     if not head or not worker or set(head) & set(worker):
         raise RecipeError(f"launcher.ports: the head's worker ports {ports.head_worker_range} and the "
                           f"workers' {ports.worker_worker_range} must be non-empty and must not overlap")
-    singles = [int(ports.gcs), int(ports.dashboard)] + [int(b) + i for b in (ports.head_base, ports.worker_base)
-                                                         for i in range(6)]
+    singles = [int(ports.gcs), int(ports.client), int(ports.dashboard)] + [
+        int(b) + i for b in (ports.head_base, ports.worker_base) for i in range(6)]
     if len(set(singles)) != len(singles) or any(p in head or p in worker for p in singles):
-        raise RecipeError("launcher.ports: gcs, dashboard, the six ports from head_base and from "
-                          "worker_base, and the worker ranges must all differ")
+        raise RecipeError("launcher.ports: gcs, client, dashboard, the six ports from head_base and "
+                          "from worker_base, and the worker ranges must all differ")
 
 
 def render_env(env: dict[str, str]) -> str:
@@ -175,6 +210,9 @@ def build_command(plan: LaunchPlan) -> list[str]:
             argv.append(f"--{key}={launcher[key]}")
     if launcher.gres:
         argv.append(f"--gpus-per-node={int(launcher.gpus_per_node)}")
+    cpus = cpus_per_node(plan)
+    if cpus is not None:
+        argv.append(f"--cpus-per-task={cpus}")  # one task per node: the node's CPUs for Ray
     if launcher.exclusive:
         argv.append("--exclusive")
     argv.append("--requeue" if launcher.requeue else "--no-requeue")
