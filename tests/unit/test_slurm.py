@@ -81,7 +81,9 @@ def test_cpus_per_node_and_the_job_env_for_the_wait(tmp_path):
         slurm.job_env(plan_for(tmp_path / "f", "launcher.ray_auth=none"))
 
 
-def test_job_env_with_a_container_pinned_to_the_lock(tmp_path):
+def test_job_env_with_a_locked_registry_image(tmp_path, capsys):
+    """Issue 17 item 4: enroot before 4.0.0 refuses `tag@sha256:`, so pyxis gets the tag unless
+    launcher.digest_reference=true says the cluster's enroot takes digests."""
     (tmp_path / "lock.json").write_text(json.dumps(
         {"image": "nvcr.io/nvidia/nemo-rl:v0.7.0", "digest": D1, "kind": "repo"}))
     plan = plan_for(tmp_path, "launcher.hf_cache=/shared/hf")
@@ -90,12 +92,52 @@ def test_job_env_with_a_container_pinned_to_the_lock(tmp_path):
                   "LOG_ROOT", "HF_HOME", "WORKDIR")
     run, data = tmp_path / "run", tmp_path / "data"
     assert env["COMMAND"] == f"uv run python examples/run_dpo.py --config {run / 'nemo_rl_dpo.yaml'}"
-    assert env["CONTAINER"] == f"nvcr.io#nvidia/nemo-rl:v0.7.0@{D1}"
+    assert env["CONTAINER"] == "nvcr.io#nvidia/nemo-rl:v0.7.0"  # every enroot takes it
     assert env["CONTAINER_MOUNTS"].split(",") == [f"{run}:{run}", f"{data}:{data}:ro", "/shared/hf:/shared/hf"]
     assert env["LOG_ROOT"] == str(run / "slurm" / "logs") and env["HF_HOME"] == "/shared/hf"
     assert env["WORKDIR"] == "/opt/nemo-rl"
     assert (run / "slurm" / "dpo.sub").read_text() == SCRIPT.read_text()
-    assert slurm.check_image(plan)["status"] == "pinned"
+    assert slurm.check_image(plan) == {"image": "nvcr.io/nvidia/nemo-rl:v0.7.0", "locked": D1,
+                                       "lock_file": str(tmp_path / "lock.json"), "source": "pyxis",
+                                       "status": "tag (digest not enforced)"}
+    assert "enroot before 4.0.0 refuses tag@digest" in capsys.readouterr().err
+    digest = plan_for(tmp_path / "b", f"container.lock_file={tmp_path / 'lock.json'}",
+                      "launcher.digest_reference=true")
+    assert slurm.job_env(digest)["CONTAINER"] == f"nvcr.io#nvidia/nemo-rl:v0.7.0@{D1}"
+    assert slurm.check_image(digest)["status"] == "pinned"
+
+
+def test_a_squashfs_image_is_pinned_by_its_locked_sha256(tmp_path):
+    """The pin every pyxis/enroot takes: a squashfs file, whose sha256 stage=lock_image records."""
+    from recipe.train import container
+
+    image = tmp_path / "shared" / "nemo-rl+v0.7.0.sqsh"
+    image.parent.mkdir()
+    image.write_bytes(b"hsqs" + b"\0" * 4096)
+    lock_cfg = compose_config("data.input=x", f"container.lock_file={tmp_path / 'lock.json'}",
+                              f"container.squashfs={image}", "container.dockerfile=null")
+    unlocked = plan_for(tmp_path, f"launcher.container={image}")
+    assert slurm.check_image(unlocked)["status"] == "unlocked"
+    container.run(lock_cfg)
+    plan = plan_for(tmp_path / "b", f"container.lock_file={tmp_path / 'lock.json'}",
+                    f"launcher.container={image}")
+    slurm.write_files(plan)
+    env = sourced(tmp_path / "b" / "run" / "slurm" / "job.env", "CONTAINER")
+    assert env["CONTAINER"] == str(image) and "@" not in env["CONTAINER"]
+    record = slurm.check_image(plan)
+    assert record["status"] == "match (size and mtime as locked)"
+    assert record["locked"] == "sha256:" + container.file_sha256(image)
+    os.utime(image, ns=(1, 1))                      # touched, same bytes: hashed, still the one
+    assert slurm.check_image(plan)["status"] == "match (sha256)"
+    image.write_bytes(b"hsqs" + b"\1" * 4096)       # replaced by another import
+    with pytest.raises(RecipeError, match="but .*lock.json recorded sha256:"):
+        slurm.check_image(plan)
+    allowed = plan_for(tmp_path / "c", f"container.lock_file={tmp_path / 'lock.json'}",
+                       f"launcher.container={image}", "container.allow_digest_mismatch=true")
+    assert slurm.check_image(allowed)["status"] == "mismatch"
+    image.unlink()
+    with pytest.raises(RecipeError, match="no such squashfs file"):
+        slurm.check_image(plan)
 
 
 def test_bare_metal_job_env(tmp_path):

@@ -12,10 +12,14 @@ and submits `sbatch <options> <run_dir>/slurm/dpo.sub <run_dir>/slurm/job.env`; 
 run folder and the job has `--dependency=singleton`, so two jobs of one run (a resubmit while a
 requeue is pending) never write the same checkpoint_dir at once.
 
-Container: pyxis gets `launcher.container` (default container.image) pinned to the digest in the
-lock file (`repo:tag@sha256:...`, registry host separated by `#` as enroot wants), and mounts for
-the run folder, the data and the HF cache at the same paths. Bare-metal: `launcher.container=null`,
-`launcher.setup` activates a Python env on the shared FS, `launcher.workdir` is a NeMo RL checkout.
+Container: pyxis gets `launcher.container` (default container.image, registry host separated by
+`#` as enroot wants) and mounts for the run folder, the data and the HF cache at the same paths.
+enroot before 4.0.0 refuses references with `@sha256:`, so the pin every enroot accepts is a
+squashfs file: `launcher.container=/shared/nemo-rl.sqsh`, checked against the sha256 that
+`gym-dpo stage=lock_image container.squashfs=...` recorded (recipe.train.container). A registry
+tag goes to pyxis as a tag, its locked digest only with `launcher.digest_reference=true` (enroot
+>= 4.0.0). Bare-metal: `launcher.container=null`, `launcher.setup` activates a Python env on the
+shared FS, `launcher.workdir` is a NeMo RL checkout.
 """
 
 from __future__ import annotations
@@ -65,23 +69,58 @@ def pyxis_image(image: str) -> str:
     return image
 
 
-def container_image(plan: LaunchPlan) -> tuple[str | None, dict]:
-    """The image pyxis runs (pinned when locked) and what provenance records about it."""
+def is_squashfs(image: str) -> bool:
+    return image.endswith(".sqsh") or image.startswith(("/", "."))
+
+
+def _locked_digest(plan: LaunchPlan, image: str) -> str | None:
+    lock = image_lock.read_lock(plan.cfg)
+    if lock is not None and lock.image == image and lock.kind in ("repo", "given"):
+        return lock.digest
+    return None
+
+
+def container_image(plan: LaunchPlan) -> str | None:
+    """What pyxis gets for --container-image: a squashfs path, or a registry tag (tag@digest only
+    with launcher.digest_reference=true: enroot before 4.0.0 refuses `@`); None: bare-metal."""
     image = plan.launcher.get("container")
     if not image:
-        return None, {"image": None, "status": "bare-metal"}
+        return None
     image = str(image)
-    lock = image_lock.read_lock(plan.cfg)
-    record = {"image": image, "lock_file": str(image_lock.lock_path(plan.cfg)), "locked": None,
-              "status": "unlocked", "source": "pyxis"}
-    if lock is not None and lock.image == image and plan.launcher.pin_digest and lock.kind != "image_id":
-        record.update(locked=lock.digest, status="pinned")
-        image = lock.reference
-    elif lock is None and plan.launcher.pin_digest and not image.endswith(".sqsh"):
+    if is_squashfs(image):
+        return str(Path(image).expanduser().absolute())
+    digest = _locked_digest(plan, image) if plan.launcher.digest_reference else None
+    return pyxis_image(f"{image}@{digest}" if digest else image)
+
+
+def check_image(plan: LaunchPlan) -> dict:
+    """What the job will run, checked against the lock where it can be; for provenance.json."""
+    image = plan.launcher.get("container")
+    if not image:
+        return {"image": None, "status": "bare-metal"}
+    image = str(image)
+    if is_squashfs(image):
+        return image_lock.check_squashfs(plan.cfg, image)
+    digest = _locked_digest(plan, image)
+    record = {"image": image, "lock_file": str(image_lock.lock_path(plan.cfg)), "locked": digest,
+              "source": "pyxis", "status": "unlocked"}
+    if digest and plan.launcher.digest_reference:
+        record["status"] = "pinned"  # pyxis pulls tag@digest: that digest or nothing
+        return record
+    squashfs = "enroot import -o /shared/nemo-rl.sqsh 'docker://" + pyxis_image(image) + "'"
+    if digest:
+        record["status"] = "tag (digest not enforced)"
+        report.console.print(
+            f"[yellow]note:[/] pyxis gets the tag {image}, not its locked digest {digest[:19]}…, "
+            "because enroot before 4.0.0 refuses tag@digest. To run exactly the locked image on any "
+            f"enroot, import it once ({squashfs}) and use launcher.container=/shared/nemo-rl.sqsh "
+            "(lock it: gym-dpo stage=lock_image container.squashfs=/shared/nemo-rl.sqsh); with "
+            "enroot >= 4.0.0, launcher.digest_reference=true", highlight=False, soft_wrap=True)
+    else:
         report.console.print(f"[yellow]note:[/] no digest recorded for {image}; pyxis pulls the tag "
-                             "as it is today (gym-dpo stage=lock_image container.digest=sha256:... "
-                             "pins it)")
-    return pyxis_image(image), record
+                             f"as it is today (pin it with a squashfs file: {squashfs}, "
+                             "launcher.container=/shared/nemo-rl.sqsh)", highlight=False, soft_wrap=True)
+    return record
 
 
 def mounts(plan: LaunchPlan) -> list[str]:
@@ -95,7 +134,7 @@ def mounts(plan: LaunchPlan) -> list[str]:
 def job_env(plan: LaunchPlan) -> dict[str, str]:
     """The variables dpo.sub reads (see its header). Values only from the config: no secrets."""
     launcher, ports = plan.launcher, plan.launcher.ports
-    image, _ = container_image(plan)
+    image = container_image(plan)
     env = {
         "COMMAND": shlex.join(nemo_rl_command(plan)),
         "WORKDIR": str(launcher.workdir),
@@ -227,7 +266,7 @@ def describe(plan: LaunchPlan) -> str:
 
 
 def command_record(plan: LaunchPlan) -> dict:
-    image, _ = container_image(plan)
+    image = container_image(plan)
     return {"executor": "sbatch", "cwd": str(plan.run_dir), "driver": nemo_rl_command(plan),
             "driver_cwd": str(plan.launcher.workdir), "container": image,
             "job_env": str(folder(plan) / "job.env")}
@@ -240,10 +279,6 @@ def launcher_waits(plan: LaunchPlan) -> bool:
 def detached(plan: LaunchPlan) -> bool:
     """True: launch() returns once the job is queued (launcher.wait=false), not when it ends."""
     return not launcher_waits(plan)
-
-
-def check_image(plan: LaunchPlan) -> dict:
-    return container_image(plan)[1]
 
 
 def launch(plan: LaunchPlan) -> int:
