@@ -2,8 +2,6 @@
 # /opt/nemo-rl (its Python env stays /opt/nemo_rl_venv; our pins never change NeMo RL's packages).
 # gym-dpo's venv also sees NeMo RL's packages, after its own (a .pth file, when both use the same
 # Python): preflight tokenizes with NeMo RL's transformers, and the CPU runner finds torch there.
-# The install compiles prepare's C fast path when the base image has a C compiler and Python
-# headers; without them it says so and prepare runs its (slower, same-output) Python path.
 #
 #   docker compose build recipe                       # FROM the pinned image below
 #   docker build --build-arg BASE_IMAGE=gym-dpo-base:bookworm -t gym-dpo:test .   # tests: a local base
@@ -37,8 +35,7 @@ RUN ${PYTHON} -m venv /opt/gym-dpo \
  && mkdir -p /workspace/results \
  && if [ -f /src/gym-dpo/container.lock.json ]; then cp /src/gym-dpo/container.lock.json /workspace/; fi \
  && rm -rf /src/gym-dpo \
- && gym-dpo --help >/dev/null \
- && /opt/gym-dpo/bin/python -c "from recipe.prepare import native; print('gym-dpo: the C fast path of prepare is', 'built' if native.enabled() else 'not built (no C compiler or Python headers in the base image): prepare runs its Python path')"
+ && gym-dpo --help >/dev/null
 
 # results/ (a mount) holds the run folders; container.lock.json sits beside it.
 WORKDIR /workspace

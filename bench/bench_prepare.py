@@ -29,8 +29,6 @@ from pathlib import Path
 import orjson
 import psutil
 
-from recipe.prepare import native
-
 HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("GYM_DPO_BENCH_DIR", "/var/tmp/gym-dpo-bench"))
 
@@ -129,7 +127,6 @@ def main() -> None:
         "peak_tree_pss_mib": round(peak / 2**20, 1),
         "pairs": manifest["pairs"]["train"] + manifest["pairs"]["val"],
         "all_runs_s": [round(s, 2) for s in times],
-        "c_fast_path": native.enabled(),  # built and on (GYM_DPO_NATIVE=0 measures the Python path)
     }
     print(json.dumps(result, indent=2))
 

@@ -54,6 +54,19 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
+def records_of(rows: list[dict]):
+    """Scan records (`grouping.RECORD`) from dicts of their fields, the rest zero, in canonical
+    group order."""
+    import numpy as np
+
+    from recipe.prepare import grouping
+
+    records = np.zeros(len(rows), dtype=grouping.RECORD)
+    for name in grouping.RECORD.names:
+        records[name] = [row.get(name, 0) for row in rows]
+    return grouping.sort_records(records)
+
+
 def compose_config(*overrides: str):
     with initialize_config_module("recipe.configs", version_base="1.3"):
         return compose("recipe", overrides=list(overrides))

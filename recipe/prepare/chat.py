@@ -1,16 +1,25 @@
 """Turn Responses API items into the chat messages NeMo RL trains on.
 
-The context is the request (instructions, input turns); the response is what the model produced
-(`response.output`). A single assistant turn becomes its text; a trajectory with tool calls or
-environment user turns stays a message list, since NeMo RL's PreferenceDataset completions are
-message lists and only their final message is trained on.
+The context is the request (instructions, input turns); the output is what the model produced
+(`response.output`), with the environment's turns in between for multi-turn rollouts. A single
+assistant turn becomes its text; anything longer stays a message list (assistant `tool_calls`,
+`tool` results, environment user turns), which `cut` turns into a pair: NeMo RL trains only the
+final message of a completion, so a pair's completions are the one assistant message where two
+trajectories part.
+
+Tool-call arguments become JSON objects, as Hugging Face chat templates expect them (`tojson`
+on a string would encode it twice); arguments that are not a JSON object stay as written.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
-from recipe.prepare.rollouts import Content, Item
+import jsonschema_rs
+import orjson
+
+from recipe.prepare.rollouts import Content, Item, schema
 
 TEXT_PARTS = {"input_text", "output_text", "text", "summary_text", None}
 ROLES = {"system", "developer", "user", "assistant"}
@@ -29,6 +38,18 @@ class Unusable(Exception):
 class ChatOptions:
     developer_role: str = "system"  # what a `developer` turn becomes
     include_reasoning: bool = False  # prepend reasoning summaries as <think>...</think>
+
+
+@lru_cache(maxsize=1)
+def _text_rule():
+    return jsonschema_rs.validator_for(schema("pair")["$defs"]["text"]).is_valid
+
+
+def has_text(text: str) -> bool:
+    """Whether `text` holds more than whitespace, by the pair schema's own rule (its validator's
+    `\\S`, ECMA-262 whitespace: U+FEFF is space there, U+001C is not), so that what prepare
+    calls text is exactly what the schema accepts."""
+    return bool(text) and _text_rule()(text)
 
 
 def text_of(content: Content, where: str) -> str:
@@ -60,8 +81,23 @@ def _check_call(item: Item, where: str) -> None:
         raise Unusable("tool_call_without_name", f"{where} has a function_call without a name")
 
 
+def arguments_of(text: str | None):
+    """A tool call's arguments as a JSON object, or the text as written when it is not one."""
+    if not text:
+        return {}
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+    return value if isinstance(value, dict) else text
+
+
 def to_messages(items: list[Item], options: ChatOptions, where: str) -> list[dict]:
-    """Items in order as chat messages: tool calls attach to the assistant turn they belong to."""
+    """Items in order as chat messages: tool calls attach to the assistant turn they belong to.
+
+    An assistant message without text (by `has_text`) and without tool calls carries nothing
+    to train on or condition on, and is left out.
+    """
     messages: list[dict] = []
     pending_reasoning: list[str] = []
     for item in items:
@@ -71,24 +107,24 @@ def to_messages(items: list[Item], options: ChatOptions, where: str) -> list[dic
             if role == "developer":
                 role = options.developer_role
             text = text_of(item.content, f"{where} {role} message")
-            if role == "assistant" and pending_reasoning:
-                text = "<think>\n" + "\n".join(pending_reasoning) + "\n</think>\n" + text
-                pending_reasoning = []
-            last = messages[-1] if messages else None
-            if role == "assistant" and last is not None and last["role"] == "assistant" \
-                    and "tool_calls" not in last:
-                # several message items of one assistant turn
-                last["content"] = "\n".join(t for t in (last["content"], text) if t)
-            else:
-                messages.append({"role": role, "content": text})
+            if role == "assistant":
+                if not has_text(text):
+                    continue
+                if pending_reasoning:
+                    text = "<think>\n" + "\n".join(pending_reasoning) + "\n</think>\n" + text
+                    pending_reasoning = []
+                last = messages[-1] if messages else None
+                if last is not None and last["role"] == "assistant" and "tool_calls" not in last:
+                    last["content"] += "\n" + text  # several message items of one assistant turn
+                    continue
+            messages.append({"role": role, "content": text})
         elif kind == "function_call":
             _check_call(item, where)
             call = {"id": item.call_id or "", "type": "function",
-                    "function": {"name": item.name or "", "arguments": item.arguments or ""}}
+                    "function": {"name": item.name or "", "arguments": arguments_of(item.arguments)}}
             last = messages[-1] if messages else None
-            if last is not None and last["role"] == "assistant" and (
-                    "tool_calls" in last or not last["content"]):
-                last.setdefault("tool_calls", []).append(call)
+            if last is not None and last["role"] == "assistant" and "tool_calls" in last:
+                last["tool_calls"].append(call)  # parallel calls of one turn
             else:
                 messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
         elif kind == "function_call_output":
@@ -140,12 +176,10 @@ def _is_text_turn(item) -> bool:
     return item.type == "reasoning" or (item.role == "assistant" and item.type in ("message", None))
 
 
-def response_of(output: list[Item] | None, options: ChatOptions) -> str | list[dict]:
-    """The assistant text of a single turn, or the trajectory as messages.
-
-    Environment turns after the last assistant turn are not the model's and are dropped: NeMo RL
-    trains on the final message of a completion, which must be the model's own.
-    """
+def output_of(output: list[Item] | None, options: ChatOptions) -> str | list[dict]:
+    """What the model produced: the text of a single assistant turn, or every message of a
+    longer output (environment turns after the model's last one included: `cut` decides what
+    a pair can learn from them)."""
     output = output or []
     if not options.include_reasoning and all(map(_is_text_turn, output)):
         # the common case, without building messages: one assistant turn (plus reasoning)
@@ -153,20 +187,17 @@ def response_of(output: list[Item] | None, options: ChatOptions) -> str | list[d
                  if item.type != "reasoning"]
         if not texts:
             raise Unusable("no_assistant_output", "response.output holds no assistant turn")
-        text = "\n".join(t for t in texts if t)
-        if not text.strip():
-            raise Unusable("empty_response", "the final assistant turn has no text")
+        text = "\n".join(t for t in texts if has_text(t))
+        if not text:
+            raise Unusable("empty_response", "the assistant turn has no text")
         return text
     messages = to_messages(output, options, "output")
-    while messages and messages[-1]["role"] != "assistant":
-        messages.pop()
-    if not messages:
-        raise Unusable("no_assistant_output", "response.output holds no assistant turn")
-    last = messages[-1]
-    if not last["content"].strip() and "tool_calls" not in last:
-        raise Unusable("empty_response", "the final assistant turn has no text")
-    if len(messages) == 1 and "tool_calls" not in last:
-        return last["content"]
+    if not any(m["role"] == "assistant" for m in messages):
+        said = any(_kind(i) == "message" and i.role == "assistant" for i in output)
+        raise Unusable(*(("empty_response", "no assistant turn has text or a tool call") if said else
+                         ("no_assistant_output", "response.output holds no assistant turn")))
+    if len(messages) == 1 and "tool_calls" not in messages[0]:
+        return messages[0]["content"]
     return messages
 
 
@@ -180,5 +211,6 @@ def response_length(response: str | list[dict], measure=len) -> int:
         if message["role"] == "assistant":
             total += measure(message["content"]) if message["content"] else 0
             for call in message.get("tool_calls", ()):
-                total += measure(call["function"]["arguments"])
+                arguments = call["function"]["arguments"]
+                total += measure(arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode())
     return total

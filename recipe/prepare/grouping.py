@@ -13,7 +13,6 @@ from functools import lru_cache
 
 import msgspec
 import numpy as np
-import orjson
 import xxhash
 
 # One usable rollout. `key` groups comparable rollouts; `context` (the prompt alone) decides the
@@ -22,7 +21,9 @@ RECORD = np.dtype([
     ("key_hi", "u8"),
     ("key_lo", "u8"),
     ("context", "u8"),
-    ("response", "u8"),  # hash of the response: identical texts never make a pair
+    ("response", "u8"),  # hash of the response (`cut.identity`): identical outputs never make a pair
+    ("first", "u8"),  # hash of its first message, and
+    ("shape", "u1"),  # its shape (`cut` bits): most cuts are settled from these two alone
     ("reward", "f8"),
     ("length", "u4"),  # characters of the response (length penalty, length bias)
     ("file", "u2"),
@@ -35,9 +36,6 @@ _encode = msgspec.json.Encoder(order="sorted").encode
 _LOW = (1 << 64) - 1
 CONTEXT_SALT = 0x9E3779B97F4A7C15  # the second half of the 128-bit context hash
 _xxh64 = xxhash.xxh64_intdigest
-
-# The hashes below are XXH64 over bytes laid out as here, so that the C fast path
-# (`_native.c`, `row_keys`) computes the very same keys; tests check that both agree.
 
 
 def identity(file_index: int, agent: str | None, task_index: int | None, group_value) -> bytes:
@@ -72,11 +70,6 @@ def keys(raw_input, instructions: str | None, task: bytes) -> tuple[int, int, in
     context = _xxh64(raw_input, seed)
     head = context.to_bytes(8, "little") + _xxh64(raw_input, seed ^ CONTEXT_SALT).to_bytes(8, "little")
     return _xxh64(head + task, 1), _xxh64(head + task, 2), context
-
-
-def response_hash(response: str | list[dict]) -> int:
-    """Identity of a response: the hash of its JSON as written to the pair files."""
-    return _xxh64(orjson.dumps(response))
 
 
 def sort_records(records: np.ndarray) -> np.ndarray:

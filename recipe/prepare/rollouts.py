@@ -162,7 +162,7 @@ def read_chunk(chunk: Chunk) -> bytes:
         return handle.read(chunk.end - chunk.start)
 
 
-_BUFFER = bytearray()  # per process: the C path reads every chunk into the same memory
+_BUFFER = bytearray()  # per process: every chunk is read into the same memory
 
 
 def read_chunk_reused(chunk: Chunk) -> memoryview:

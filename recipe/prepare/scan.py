@@ -4,9 +4,6 @@ Each line is decoded and validated (typed fast path), checked for what DPO needs
 not masked, a context, assistant text) and reduced to a `grouping.RECORD`. Texts are not kept and
 context messages are not built here: `convert` builds them later, only for the lines that end up
 in a pair, and it runs the very same checks.
-
-With the C fast path (`native.py`) a chunk is read in C, and only the lines it hands back (bad
-or unusual ones) go through `LineReader`, the Python definition of the same reading.
 """
 
 from __future__ import annotations
@@ -19,7 +16,7 @@ from functools import lru_cache
 import msgspec
 import numpy as np
 
-from recipe.prepare import chat, grouping, native, rollouts
+from recipe.prepare import chat, cut, grouping, rollouts
 
 OPEN_BRACE = ord("{")
 
@@ -28,7 +25,7 @@ OPEN_BRACE = ord("{")
 class ScanOptions:
     group_by: str | None = None
     chat: chat.ChatOptions = chat.ChatOptions()
-    binary: bool = False  # BinaryPreferenceDataset: responses must be plain text
+    binary: bool = False  # BinaryPreferenceDataset: completions must be plain text (`cut`)
     tokenizer: str | None = None  # a local tokenizer.json: response lengths in tokens
 
 
@@ -60,7 +57,8 @@ class ChunkResult:
 
 
 def checked_response(row, params_input, options: ScanOptions) -> str | list[dict]:
-    """The response of a usable rollout, or `chat.Unusable` with the reason it is not usable."""
+    """The output of a usable rollout (`chat.output_of`), or `chat.Unusable` with the reason it
+    is not usable."""
     if row.mask_sample:
         raise chat.Unusable("mask_sample", "mask_sample is true: the environment says do not train on it")
     if row.reward is msgspec.UNSET:
@@ -73,15 +71,11 @@ def checked_response(row, params_input, options: ScanOptions) -> str | list[dict
     output = row.response.output if row.response is not None else None
     if output is None:
         output = row.output  # legacy layout: items at the top level
-    response = chat.response_of(output, options.chat)
-    if options.binary and not isinstance(response, str):
-        raise chat.Unusable("trajectory_in_binary_format", "data.format=binary holds plain text "
-                            "only; this response has tool calls or several turns (use preference)")
-    return response
+    return chat.output_of(output, options.chat)
 
 
 def convert(row, params_input, options: ScanOptions) -> tuple[list[dict], str | list[dict]]:
-    """(context messages, response) of a decoded rollout, or `chat.Unusable`."""
+    """(context messages, output) of a decoded rollout, or `chat.Unusable`."""
     response = checked_response(row, params_input, options)
     return chat.context_of(params_input, row.responses_create_params.instructions, options.chat), response
 
@@ -102,15 +96,6 @@ def scan_chunk(chunk: rollouts.Chunk, options: ScanOptions) -> ChunkResult:
 
 def _scan(chunk: rollouts.Chunk, options: ScanOptions) -> ChunkResult:
     reader = LineReader(chunk, options)
-    if native.covers(options):
-        data = rollouts.read_chunk_reused(chunk)
-        blob, lines, handed_back = native.scan(data, chunk.file_index, chunk.start, options)
-        for number, start, end in handed_back:  # lines the C path was not sure of: Python decides
-            reader.read(bytes(data[start:end]), number, start)
-        records = np.frombuffer(blob, dtype=grouping.RECORD)
-        if reader.rows:
-            records = np.concatenate([records, reader.records()])
-        return ChunkResult(chunk, lines, records, reader.rejects)
     data = rollouts.read_chunk(chunk)
     view, find, size = memoryview(data), data.find, len(data)
     position = number = 0
@@ -159,6 +144,6 @@ class LineReader:
         task = grouping.identity(chunk.file_index, agent, row.task_index, group_value)
         key_hi, key_lo, context_hash = grouping.keys(
             row.responses_create_params.input, row.responses_create_params.instructions, task)
-        self.rows.append((key_hi, key_lo, context_hash, grouping.response_hash(response),
+        self.rows.append((key_hi, key_lo, context_hash, *cut.identity(response),
                           row.reward, chat.response_length(response, self.measure),
                           chunk.file_index, len(line), chunk.start + start, number))

@@ -12,7 +12,7 @@ import glob
 import multiprocessing
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,11 +27,14 @@ import recipe
 from recipe import report, report_page
 from recipe.background import Background
 from recipe.errors import RecipeError
-from recipe.prepare import buckets, chat, grouping, manifest, pairing, rollouts, scan, split, writer
+from recipe.prepare import buckets, chat, cut, grouping, manifest, pairing, rollouts, scan, split, writer
+from recipe.prepare.lines import LineSource
 from recipe.prepare.pairing import report as pairing_report
 
 OUTPUTS = ["train.jsonl", "val.jsonl", "rejects.jsonl"]
-UNPAIRED = ("no_comparable_rollout", "tie", "not_selected")  # why a usable rollout is in no pair
+# why a usable rollout is in no pair: alone in its group, all rewards equal, not the strategy's
+# choice, or every pair the strategy tried with it could not be cut (`cut.REFUSALS`)
+UNPAIRED = ("no_comparable_rollout", "tie", "not_selected", *cut.REFUSALS)
 
 
 @dataclass
@@ -146,7 +149,8 @@ _WORKER: dict = {}
 def _init_worker(settings: Settings) -> None:
     _WORKER["settings"] = settings
     _WORKER["buckets"] = buckets.count_for(input_bytes(settings))
-    _WORKER["builder"] = writer.PairBuilder(settings.inputs, settings.scan, settings.keep_extra_fields)
+    _WORKER["lines"] = LineSource(settings.inputs, settings.scan)
+    _WORKER["builder"] = writer.PairBuilder(_WORKER["lines"], settings.keep_extra_fields)
 
 
 def _scan(chunk: rollouts.Chunk) -> tuple[scan.ChunkResult, np.ndarray]:
@@ -159,28 +163,35 @@ def _scan(chunk: rollouts.Chunk) -> tuple[scan.ChunkResult, np.ndarray]:
 def _pair_bucket(task: tuple[Path, Settings]) -> "BucketPairs":
     path, settings = task
     records = buckets.load(path)
-    found = pair_records(records, settings)
+    found = pair_records(records, settings, _WORKER["lines"])
     pairs = writer.pairs_of(records, found.chosen, found.rejected, found.score_gap)
     paired = int(len(np.unique(np.concatenate([found.chosen, found.rejected]))))
-    return BucketPairs(pairs, found.unpaired, found.groups, found.groups_with_pairs, paired)
+    rejects = [(int(records["file"][i]), int(records["line"][i]), reason,
+                int(records["file"][other]), int(records["line"][other]))
+               for i, other, reason in found.refused_rollouts]
+    return BucketPairs(pairs, found.unpaired, found.groups, found.groups_with_pairs, paired,
+                       found.refused, rejects)
 
 
-def _build(task: tuple[Path, np.ndarray, np.ndarray]) -> tuple[Path, int, Path, int]:
+def _build(task: tuple[Path, np.ndarray, np.ndarray]) -> tuple[Path, int, Path, int, Counter]:
     """Write a part of the pairs (train and validation lines, in pair order) to two files beside
-    the outputs; returns (train file, its lines, validation file, its lines). The lines go
+    the outputs; returns (train file, its lines, validation file, its lines, the builder's tally
+    for them). The lines go
     through files, not back through the pool's pipe, which carries a few hundred MB/s at most."""
     stem, pairs, is_val = task
     train_path, val_path = stem.with_suffix(".train"), stem.with_suffix(".val")
+    builder = _WORKER["builder"]
+    before = builder.tally.copy()
     counts = [0, 0]
     with open(train_path, "wb") as train, open(val_path, "wb") as val:
         for start in range(0, len(pairs), BUILD_BATCH):
-            lines = _WORKER["builder"].build_all(pairs[start:start + BUILD_BATCH])
+            lines = builder.build_all(pairs[start:start + BUILD_BATCH])
             sides = is_val[start:start + BUILD_BATCH].tolist()
             for side, handle in ((False, train), (True, val)):
                 chosen = [line for line, on_val in zip(lines, sides) if on_val is side]
                 handle.write(b"".join(chosen))
                 counts[side] += len(chosen)
-    return train_path, counts[0], val_path, counts[1]
+    return train_path, counts[0], val_path, counts[1], builder.tally - before
 
 
 class Workers:
@@ -267,43 +278,78 @@ class Pairing:
     unpaired: dict[str, int]  # why usable rollouts ended in no pair
     groups: int
     groups_with_pairs: int
+    refused: dict[str, int]  # candidate pairs that could not be cut, by reason
+    refused_rollouts: list[tuple[int, int, str]]  # (rollout, its partner, reason): unpaired by a refusal
 
 
-def pair_records(records: np.ndarray, settings: Settings) -> Pairing:
+def pair_records(records: np.ndarray, settings: Settings, lines: LineSource | None = None) -> Pairing:
+    """Pair one bucket's records (sorted by group). Groups of single-turn outputs pair without
+    reading a line; a group holding longer outputs pairs under a `cut.Cutter`, which reads the
+    lines (from `lines`) of the candidates their records do not settle."""
     options = pairing.resolve_options(settings.strategy, settings.strategy_options)
     starts = grouping.group_starts(records["key_hi"], records["key_lo"])
     all_scores, all_normalized = pairing.scores(records["reward"], records["length"], options, starts=starts)
     responses = records["response"]
+    needs_cut = (np.bitwise_or.reduceat(records["shape"], starts) != 0) if len(starts) else np.zeros(0, bool)
+    cutter = None
+    if needs_cut.any():
+        def output(index: int):
+            return lines.output(int(records["file"][index]), int(records["offset"][index]),
+                                int(records["nbytes"][index]))
+        cutter = cut.Cutter(records["first"], records["shape"], output, settings.scan.binary)
     every_group = pairing.select_groups(settings.strategy)
-    if every_group is not None:  # the strategy's vectorised form: all groups at once
+    if every_group is None:  # group by group
+        chosen, rejected = _pair_group_by_group(records, starts, np.arange(len(starts)), all_scores,
+                                                all_normalized, options, settings, needs_cut, cutter)
+    else:  # the strategy's vectorised form for all groups, group by group where a cut is needed
         chosen, rejected = every_group(all_scores, responses, starts, options)
-    else:
-        chosen, rejected = _pair_group_by_group(records, starts, all_scores, all_normalized, options, settings)
-    return Pairing(chosen, rejected, all_scores[chosen] - all_scores[rejected],
-                   *_outcomes(all_scores, starts, chosen, rejected))
+        if cutter is not None:
+            group_of = grouping.group_ids(starts, len(records))
+            plain = ~needs_cut[group_of[chosen]]
+            cut_chosen, cut_rejected = _pair_group_by_group(
+                records, starts, np.flatnonzero(needs_cut), all_scores, all_normalized, options,
+                settings, needs_cut, cutter)
+            chosen = np.concatenate([chosen[plain], cut_chosen])
+            rejected = np.concatenate([rejected[plain], cut_rejected])
+            order = np.argsort(group_of[chosen], kind="stable")  # back in group order
+            chosen, rejected = chosen[order], rejected[order]
+    refused = cutter.refused if cutter is not None else {}
+    unpaired, groups, with_pairs, refused_rollouts = _outcomes(all_scores, starts, chosen, rejected, refused)
+    return Pairing(chosen, rejected, all_scores[chosen] - all_scores[rejected], unpaired, groups,
+                   with_pairs, dict(Counter(refused.values())), refused_rollouts)
 
 
-def _pair_group_by_group(records, starts, all_scores, all_normalized, options, settings):
+def _pair_group_by_group(records, starts, groups, all_scores, all_normalized, options, settings,
+                         needs_cut, cutter):
     select = pairing.strategy(settings.strategy)
     responses = records["response"]
+    ends = np.append(starts[1:], len(records))
     chosen, rejected = [], []
-    for start, end in zip(starts.tolist(), np.append(starts[1:], len(records)).tolist()):
+    for g in groups.tolist():
+        start, end = int(starts[g]), int(ends[g])
         if end - start == 1:
             continue
         seed = (settings.seed << 64) | int(records["key_hi"][start])
+        cuttable = None
+        if needs_cut[g]:
+            cutter.next_group()
+            cuttable = (lambda base: lambda c, r: cutter(base + c, base + r))(start)
         group = pairing.Group(all_scores[start:end], responses[start:end], seed,
-                              rewards=all_normalized[start:end])
+                              rewards=all_normalized[start:end], cuttable=cuttable)
         for c, r in select(group, options):
             chosen.append(start + c)
             rejected.append(start + r)
     return np.array(chosen, dtype=np.int64), np.array(rejected, dtype=np.int64)
 
 
-def _outcomes(scores: np.ndarray, starts: np.ndarray, chosen: np.ndarray, rejected: np.ndarray):
-    """(why usable rollouts ended in no pair, groups, groups with pairs), for every group at once."""
+def _outcomes(scores: np.ndarray, starts: np.ndarray, chosen: np.ndarray, rejected: np.ndarray,
+              refused: dict[tuple[int, int], str]):
+    """(why usable rollouts ended in no pair, groups, groups with pairs, the rollouts left
+    unpaired by a refused cut as (rollout, partner, reason)), for every group at once. A
+    rollout in no pair counts under the reason of the first refused pair it was in, if any."""
     unpaired = dict.fromkeys(UNPAIRED, 0)
     if len(starts) == 0:
-        return unpaired, 0, 0
+        return unpaired, 0, 0, []
     n = len(scores)
     sizes = grouping.group_sizes(starts, n)
     used = np.zeros(n, dtype=bool)
@@ -314,7 +360,15 @@ def _outcomes(scores: np.ndarray, starts: np.ndarray, chosen: np.ndarray, reject
     unpaired["no_comparable_rollout"] = int((~several).sum())
     unpaired["tie"] = int(left[several & flat].sum())
     unpaired["not_selected"] = int(left[several & ~flat].sum())
-    return unpaired, len(starts), int((left < sizes).sum())
+    refused_rollouts, seen = [], set()
+    for (a, b), reason in refused.items():  # only groups with a gap offer candidates: not ties
+        for rollout, partner in ((a, b), (b, a)):
+            if not used[rollout] and rollout not in seen:
+                seen.add(rollout)
+                refused_rollouts.append((rollout, partner, reason))
+                unpaired["not_selected"] -= 1
+                unpaired[reason] += 1
+    return unpaired, len(starts), int((left < sizes).sum()), refused_rollouts
 
 
 @dataclass
@@ -324,18 +378,21 @@ class BucketPairs:
     groups: int
     groups_with_pairs: int
     paired_lines: int
+    refused: dict[str, int]  # candidate pairs that could not be cut, by reason
+    rejects: list[tuple[int, int, str, int, int]]  # (file, line, reason, partner's file, line)
 
 
 def input_bytes(settings: Settings) -> int:
     return sum(os.path.getsize(p) for p in settings.inputs)
 
 
-def pair_buckets(settings: Settings, workers: Workers, scanned: Scanned) -> BucketPairs:
+def pair_buckets(settings: Settings, workers: Workers, scanned: Scanned, rejects=None) -> BucketPairs:
     """Every bucket paired in a worker; the pairs in canonical order (bucket, then group key).
+    `rejects(reject)` is called for each rollout left unpaired because its pairs could not be cut.
 
     Each bucket's pairs go to a file as they come and are read back in one piece: collecting
     them in a list and concatenating would hold every pair twice at the end."""
-    total = BucketPairs(np.empty(0, writer.PAIR), dict.fromkeys(UNPAIRED, 0), 0, 0, 0)
+    total = BucketPairs(np.empty(0, writer.PAIR), dict.fromkeys(UNPAIRED, 0), 0, 0, 0, Counter(), [])
     tasks = ((scanned.buckets.path(b), settings) for b in range(scanned.buckets.count))
     spill = scanned.buckets.folder / "pairs"
     with tqdm(total=scanned.buckets.count, unit="bucket", desc="group+pair", mininterval=1.0) as progress, \
@@ -347,8 +404,14 @@ def pair_buckets(settings: Settings, workers: Workers, scanned: Scanned) -> Buck
             total.groups += found.groups
             total.groups_with_pairs += found.groups_with_pairs
             total.paired_lines += found.paired_lines
+            total.refused.update(found.refused)
+            if rejects is not None:
+                for file, line, reason, other_file, other_line in found.rejects:
+                    rejects(scan.Reject(file, line, reason, f"paired with {settings.inputs[other_file]}:"
+                                        f"{other_line}: {cut.explain(reason)}"))
             progress.update()
     total.pairs = np.fromfile(spill, dtype=writer.PAIR)
+    total.refused = dict(sorted(total.refused.items()))
     spill.unlink()
     return total
 
@@ -358,18 +421,22 @@ PART_PAIRS = 8192  # pairs per work item of the writing phase
 
 
 def write_pairs(settings: Settings, pairs: np.ndarray, workers: Workers,
-                files: writer.AtomicFiles, parts_folder: Path) -> np.ndarray:
-    """Write train/val; returns a boolean mask of the pairs that went to validation."""
+                files: writer.AtomicFiles, parts_folder: Path) -> tuple[np.ndarray, Counter]:
+    """Write train/val; returns (a boolean mask of the pairs that went to validation, the
+    builders' tally: pairs whose context holds shared turns, tool calls whose arguments stay as
+    written)."""
     is_val = split.is_validation(pairs["context"], settings.seed, settings.val_fraction,
                                  settings.val_size)
     tasks = ((parts_folder / f"part-{start // PART_PAIRS:06d}", pairs[start:start + PART_PAIRS],
               is_val[start:start + PART_PAIRS]) for start in range(0, len(pairs), PART_PAIRS))
+    tally = Counter()
     with tqdm(total=len(pairs), unit="pair", desc="write pairs", mininterval=1.0) as progress:
-        for train, train_lines, val, val_lines in workers.map(_build, tasks):
+        for train, train_lines, val, val_lines, built in workers.map(_build, tasks):
             files.append("train.jsonl", train, train_lines)
             files.append("val.jsonl", val, val_lines)
+            tally.update(built)
             progress.update(train_lines + val_lines)
-    return is_val
+    return is_val, tally
 
 
 def _write_reject(files: writer.AtomicFiles, inputs: list[str]):
@@ -406,9 +473,10 @@ def _run(cfg: DictConfig, settings: Settings, started: datetime, hashing: Backgr
     workers = Workers(settings)
     spilled = buckets.Buckets(settings.output_dir, input_bytes(settings))
     try:
-        scanned = scan_inputs(settings, workers, spilled, _write_reject(files, settings.inputs))
-        paired = pair_buckets(settings, workers, scanned)
-        is_val = write_pairs(settings, paired.pairs, workers, files, spilled.folder)
+        write_reject = _write_reject(files, settings.inputs)
+        scanned = scan_inputs(settings, workers, spilled, write_reject)
+        paired = pair_buckets(settings, workers, scanned, write_reject)
+        is_val, tally = write_pairs(settings, paired.pairs, workers, files, spilled.folder)
     except writer.PairSchemaError as exc:
         files.abort()
         raise RecipeError(f"internal error, please report: {exc}") from None
@@ -434,6 +502,10 @@ def _run(cfg: DictConfig, settings: Settings, started: datetime, hashing: Backgr
             "prompts_train": int(len(np.unique(pairs["context"][~is_val]))),
             "prompts_val": int(len(np.unique(pairs["context"][is_val]))),
         },
+        # pairs cut at the first divergence of their trajectories (cut.py)
+        "cut": {"refused_candidates": paired.refused,  # pairs a strategy tried that could not be cut
+                "pairs_with_shared_turns": int(tally["with_shared_turns"]),
+                "tool_call_arguments_as_written": int(tally["arguments_as_written"])},
         "rewards": {"usable_rollouts": manifest.stats(scanned.rewards),
                     "chosen": manifest.stats(pairs["chosen_reward"]),
                     "rejected": manifest.stats(pairs["rejected_reward"]),

@@ -1,8 +1,7 @@
 """Second pass and output files: re-read the paired lines, build NeMo RL records, write atomically.
 
 Records are built in worker processes from the input lines (by offset); every record is checked
-against `schemas/pair.schema.json` before it is written: with jsonschema_rs, or, for the parts the
-C fast path built, by its own checks of what the schema asks (tests hold the two to agree).
+against `schemas/pair.schema.json` (jsonschema_rs) before it is written.
 Outputs go to temporary files that are renamed only when everything succeeded, so a failed run
 never leaves half-written data.
 """
@@ -11,13 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
 from pathlib import Path
 
 import jsonschema_rs
 import numpy as np
 import orjson
 
-from recipe.prepare import native, rollouts, scan
+from recipe.prepare import cut, rollouts
+from recipe.prepare.lines import LineSource
 
 
 SIDE = [("file", "u2"), ("line", "u8"), ("offset", "u8"), ("nbytes", "u4"), ("reward", "f8"),
@@ -47,98 +48,83 @@ def pairs_of(records: np.ndarray, chosen: np.ndarray, rejected: np.ndarray,
 
 
 class PairSchemaError(RuntimeError):
-    """A pair we built fails the pair schema: a bug of ours, never the user's data."""
-
-
-# A pair line is put together from the JSON of its parts (as orjson writes them), so that the C
-# path and the Python path give the same bytes. PreferenceDataset: the context and two ranked
-# completions (a plain-text response becomes one assistant message); BinaryPreferenceDataset:
-# prompt (the only user turn's text, else the context), chosen and rejected texts.
-def _completion(response: bytes) -> bytes:
-    return response if response[:1] == b"[" else b'[{"role":"assistant","content":' + response + b"}]"
-
-
-def preference_line(context: bytes, chosen: bytes, rejected: bytes) -> bytes:
-    return (b'{"context":' + context + b',"completions":[{"rank":0,"completion":' + _completion(chosen)
-            + b'},{"rank":1,"completion":' + _completion(rejected) + b"}]}")
-
-
-def binary_line(prompt: bytes, chosen: bytes, rejected: bytes) -> bytes:
-    return b'{"prompt":' + prompt + b',"chosen":' + chosen + b',"rejected":' + rejected + b"}"
+    """A pair we built fails the pair schema or the cut: a bug of ours, never the user's data."""
 
 
 class PairBuilder:
-    """Per worker: converts the two lines of a pair and returns the JSONL line to write."""
+    """Per worker: re-reads the two lines of a pair, cuts them where they part, returns the
+    JSONL line to write.
 
-    def __init__(self, paths: list[str], options: scan.ScanOptions, keep_extra_fields: bool):
-        self.paths = paths
-        self.options = options
+    PreferenceDataset: the context (the request, then the turns both rollouts share) and two
+    ranked one-message completions. BinaryPreferenceDataset: prompt (the only user turn's text
+    when that is the whole context, else the context's messages), chosen and rejected texts.
+    """
+
+    def __init__(self, lines: LineSource, keep_extra_fields: bool):
+        self.lines = lines
+        self.binary = lines.options.binary
         self.keep_extra_fields = keep_extra_fields
-        self.reader = rollouts.Reader(options.group_by)
-        self.native = native.covers(options)
-        # each input path as the start of a JSON string: the C path writes the `*_source` fields
-        self.sources = tuple(orjson.dumps(path)[:-1] for path in paths) if keep_extra_fields else None
         self.validator = jsonschema_rs.validator_for(rollouts.schema("pair"))
-        # lines are read with pread: a file mapping would count the pages it touched as the
-        # process's memory (PSS), up to the whole input
-        self.files = [open(p, "rb", buffering=0) for p in paths]  # closed with the builder
-        self.fds = tuple(handle.fileno() for handle in self.files)
-
-    def _parts(self, file: int, offset: int, nbytes: int) -> tuple[bytes, bytes, bytes | None, bool]:
-        """(context JSON, response JSON, prompt JSON when the context is one user turn, whether
-        the C path built them: then they already meet the pair schema)."""
-        line = os.pread(self.fds[file], nbytes, offset)
-        if self.native:
-            parts = native.convert(line, self.options)
-            if parts is not None:
-                return (*parts, True)
-        context, response = scan.convert(*self.reader.decode(line), self.options)
-        single_user_turn = len(context) == 1 and context[0]["role"] == "user"
-        return (orjson.dumps(context), orjson.dumps(response),
-                orjson.dumps(context[0]["content"]) if single_user_turn else None, False)
+        # pairs whose context holds turns both share; tool calls whose arguments are not a JSON object
+        self.tally = Counter()
 
     def build_all(self, pairs: np.ndarray) -> list[bytes]:
-        """The JSONL lines of a batch of pairs: built in C where it can, else by `build`."""
-        if not self.native:
-            return [self.build(row) for row in pairs.tolist()]
-        lines = native.build_lines(self.fds, pairs, self.options, self.sources)
-        for index, line in enumerate(lines):
-            if line is None:
-                lines[index] = self.build(pairs[index].tolist())
-        return lines
+        """The JSONL lines of a batch of pairs."""
+        return [self.build(row) for row in pairs.tolist()]
 
-    def build(self, pair: tuple) -> bytes:
-        """The JSONL line of one pair (`pair`: a PAIR row as a tuple)."""
-        context, chosen, prompt, checked = self._parts(
-            pair[_CHOSEN_FILE], pair[_CHOSEN_OFFSET], pair[_CHOSEN_NBYTES])
-        _, rejected, _, rejected_checked = self._parts(
-            pair[_REJECTED_FILE], pair[_REJECTED_OFFSET], pair[_REJECTED_NBYTES])
-        if self.options.binary:
-            line = binary_line(prompt or context, chosen, rejected)
+    def record(self, pair: tuple) -> dict:
+        """The pair record of one pair (`pair`: a PAIR row as a tuple)."""
+        context, chosen = self.lines.convert(pair[_CHOSEN_FILE], pair[_CHOSEN_OFFSET], pair[_CHOSEN_NBYTES])
+        _, rejected = self.lines.convert(pair[_REJECTED_FILE], pair[_REJECTED_OFFSET], pair[_REJECTED_NBYTES])
+        parted = cut.cut(chosen, rejected, self.binary)
+        if isinstance(parted, str):
+            raise PairSchemaError(f"{self.source(pair, 'chosen')} and {self.source(pair, 'rejected')} were "
+                                  f"paired, but they cannot be cut: {parted}")
+        if cut.message_key(parted.chosen) == cut.message_key(parted.rejected):
+            raise PairSchemaError(f"{self.source(pair, 'chosen')} and {self.source(pair, 'rejected')} "
+                                  "end in the same message")
+        context = context + parted.shared
+        self.tally["with_shared_turns"] += bool(parted.shared)
+        self.tally["arguments_as_written"] += _arguments_as_written(context) + _arguments_as_written(
+            [parted.chosen, parted.rejected])
+        if self.binary:
+            single_user_turn = len(context) == 1 and context[0]["role"] == "user"
+            record = {"prompt": context[0]["content"] if single_user_turn else context,
+                      "chosen": parted.chosen["content"], "rejected": parted.rejected["content"]}
         else:
-            line = preference_line(context, chosen, rejected)
-        if not (checked and rejected_checked) and not self.validator.is_valid(orjson.loads(line)):
-            error = next(iter(self.validator.iter_errors(orjson.loads(line))))
+            record = {"context": context, "completions": [
+                {"rank": 0, "completion": [parted.chosen]}, {"rank": 1, "completion": [parted.rejected]}]}
+        if not self.validator.is_valid(record):
+            error = next(iter(self.validator.iter_errors(record)))
             raise PairSchemaError(f"a pair from {self.source(pair, 'chosen')} and "
                                   f"{self.source(pair, 'rejected')} fails the pair schema: {error}")
-        if self.keep_extra_fields:
-            line = line[:-1] + b"," + self.extra_fields(pair)[1:]
-        return line + b"\n"
+        return record
 
-    def extra_fields(self, pair: tuple) -> bytes:
-        """`data.keep_extra_fields`: the pair's rewards, gap, group and sources, as a JSON object."""
+    def build(self, pair: tuple) -> bytes:
+        record = self.record(pair)
+        if self.keep_extra_fields:
+            record.update(self.extra_fields(pair))
+        return orjson.dumps(record) + b"\n"
+
+    def extra_fields(self, pair: tuple) -> dict:
+        """`data.keep_extra_fields`: the pair's rewards, gap, group and sources."""
         field = dict(zip(PAIR.names, pair))
-        return orjson.dumps({
+        return {
             "chosen_reward": field["chosen_reward"],
             "rejected_reward": field["rejected_reward"],
             "reward_gap": field["chosen_reward"] - field["rejected_reward"],
             "group_id": f"{field['key_hi']:016x}{field['key_lo']:016x}",
             "chosen_source": self.source(pair, "chosen"),
             "rejected_source": self.source(pair, "rejected"),
-        })
+        }
 
     def source(self, pair: tuple, side: str) -> str:
-        return f"{self.paths[pair[_AT[side + '_file']]]}:{pair[_AT[side + '_line']]}"
+        return f"{self.lines.files[pair[_AT[side + '_file']]].name}:{pair[_AT[side + '_line']]}"
+
+
+def _arguments_as_written(messages: list[dict]) -> int:
+    return sum(isinstance(call["function"]["arguments"], str)
+               for message in messages for call in message.get("tool_calls", ()))
 
 
 class AtomicFiles:

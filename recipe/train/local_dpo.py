@@ -126,10 +126,10 @@ def run(config_path: str | Path, overrides: list[str]) -> Path:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
 
-    train_set = data.load(settings.train)
+    train_set = data.load(settings.train, tokenizer)
     wants_val = settings.val_period > 0 or settings.val_at_start or settings.val_at_end
     val_limit = settings.val_batches * settings.val_global_batch_size if settings.val_batches > 0 else None
-    val_set = data.load(settings.validation, val_limit) if settings.validation and wants_val else None
+    val_set = data.load(settings.validation, tokenizer, val_limit) if settings.validation and wants_val else None
     steps_per_epoch = len(train_set) // settings.train_global_batch_size
     if steps_per_epoch == 0:
         raise RecipeError(f"{settings.train.path} has {len(train_set)} pairs, fewer than "

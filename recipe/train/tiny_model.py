@@ -45,14 +45,15 @@ SEED = 0
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 
 # ChatML. The prompt rendered with add_generation_prompt is an exact prefix of prompt+answer, so
-# DPO trainers find where the answer starts. Assistant tool calls render as <tool_call> lines.
+# DPO trainers find where the answer starts. Assistant tool calls render as <tool_call> lines,
+# their arguments with `tojson` as the Hugging Face templates of Qwen2.5 and Llama 3.x do.
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "<|im_start|>{{ message['role'] }}\n"
     "{%- if message['content'] %}{{ '\n' + message['content'] }}{% endif -%}"
     "{%- for call in message.get('tool_calls') or [] -%}"
     "{{ '\n<tool_call>{\"name\": \"' + call['function']['name'] + '\", \"arguments\": '"
-    " + call['function']['arguments'] + '}</tool_call>' }}"
+    " + call['function']['arguments'] | tojson + '}</tool_call>' }}"
     "{%- endfor -%}"
     "{{ '<|im_end|>\n' }}"
     "{%- endfor -%}"
@@ -102,7 +103,8 @@ def _message_texts(messages) -> Iterator[str]:
             yield message["content"]
         for call in message.get("tool_calls") or []:
             function = call.get("function", {})
-            yield f"{function.get('name', '')} {function.get('arguments', '')}"
+            arguments = function.get("arguments", "")
+            yield f"{function.get('name', '')} {arguments if isinstance(arguments, str) else json.dumps(arguments)}"
 
 
 def pair_texts(train_file: Path) -> list[str]:

@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from recipe.prepare import grouping, writer
+from recipe.prepare import writer
 from recipe.prepare.pairing import report
-from tests.conftest import rollout, write_jsonl
+from tests.conftest import records_of, rollout, write_jsonl
 
 
 def records(groups: list[list[int]]) -> np.ndarray:
@@ -13,8 +13,9 @@ def records(groups: list[list[int]]) -> np.ndarray:
     for key, lengths in enumerate(groups, start=1):
         for length in lengths:
             line += 1
-            rows.append((key, key, key, line, 0.0, length, 0, 10, 0, line))
-    return grouping.sort_records(np.array(rows, dtype=grouping.RECORD))
+            rows.append(dict(key_hi=key, key_lo=key, context=key, response=line, first=line, length=length,
+                             nbytes=10, line=line))
+    return records_of(rows)
 
 
 def test_pairs_per_prompt_gaps_and_length_difference_by_hand():

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from recipe.errors import RecipeError
-from recipe.prepare import grouping, pairing, stage
-from tests.conftest import compose_config, read_jsonl, rollout, write_jsonl
+from recipe.prepare import pairing, stage
+from tests.conftest import records_of, compose_config, read_jsonl, rollout, write_jsonl
 
 
 def options(**overrides):
@@ -21,8 +21,9 @@ def records(groups: list[list[tuple[float, int]]]) -> np.ndarray:
     for key, group in enumerate(groups, start=1):
         for reward, length in group:
             line += 1
-            rows.append((key, key, key, line, reward, length, 0, 10, 0, line))
-    return grouping.sort_records(np.array(rows, dtype=grouping.RECORD))
+            rows.append(dict(key_hi=key, key_lo=key, context=key, response=line, first=line, reward=reward,
+                             length=length, nbytes=10, line=line))
+    return records_of(rows)
 
 
 def settings(strategy="same_prompt", seed=42, **strategy_options):

@@ -51,7 +51,7 @@ def test_tool_items_in_input_become_tool_calls_and_tool_messages():
     assert context == [
         {"role": "user", "content": "weather?"},
         {"role": "assistant", "content": "", "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
         {"role": "tool", "tool_call_id": "c1", "content": "20C"},
         {"role": "user", "content": "thanks, and tomorrow?"}]
 
@@ -78,18 +78,37 @@ def test_tool_call_output_is_a_trajectory():
     _, response = convert(row)
     assert response == [
         {"role": "assistant", "content": "", "tool_calls": [
-            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": {}}}]},
         {"role": "tool", "tool_call_id": "c", "content": "ok"},
         {"role": "assistant", "content": "done"}]
 
 
-def test_environment_user_turns_stay_and_trailing_ones_are_dropped():
+@pytest.mark.parametrize("written, kept", [
+    ('{"city": "Paris", "days": [1, 2]}', {"city": "Paris", "days": [1, 2]}),
+    ("", {}), (None, {}),
+    ("[1, 2]", "[1, 2]"), ('"Paris"', '"Paris"'), ("{not json", "{not json"), ("3", "3")])
+def test_tool_call_arguments_become_a_json_object_or_stay_as_written(written, kept):
+    row = rollout(output=[{"type": "function_call", "name": "f", "arguments": written, "call_id": "c"}])
+    _, response = convert(row)
+    assert response[0]["tool_calls"][0]["function"]["arguments"] == kept
+
+def test_environment_user_turns_stay_in_the_output():
     row = rollout(output=[
         message("assistant", "hit", parts=True), message("user", "you have 18"),
         message("assistant", "stand", parts=True), message("user", "you win")])
-    _, response = convert(row)
-    assert [m["role"] for m in response] == ["assistant", "user", "assistant"]
-    assert response[-1]["content"] == "stand"
+    _, response = convert(row)  # the trailing turn too: the cut decides what a pair learns from it
+    assert [m["role"] for m in response] == ["assistant", "user", "assistant", "user"]
+    assert response[2]["content"] == "stand"
+
+
+def test_assistant_messages_with_nothing_in_them_are_left_out():
+    row = rollout(output=[message("assistant", " \ufeff\n"),
+                          {"type": "function_call", "name": "f", "arguments": "{}", "call_id": "c"},
+                          {"type": "function_call_output", "call_id": "c", "output": ""},
+                          message("assistant", "done")])
+    _, response = convert(row)  # U+FEFF is whitespace by the pair schema's rule
+    assert [(m["role"], m["content"]) for m in response] == [("assistant", ""), ("tool", ""), ("assistant", "done")]
+    assert "tool_calls" in response[0]
 
 
 def test_legacy_top_level_output():
@@ -107,6 +126,9 @@ def test_legacy_top_level_output():
     (lambda r: r["responses_create_params"].update(input=None), "empty_context"),
     (lambda r: r["response"].update(output=[]), "no_assistant_output"),
     (lambda r: r["response"].update(output=[message("assistant", "  ")]), "empty_response"),
+    (lambda r: r["response"].update(output=[message("assistant", "\ufeff")]), "empty_response"),
+    (lambda r: r["response"].update(output=[message("assistant", " "), message("user", "hello?")]), "empty_response"),
+    (lambda r: r["response"].update(output=[message("user", "env only")]), "no_assistant_output"),
     (lambda r: r["responses_create_params"].update(input=[{"role": "user", "content": [
         {"type": "input_image", "image_url": "x"}]}]), "non_text_content"),
     (lambda r: r["responses_create_params"].update(input=[message("critic", "x")]), "unknown_role"),
@@ -119,11 +141,10 @@ def test_unusable_rollouts_are_rejected_with_their_reason(mutate, reason):
     assert caught.value.reason == reason
 
 
-def test_binary_format_refuses_trajectories():
+def test_binary_format_reads_trajectories_too():  # where they part decides (cut.py)
     row = rollout(output=[message("assistant", "a"), message("user", "b"), message("assistant", "c")])
-    with pytest.raises(chat.Unusable, match="binary") as caught:
-        convert(row, scan.ScanOptions(binary=True))
-    assert caught.value.reason == "trajectory_in_binary_format"
+    _, response = convert(row, scan.ScanOptions(binary=True))
+    assert [m["content"] for m in response] == ["a", "b", "c"]
 
 
 def test_int_rewards_and_unknown_keys_are_fine():

@@ -9,7 +9,7 @@ import pytest
 
 from recipe.errors import RecipeError
 from recipe.prepare import rollouts
-from tests.conftest import message, read_jsonl, rollout, write_jsonl
+from tests.conftest import read_jsonl, rollout, write_jsonl
 
 PAIR = jsonschema.Draft202012Validator(rollouts.schema("pair"))
 
@@ -42,8 +42,9 @@ def test_scattered_rows_group_by_task_and_best_vs_worst(tmp_path, prepare):
         assert "task_name" not in pair
         assert PAIR.is_valid(pair)
     counts = manifest["counts"]
-    assert counts == {"lines": 24, "paired": 12, "unpaired": {"no_comparable_rollout": 0, "tie": 0, "not_selected": 12},
-                      "rejected": {}}
+    assert counts["unpaired"] == {"no_comparable_rollout": 0, "tie": 0, "not_selected": 12, "environment_diverged": 0,
+                                  "differs_after_last_turn": 0, "tool_call_in_binary_format": 0}
+    assert (counts["lines"], counts["paired"], counts["rejected"]) == (24, 12, {})
 
 
 def test_two_tasks_with_one_visible_input_never_pair(tmp_path, prepare):
@@ -96,18 +97,8 @@ def test_ties_identical_texts_single_rollouts_and_min_gap(tmp_path, prepare):
     assert [p["context"][0]["content"] for p in pairs_of(out)] == ["gap"]  # gap 0.2 reaches min_gap 0.2
     manifest, out = prepare(path, "data.val_fraction=0", "data_prep.min_gap=0.21", out="o2")
     assert pairs_of(out) == []
-    assert manifest["counts"]["unpaired"] == {"no_comparable_rollout": 1, "tie": 2, "not_selected": 4}
-
-
-def test_multi_turn_and_tool_call_pairs_are_trajectories(tmp_path, prepare):
-    tool = [{"type": "function_call", "name": "f", "arguments": "{}", "call_id": "c"},
-            {"type": "function_call_output", "call_id": "c", "output": "ok"},
-            message("assistant", "done", parts=True)]
-    rows = [rollout(prompt="q", output=tool, reward=1), rollout(prompt="q", answer="no tools", reward=0)]
-    _, out = prepare(write_jsonl(tmp_path / "r.jsonl", rows), "data.val_fraction=0")
-    (pair,) = pairs_of(out)
-    assert [m["role"] for m in pair["completions"][0]["completion"]] == ["assistant", "tool", "assistant"]
-    assert PAIR.is_valid(pair)
+    unpaired = {reason: n for reason, n in manifest["counts"]["unpaired"].items() if n}
+    assert unpaired == {"no_comparable_rollout": 1, "tie": 2, "not_selected": 4}
 
 
 def test_binary_format(tmp_path, prepare):

@@ -4,11 +4,10 @@ import json
 
 import jsonschema
 import msgspec
-import orjson
 import pytest
 
-from recipe.prepare import rollouts, writer
-from tests.conftest import REFERENCE, rollout
+from recipe.prepare import rollouts
+from tests.conftest import REFERENCE, read_jsonl, rollout, write_jsonl
 
 ROLLOUT = jsonschema.Draft202012Validator(rollouts.schema("rollout"))
 PAIR = jsonschema.Draft202012Validator(rollouts.schema("pair"))
@@ -91,18 +90,19 @@ def test_explanation_names_the_field():
     assert rollouts.explain_invalid(b'{"responses_create_params": {}, "reward": NaN}')[0] == "reward_not_finite"
 
 
-def test_pair_schema_accepts_what_the_writer_builds_and_refuses_broken_pairs():
+def test_pair_schema_accepts_what_the_writer_builds_and_refuses_broken_pairs(tmp_path, prepare):
     context = [{"role": "user", "content": "q"}]
-    dumps = orjson.dumps
-    good = orjson.loads(writer.preference_line(dumps(context), dumps("yes"), dumps([
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}])))
+    call = [{"type": "function_call", "name": "f", "arguments": '{"x": 1}', "call_id": "c"}]
+    rows = [rollout(prompt="q", answer="yes", reward=1), rollout(prompt="q", output=call, reward=0)]
+    _, out = prepare(write_jsonl(tmp_path / "r.jsonl", rows), "data.val_fraction=0")
+    (good,) = read_jsonl(out / "train.jsonl")
     assert good["completions"][0] == {"rank": 0, "completion": [{"role": "assistant", "content": "yes"}]}
+    assert good["completions"][1]["completion"][0]["tool_calls"][0]["function"]["arguments"] == {"x": 1}
     assert PAIR.is_valid(good)
-    binary = orjson.loads(writer.binary_line(dumps("q"), dumps("a"), dumps("b")))
-    assert PAIR.is_valid(binary) and binary["prompt"] == "q"
-    with_system = [{"role": "system", "content": "s"}] + context
-    assert PAIR.is_valid(orjson.loads(writer.binary_line(dumps(with_system), dumps("a"), dumps("b"))))
+    as_written = json.loads(json.dumps(good).replace('{"x": 1}', '"not an object"'))
+    assert PAIR.is_valid(as_written)  # arguments that were not a JSON object stay a string
+    assert PAIR.is_valid({"prompt": "q", "chosen": "a", "rejected": "b"})
+    assert PAIR.is_valid({"prompt": [{"role": "system", "content": "s"}] + context, "chosen": "a", "rejected": "b"})
     assert not PAIR.is_valid({**good, "task_name": "x"})  # NeMo RL adds task_name itself
     assert not PAIR.is_valid({"context": context, "completions": good["completions"][:1]})
     swapped = {"context": context, "completions": [good["completions"][1], good["completions"][0]]}

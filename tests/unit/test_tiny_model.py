@@ -20,7 +20,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def tool_pair() -> dict:
-    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}
     return {"context": [{"role": "system", "content": "Use tools."}, {"role": "user", "content": "Weather in Oslo?"}],
             "completions": [
                 {"rank": 0, "completion": [{"role": "assistant", "content": "", "tool_calls": [call]},

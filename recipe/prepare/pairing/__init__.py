@@ -6,10 +6,14 @@ module holds only its own choice:
 - the scores it ranks by: rewards normalised per group (`normalize`), minus
   `length_penalty` x length (`scores`);
 - the guarantees: a pair is never a tie, never two identical responses, respects `min_gap`
-  (`Group.can_pair`), and is deterministic under `seed` whatever order the groups come in
-  (`Group.rng`);
+  (`Group.can_pair`), can be cut where its trajectories part (`Group.can_cut`, see `cut.py`),
+  and is deterministic under `seed` whatever order the groups come in (`Group.rng`);
 - the cap `max_pairs_per_prompt`, applied to what the strategy chose (its `KEEP` says which
   pairs stay: the largest gaps, in that order, or a sample drawn under the group's seed).
+
+When the pair a strategy would pick cannot be cut, it takes its next candidate: the
+one-pair-per-prompt strategies walk on to the next rejected response in their own order, and
+the cap keeps the next pairs in its order (the next largest gap, the next seeded draw).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class Group:
     responses: np.ndarray  # response hashes: equal hash = identical text
     seed: int  # per-group seed: the same group pairs the same way in any run
     rewards: np.ndarray | None = None  # normalised rewards, no length term (thresholds); None: scores
+    cuttable: Callable[[int, int], bool] | None = None  # None: every pair can be cut (single turns)
 
     def __post_init__(self):
         if self.rewards is None:
@@ -54,8 +59,13 @@ class Group:
         return sorted(range(len(self.scores)), key=lambda i: -self.scores[i])
 
     def can_pair(self, chosen: int, rejected: int, min_gap: float) -> bool:
+        """A gap that counts, between two different responses (`can_cut` is asked separately:
+        it may read the lines, so strategies ask it last, in their own order)."""
         gap = self.scores[chosen] - self.scores[rejected]
         return gap > 0 and gap >= min_gap and self.responses[chosen] != self.responses[rejected]
+
+    def can_cut(self, chosen: int, rejected: int) -> bool:
+        return self.cuttable is None or self.cuttable(chosen, rejected)
 
 
 Select = Callable[[Group, dict], list[tuple[int, int]]]
@@ -86,18 +96,39 @@ def select_groups(name: str):
 
 
 def cap(group: Group, pairs: list[tuple[int, int]], limit: int | None, keep: str):
-    """At most `limit` pairs (None: all). `largest_gaps`: ordered largest gap first, the first
-    ones kept; `seeded_sample`: a sample under the group's seed (a fair draw rather than always
-    the first in the file), in input order."""
+    """At most `limit` pairs (None: all) of those that can be cut. `largest_gaps`: ordered
+    largest gap first, the first ones kept; `seeded_sample`: a sample under the group's seed (a
+    fair draw rather than always the first in the file), in input order; a drawn pair that
+    cannot be cut gives its place to the next one drawn."""
     if keep == "seeded_sample":
-        return pairs if limit is None or len(pairs) <= limit else sorted(group.rng().sample(pairs, limit))
-    return best_gaps_first(group, pairs, limit) if len(pairs) > 1 else pairs
+        if limit is None or len(pairs) <= limit:
+            return [p for p in pairs if group.can_cut(*p)]
+        rng = group.rng()
+        drawn = rng.sample(pairs, limit)
+        kept = [p for p in drawn if group.can_cut(*p)]
+        if len(kept) < limit:
+            taken = set(drawn)
+            rest = [p for p in pairs if p not in taken]
+            rng.shuffle(rest)
+            kept += _first_cuttable(group, rest, limit - len(kept))
+        return sorted(kept)
+    ordered = best_gaps_first(group, pairs) if len(pairs) > 1 else pairs
+    return _first_cuttable(group, ordered, limit)
 
 
-def best_gaps_first(group: Group, candidates: list[tuple[int, int]], cap: int | None):
-    """Largest gap first, then input order; at most `cap` (None = all)."""
-    candidates = sorted(candidates, key=lambda p: (-(group.scores[p[0]] - group.scores[p[1]]), p))
-    return candidates if cap is None else candidates[:cap]
+def _first_cuttable(group: Group, pairs: list[tuple[int, int]], limit: int | None) -> list[tuple[int, int]]:
+    kept = []
+    for pair in pairs:
+        if limit is not None and len(kept) >= limit:
+            break
+        if group.can_cut(*pair):
+            kept.append(pair)
+    return kept
+
+
+def best_gaps_first(group: Group, candidates: list[tuple[int, int]]):
+    """Largest gap first, then input order."""
+    return sorted(candidates, key=lambda p: (-(group.scores[p[0]] - group.scores[p[1]]), p))
 
 
 def is_number(value) -> bool:

@@ -10,6 +10,8 @@ subset in every run, whatever `normalize` or `length_penalty` is.
 
 from __future__ import annotations
 
+from recipe.prepare.pairing.same_prompt import worst_that_pairs
+
 
 def check(options: dict) -> None:
     size = options["subset_size"]
@@ -26,9 +28,6 @@ def subset(group, size: int) -> set[int]:
 
 def select(group, options: dict) -> list[tuple[int, int]]:
     ranked = group.ranked()
-    best = ranked[0]
     drawn = subset(group, options["subset_size"])
-    for worst in reversed(ranked[1:]):
-        if worst in drawn and group.responses[worst] != group.responses[best]:
-            return [(best, worst)] if group.can_pair(best, worst, options["min_gap"]) else []
-    return []
+    return worst_that_pairs(group, ranked[0], (i for i in reversed(ranked[1:]) if i in drawn),
+                            options["min_gap"])

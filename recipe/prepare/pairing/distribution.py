@@ -26,9 +26,10 @@ def select(group, options: dict) -> list[tuple[int, int]]:
     best = ranked[0]
     # lowest first, as same_prompt walks them: on equal distance the lower score wins
     candidates = [i for i in reversed(ranked[1:]) if group.can_pair(best, i, options["min_gap"])]
-    if not candidates:
-        return []
-    if len(group) < options["min_samples"]:
-        return [(best, candidates[0])]
-    target = group.scores.mean() - options["k"] * group.scores.std()
-    return [(best, min(candidates, key=lambda i: abs(group.scores[i] - target)))]
+    if len(group) >= options["min_samples"]:
+        target = group.scores.mean() - options["k"] * group.scores.std()
+        candidates.sort(key=lambda i: abs(group.scores[i] - target))  # stable: ties stay lowest first
+    for worst in candidates:  # the nearest that can be cut
+        if group.can_cut(best, worst):
+            return [(best, worst)]
+    return []

@@ -7,7 +7,9 @@ fixes beside the loss and Hugging Face's Trainer does differently:
 - the learning-rate schedule is `policy.scheduler`: torch schedulers by import path, chained by
   `milestones` with SequentialLR, stepped once per optimizer step;
 - an epoch is whole global batches only: NeMo RL's loader drops the last partial batch, where HF
-  would take one more, smaller, optimizer step.
+  would take one more, smaller, optimizer step;
+- the datasets come tokenized the way NeMo RL tokenizes and masks them (`data.tokenize`): TRL
+  trains their `chosen_ids`/`rejected_ids` as they are.
 """
 
 from __future__ import annotations
@@ -98,6 +100,16 @@ class NemoStyleDPOTrainer(DPOTrainer):
             except TypeError as exc:
                 raise RecipeError(f"policy.scheduler: {exc}") from None
         return self.lr_scheduler
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        """Datasets arrive tokenized (`data.tokenize`: NeMo RL's tokens and mask); of TRL's own
+        preparation only its last step applies: a pair whose prompt alone fills `max_length`
+        would keep no completion token, and is dropped (the runner reports how many)."""
+        if "prompt_ids" not in dataset.column_names:
+            raise RecipeError(f"the {dataset_name} pairs reach the trainer untokenized (recipe.train.local.data.load)")
+        if args.max_length is None:
+            return dataset
+        return dataset.filter(lambda example: len(example["prompt_ids"]) < args.max_length)
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
