@@ -19,7 +19,6 @@ and pins the Dockerfile's `ARG BASE_IMAGE=` to tag@digest. Every launch then com
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -32,6 +31,7 @@ from omegaconf import DictConfig
 import recipe
 from recipe import report
 from recipe.errors import RecipeError
+from recipe.train.prepared import file_sha256
 
 BAKED_ENV = "GYM_DPO_BASE_IMAGE"  # set by our Dockerfile to the BASE_IMAGE it was built FROM
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -181,14 +181,6 @@ def baked_digests(environ=None) -> list[str] | None:
 
 
 # -- squashfs files (enroot) ----------------------------------------------------------------------
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 24):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def squashfs_record(path: Path) -> dict:
     """What the lock keeps of a squashfs file: sha256 (read once, here), size and mtime."""
     path = Path(path).expanduser().absolute()

@@ -23,11 +23,11 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from recipe import report
 from recipe.errors import RecipeError
+from recipe.train.nemo_rl_loader import dotted_keys, parse_overrides
 
 FILENAME = "recipe_config.yaml"
 STAGES = ("train", "preflight")  # the stages that take an existing run folder
@@ -35,14 +35,6 @@ STAGES = ("train", "preflight")  # the stages that take an existing run folder
 
 def _config_root():
     return resources.files("recipe.configs")
-
-
-def _leaves(node, prefix: str = ""):
-    if isinstance(node, dict) and node:
-        for key, value in node.items():
-            yield from _leaves(value, f"{prefix}.{key}" if prefix else str(key))
-    else:
-        yield prefix
 
 
 def _defaults() -> list:
@@ -66,7 +58,7 @@ def group_keys() -> dict[str, tuple[str, ...]]:
                 owner[group] = group
                 break
             document = {k: v for k, v in (yaml.safe_load(text) or {}).items() if k != "defaults"}
-            owner.update({key: group for key in _leaves(document) if key})
+            owner.update({key: group for key in dotted_keys(document) if key})
     keys: dict[str, list[str]] = {}
     for key, group in owner.items():
         keys.setdefault(group, []).append(key)
@@ -137,7 +129,7 @@ def rebase(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         merged, moved = _move_paths(merged, old_dir, new_dir), {"from": old_dir, "to": new_dir}
     owned, derived = group_keys(), derived_groups()
     keys, groups = [], []
-    for override in OverridesParser.create().parse_overrides([str(o) for o in overrides]):
+    for override in parse_overrides([str(o) for o in overrides]):
         name = override.key_or_group
         if name == "hydra" or name.startswith("hydra."):
             continue
