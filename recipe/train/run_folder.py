@@ -5,9 +5,9 @@ starts from RUN/recipe_config.yaml (the composed config that run trained with), 
 defaults, so RUN's model, training values, launcher and data stay RUN's. The command line still
 wins, override by override:
 - `key=value`, `+key=value`, `++key=value` set that key; `~key` deletes it;
-- `group=option` takes that group's part of the fresh composition: its own section
-  (`launcher=`, `container=`, `data_prep=`), or, for a group written at the top level (`model=`,
-  `dpo=`), every section its options write (policy, dpo, checkpointing, ...); a group that the
+- `group=option` takes the keys that group owns from the fresh composition: its own section
+  (`launcher=`, `container=`, `data_prep=`), or, for a group written at the top level, the keys
+  its options set (`model=`: the model facts; `dpo=`: the training values); a group that the
   defaults list derives from another one (`dpo: ${model}`) follows it;
 - when RUN was moved, the base's paths inside its old folder are moved with it.
 What came from where is printed and kept under `train.config_sources` (so in recipe_config.yaml
@@ -77,10 +77,13 @@ def derived_groups() -> dict[str, set[str]]:
     return derived
 
 
+_ABSENT = object()
+
+
 def _select(node: dict, dotted: str):
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
-            return KeyError
+            return _ABSENT
         node = node[part]
     return node
 
@@ -106,7 +109,7 @@ def _move_paths(node, old: str, new: str):
     if isinstance(node, list):
         return [_move_paths(v, old, new) for v in node]
     if isinstance(node, str) and (node == old or node.startswith(old.rstrip("/") + "/")):
-        return new + node[len(old.rstrip("/")):] if node != old else new
+        return new + node[len(old.rstrip("/")):]
     return node
 
 
@@ -138,14 +141,14 @@ def rebase(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         elif override.is_delete():
             _delete(merged, name)
             keys.append(f"~{name}")
-        elif (value := _select(new, name)) is not KeyError:
+        elif (value := _select(new, name)) is not _ABSENT:
             _assign(merged, name, value)
             keys.append(name)
     groups = list(dict.fromkeys(groups))
     taken = [key for group in groups for key in owned[group] if key not in keys]
     for key in taken:
         value = _select(new, key)
-        if value is KeyError:
+        if value is _ABSENT:
             _delete(merged, key)
         else:
             _assign(merged, key, value)

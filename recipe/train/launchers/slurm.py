@@ -107,19 +107,18 @@ def check_image(plan: LaunchPlan) -> dict:
     if digest and plan.launcher.digest_reference:
         record["status"] = "pinned"  # pyxis pulls tag@digest: that digest or nothing
         return record
-    squashfs = "enroot import -o /shared/nemo-rl.sqsh 'docker://" + pyxis_image(image) + "'"
+    pin = ("import it once as a squashfs file (enroot import -o /shared/nemo-rl.sqsh 'docker://"
+           f"{pyxis_image(image)}'), lock that file (gym-dpo stage=lock_image "
+           "container.squashfs=/shared/nemo-rl.sqsh) and run it (launcher.container=/shared/nemo-rl.sqsh)")
     if digest:
         record["status"] = "tag (digest not enforced)"
         report.console.print(
-            f"[yellow]note:[/] pyxis gets the tag {image}, not its locked digest {digest[:19]}…, "
-            "because enroot before 4.0.0 refuses tag@digest. To run exactly the locked image on any "
-            f"enroot, import it once ({squashfs}) and use launcher.container=/shared/nemo-rl.sqsh "
-            "(lock it: gym-dpo stage=lock_image container.squashfs=/shared/nemo-rl.sqsh); with "
-            "enroot >= 4.0.0, launcher.digest_reference=true", highlight=False, soft_wrap=True)
+            f"[yellow]note:[/] pyxis gets the tag {image}, not its locked digest {digest[:19]}…, as "
+            f"enroot before 4.0.0 refuses tag@digest. To run exactly the locked image on any enroot, "
+            f"{pin}; on enroot >= 4.0.0, launcher.digest_reference=true", highlight=False, soft_wrap=True)
     else:
-        report.console.print(f"[yellow]note:[/] no digest recorded for {image}; pyxis pulls the tag "
-                             f"as it is today (pin it with a squashfs file: {squashfs}, "
-                             "launcher.container=/shared/nemo-rl.sqsh)", highlight=False, soft_wrap=True)
+        report.console.print(f"[yellow]note:[/] no digest recorded for {image}: pyxis pulls the tag "
+                             f"as it is today. To pin it, {pin}", highlight=False, soft_wrap=True)
     return record
 
 
