@@ -18,6 +18,7 @@ import base64
 import hashlib
 import html
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -45,8 +46,10 @@ def rollout_rewards_record(rewards: np.ndarray) -> dict:
     distinct, counts = np.unique(rewards, return_counts=True)
     if len(distinct) <= MAX_DISTINCT:
         return {"rollouts": int(len(rewards)), "values": distinct.tolist(), "counts": counts.tolist()}
-    counts, edges = np.histogram(rewards, bins=MAX_DISTINCT)
-    return {"rollouts": int(len(rewards)), "bin_edges": edges.tolist(), "counts": counts.tolist()}
+    # binned on a scale where the range is finite (max - min may overflow: rewards of +-1e308)
+    scale = float(np.abs(rewards).max())
+    counts, edges = np.histogram(rewards / scale, bins=MAX_DISTINCT)
+    return {"rollouts": int(len(rewards)), "bin_edges": (edges * scale).tolist(), "counts": counts.tolist()}
 
 
 def write_rollout_rewards(data_dir: Path, rewards: np.ndarray) -> Path:
@@ -112,7 +115,9 @@ def gather(run_dir: Path, data_dir: Path, pairs: PairRewards | None = None,
     data.rollout_rewards = _json(data.data_dir / REWARDS_FILE)
     if pairs is not None:
         data.chosen, data.rejected = pairs.chosen, pairs.rejected  # arrays: no per-pair objects
-        data.gaps = pairs.chosen - pairs.rejected
+        with np.errstate(over="ignore"):  # rewards of +-1e308: an infinite gap, left out of the histogram
+            gaps = pairs.chosen - pairs.rejected
+        data.gaps = gaps[np.isfinite(gaps)]
         data.pairs, data.pairs_per_prompt = len(pairs.chosen), pairs.per_prompt
     else:
         _read_pairs(data)
@@ -143,8 +148,9 @@ def _read_pairs(data: RunData) -> None:
                 if pair.chosen_reward is not None and pair.rejected_reward is not None:
                     data.chosen.append(pair.chosen_reward)
                     data.rejected.append(pair.rejected_reward)
-                    data.gaps.append(pair.reward_gap if pair.reward_gap is not None
-                                     else pair.chosen_reward - pair.rejected_reward)
+                    gap = pair.chosen_reward - pair.rejected_reward  # reward_gap is null when infinite
+                    if math.isfinite(gap):
+                        data.gaps.append(gap)
     data.pairs_per_prompt = list(per_prompt.values())
 
 
@@ -155,6 +161,26 @@ class Section:
     title: str
     figure: object | None      # a matplotlib Figure, or None with `missing` saying why
     missing: str = ""
+    png: bytes | None = None   # the figure rendered
+
+
+def _drawn(section_id: str, title: str, draw) -> Section:
+    """The section of the figure `draw()` makes, rendered once here, or a note saying why it
+    could not be drawn: the data's values (a range matplotlib cannot lay out, say) never stop
+    the report, let alone the stage."""
+    from recipe import plots
+
+    try:
+        figure = draw()
+        rendered = plots.png(figure)  # what fails to render fails here, with the data named
+    except Exception as exc:  # noqa: BLE001 (any drawing error: the page says so instead)
+        return Section(section_id, title, None, f"not drawn: {type(exc).__name__}: {exc}"[:300])
+    return Section(section_id, title, figure, png=rendered)
+
+
+def _bin_centres(edges) -> tuple[list[float], float]:
+    edges = np.asarray(edges)
+    return (edges[:-1] / 2 + edges[1:] / 2).tolist(), float(edges[1] / 2 - edges[0] / 2) * 1.9
 
 
 def sections(data: RunData) -> list[Section]:
@@ -164,39 +190,40 @@ def sections(data: RunData) -> list[Section]:
     rewards = data.rollout_rewards
     if rewards and rewards.get("counts"):
         if "values" in rewards:
-            figure = plots.reward_distribution(rewards["values"], rewards["counts"])
+            def draw():
+                return plots.reward_distribution(rewards["values"], rewards["counts"])
         else:
-            edges = np.asarray(rewards["bin_edges"])
-            figure = plots.reward_distribution(((edges[:-1] + edges[1:]) / 2).tolist(), rewards["counts"],
-                                               width=float(edges[1] - edges[0]) * 0.95)
-        out.append(Section("reward_distribution", "Reward distribution (all usable rollouts)", figure))
+            def draw():
+                centres, width = _bin_centres(rewards["bin_edges"])
+                return plots.reward_distribution(centres, rewards["counts"], width=width)
+        out.append(_drawn("reward_distribution", "Reward distribution (all usable rollouts)", draw))
     else:
         out.append(Section("reward_distribution", "Reward distribution (all usable rollouts)", None,
                            f"no {REWARDS_FILE} in {data.data_dir}: it is written by stage=prepare"))
     pair_note = ("the pairs carry no rewards: prepare with data.keep_extra_fields=true" if data.pairs
                  else f"no pairs in {data.data_dir}")
     if len(data.chosen):
-        out.append(Section("chosen_vs_rejected", "Chosen vs rejected reward",
-                           plots.chosen_vs_rejected(data.chosen, data.rejected)))
-        out.append(Section("gap_histogram", "Reward gap", plots.gap_histogram(data.gaps)))
+        out.append(_drawn("chosen_vs_rejected", "Chosen vs rejected reward",
+                          lambda: plots.chosen_vs_rejected(data.chosen, data.rejected)))
+        out.append(_drawn("gap_histogram", "Reward gap", lambda: plots.gap_histogram(data.gaps)))
     else:
         out.append(Section("chosen_vs_rejected", "Chosen vs rejected reward", None, pair_note))
         out.append(Section("gap_histogram", "Reward gap", None, pair_note))
     if len(data.pairs_per_prompt):
-        out.append(Section("pairs_per_prompt", "Pairs per prompt", plots.pairs_per_prompt(data.pairs_per_prompt)))
+        out.append(_drawn("pairs_per_prompt", "Pairs per prompt", lambda: plots.pairs_per_prompt(data.pairs_per_prompt)))
     else:
         out.append(Section("pairs_per_prompt", "Pairs per prompt", None, f"no pairs in {data.data_dir}"))
     lengths = [v for split in (data.preflight or {}).get("splits", {}).values() for v in split.get("lengths", [])]
     if lengths:
-        out.append(Section("token_lengths", "Tokens per pair", plots.token_lengths(
+        out.append(_drawn("token_lengths", "Tokens per pair", lambda: plots.token_lengths(
             lengths, int(data.preflight["max_input_seq_length"]))))
     else:
         why = ("the tokenizer was not on this machine when preflight ran" if data.preflight else
                "token lengths come from stage=preflight (also run before every train stage)")
         out.append(Section("token_lengths", "Tokens per pair", None, why))
     if any("train:loss" in row for row in data.metrics):
-        out.append(Section("loss_curve", "Loss", plots.training_curves(data.metrics, "loss", "DPO loss", "loss")))
-        out.append(Section("accuracy_curve", "Preference accuracy", plots.training_curves(
+        out.append(_drawn("loss_curve", "Loss", lambda: plots.training_curves(data.metrics, "loss", "DPO loss", "loss")))
+        out.append(_drawn("accuracy_curve", "Preference accuracy", lambda: plots.training_curves(
             data.metrics, "accuracy", "Preference accuracy", "accuracy (chosen reward > rejected)")))
     else:
         for section_id, title in (("loss_curve", "Loss"), ("accuracy_curve", "Preference accuracy")):
@@ -281,7 +308,7 @@ def render(data: RunData, parts: list[Section]) -> str:
         if part.figure is None:
             body = f"<p class='missing'>{html.escape(part.missing)}</p>"
         else:
-            encoded = base64.b64encode(plots.png(part.figure)).decode("ascii")
+            encoded = base64.b64encode(part.png or plots.png(part.figure)).decode("ascii")
             body = f"<img alt='{html.escape(part.title)}' src='data:image/png;base64,{encoded}'>"
         figures.append(f"<figure id='plot-{part.id}'><h3>{html.escape(part.title)}</h3>{body}</figure>")
     written = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -51,8 +51,10 @@ def _task_identity(file_index: int, agent: str | None, task_index: int | None) -
         return b""
     # task indices restart at 0 in every collection run: scope them to their file
     name = b"\x00" if agent is None else b"\x01" + _length_prefixed(agent.encode())
+    # any integer, however large (JSON has no bound), scoped to its file
     index = b"\x00" if task_index is None else (
-        b"\x01" + task_index.to_bytes(9, "little", signed=True) + file_index.to_bytes(2, "little"))
+        b"\x01" + _length_prefixed(task_index.to_bytes(task_index.bit_length() // 8 + 1, "little", signed=True))
+        + file_index.to_bytes(2, "little"))
     return b"T" + name + index
 
 
@@ -60,16 +62,20 @@ def _length_prefixed(data: bytes) -> bytes:
     return len(data).to_bytes(4, "little") + data
 
 
-def keys(raw_input, instructions: str | None, task: bytes) -> tuple[int, int, int]:
-    """(group key high, group key low, context hash) of one rollout.
+def context_key(raw_input, instructions: str | None) -> tuple[int, bytes]:
+    """(context hash, 16-byte context identity) of one request.
 
     The context is identified by the request's `input` exactly as written plus `instructions`:
     rows of one task carry byte-identical requests, and a hash of the bytes costs no re-encoding.
     """
     seed = (_xxh64(instructions.encode()) + 1) & _LOW if instructions is not None else 0
     context = _xxh64(raw_input, seed)
-    head = context.to_bytes(8, "little") + _xxh64(raw_input, seed ^ CONTEXT_SALT).to_bytes(8, "little")
-    return _xxh64(head + task, 1), _xxh64(head + task, 2), context
+    return context, context.to_bytes(8, "little") + _xxh64(raw_input, seed ^ CONTEXT_SALT).to_bytes(8, "little")
+
+
+def group_key(context: bytes, task: bytes) -> tuple[int, int]:
+    """(high, low) of the 128-bit group key: the context identity and the task identity."""
+    return _xxh64(context + task, 1), _xxh64(context + task, 2)
 
 
 def sort_records(records: np.ndarray) -> np.ndarray:

@@ -35,12 +35,23 @@ def input_entry(path: str, sha256: str) -> dict:
 
 
 def stats(values: np.ndarray) -> dict:
-    if len(values) == 0:
-        return {"count": 0}
-    q = np.quantile(values, [0.0, 0.25, 0.5, 0.75, 1.0])
-    return {"count": int(len(values)), "mean": round(float(values.mean()), 6),
-            "std": round(float(values.std()), 6), "min": float(q[0]), "p25": round(float(q[1]), 6),
-            "median": round(float(q[2]), 6), "p75": round(float(q[3]), 6), "max": float(q[4])}
+    """Count, mean, spread and quantiles of the finite values (a gap between rewards of +-1e308
+    is not finite: counted under `not_finite`). Computed on values scaled into [-1, 1], so that
+    sums and differences of extreme values do not overflow."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    out = {"count": int(len(values))}
+    if len(finite) < len(values):
+        out["not_finite"] = int(len(values) - len(finite))
+    if len(finite) == 0:
+        return out if len(values) else {"count": 0}
+    scale = float(np.abs(finite).max()) or 1.0
+    scaled = finite / scale
+    q = np.quantile(scaled, [0.0, 0.25, 0.5, 0.75, 1.0]) * scale
+    out.update({"mean": round(float(scaled.mean() * scale), 6), "std": round(float(scaled.std() * scale), 6),
+                "min": float(finite.min()), "p25": round(float(q[1]), 6), "median": round(float(q[2]), 6),
+                "p75": round(float(q[3]), 6), "max": float(finite.max())})
+    return out
 
 
 def write(path: Path, manifest: dict) -> None:

@@ -65,13 +65,13 @@ _BASE_FIELDS = [
     ("output", list[Item] | None, None),
     ("reward", float | None | UnsetType, UNSET),
     ("mask_sample", bool | None, None),
-    ("task_index", int | None, field(default=None, name="_ng_task_index")),
-    ("rollout_index", int | None, field(default=None, name="_ng_rollout_index")),
+    # JSON Schema's "integer" takes 3.0 too: the decoder takes a float, `Reader.check_task_index` checks it
+    ("task_index", int | float | None, field(default=None, name="_ng_task_index")),
     ("agent_ref", AgentRef | None, None),
 ]
 
 _RESERVED = {"responses_create_params", "response", "output", "reward", "mask_sample",
-             "_ng_task_index", "_ng_rollout_index", "agent_ref"}
+             "_ng_task_index", "agent_ref"}
 
 
 @lru_cache(maxsize=None)
@@ -87,16 +87,46 @@ def rollout_type(group_by: str | None = None) -> type:
 
 
 class Reader:
-    """The fast path: a typed decode of one line; raises msgspec's errors when it is invalid."""
+    """The typed decode of a line; raises msgspec's errors when it is invalid, RecursionError for
+    a line nested deeper than msgspec decodes (Python's recursion limit)."""
 
     def __init__(self, group_by: str | None = None):
-        self._row = msgspec.json.Decoder(rollout_type(group_by))
-        self._input = msgspec.json.Decoder(Input)
+        self.row_decoder = msgspec.json.Decoder(rollout_type(group_by))
+        self.input_decoder = msgspec.json.Decoder(Input)
 
-    def decode(self, line) -> tuple[Any, Input]:
-        """(the rollout, its typed `responses_create_params.input`)."""
-        row = self._row.decode(line)
-        return row, self._input.decode(row.responses_create_params.input)
+    def decode(self, line: bytes) -> tuple[Any, Input]:
+        """(the rollout, its typed `responses_create_params.input`). The whole line must be UTF-8,
+        the values msgspec skips unread included."""
+        if not is_utf8(line):
+            raise msgspec.DecodeError("the line is not UTF-8")
+        row = self.row_decoder.decode(line)
+        if not self.check_task_index(row):
+            raise msgspec.ValidationError("Expected `int`, got `float` - at `$._ng_task_index`")
+        return row, self.input_decoder.decode(row.responses_create_params.input)
+
+    @staticmethod
+    def check_task_index(row) -> bool:
+        """JSON Schema's "integer" takes 3.0, so the decoder takes a float: one that is a whole
+        number becomes an int, any other is invalid (False)."""
+        if isinstance(row.task_index, float):
+            if not row.task_index.is_integer():
+                return False
+            row.task_index = int(row.task_index)
+        return True
+
+
+def is_utf8(data: bytes) -> bool:
+    if data.isascii():
+        return True
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+TOO_DEEP = ("too_deep", "nested deeper than the decoder follows (Python's recursion limit, about "
+            "1,000 levels)")
 
 
 @lru_cache(maxsize=None)
@@ -106,15 +136,28 @@ def schema(name: str) -> dict:
 
 
 def explain_invalid(line: bytes) -> tuple[str, str]:
-    """(reason, detail) for a line the fast path refused: the precise jsonschema message."""
+    """(reason, detail) for a line the typed decoder refused: the precise jsonschema message."""
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
         return "not_utf8", f"byte {exc.start} is not UTF-8"
     try:
-        obj = json.loads(text)
+        obj = json.loads(text)  # Python's parser, laxer than JSON: NaN, Infinity, lone surrogates
+    except RecursionError:
+        return TOO_DEEP
     except json.JSONDecodeError as exc:
         return "malformed_json", f"{exc.msg} at column {exc.colno}"
+    reward = obj.get("reward") if isinstance(obj, dict) else None
+    if isinstance(reward, float) and not math.isfinite(reward):
+        return "reward_not_finite", f"reward is {reward}"
+    try:
+        json.loads(text, parse_constant=_refuse)
+    except ValueError as exc:
+        return "malformed_json", f"{exc} is not JSON"
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return "malformed_json", "a \\u escape is a lone surrogate, not a character"
     if not isinstance(obj, dict):
         return "not_an_object", f"the line is a JSON {type(obj).__name__}, not an object"
     import jsonschema  # slow path only: importing it costs ~0.1 s
@@ -123,11 +166,13 @@ def explain_invalid(line: bytes) -> tuple[str, str]:
     error = jsonschema.exceptions.best_match(validator.iter_errors(obj))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-        return "schema", f"{where}: {error.message[:300]}"
-    reward = obj.get("reward")
-    if isinstance(reward, float) and not math.isfinite(reward):
-        return "reward_not_finite", f"reward is {reward}"
+        reason = "out_of_range" if error.validator in ("minimum", "maximum") else "schema"
+        return reason, f"{where}: {error.message[:300]}"
     return "schema", "the typed decoder refused a record the schema accepts; please report it"
+
+
+def _refuse(constant: str):
+    raise ValueError(constant)
 
 
 @dataclass(frozen=True)

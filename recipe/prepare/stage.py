@@ -315,8 +315,10 @@ def pair_records(records: np.ndarray, settings: Settings, lines: LineSource | No
             chosen, rejected = chosen[order], rejected[order]
     refused = cutter.refused if cutter is not None else {}
     unpaired, groups, with_pairs, refused_rollouts = _outcomes(all_scores, starts, chosen, rejected, refused)
-    return Pairing(chosen, rejected, all_scores[chosen] - all_scores[rejected], unpaired, groups,
-                   with_pairs, dict(Counter(refused.values())), refused_rollouts)
+    with np.errstate(over="ignore"):  # rewards of +-1e308: the gap is infinite (reward_gap null)
+        gaps = all_scores[chosen] - all_scores[rejected]
+    return Pairing(chosen, rejected, gaps, unpaired, groups, with_pairs, dict(Counter(refused.values())),
+                   refused_rollouts)
 
 
 def _pair_group_by_group(records, starts, groups, all_scores, all_normalized, options, settings,
@@ -488,6 +490,8 @@ def _run(cfg: DictConfig, settings: Settings, started: datetime, hashing: Backgr
         spilled.remove()
     pairs = paired.pairs
     per_group = pairing_report.pairs_per_group(pairs)  # for the manifest and the report
+    with np.errstate(over="ignore"):  # rewards of +-1e308: an infinite gap, counted as not finite
+        gaps = pairs["chosen_reward"] - pairs["rejected_reward"]
     result = {
         "manifest_version": manifest.MANIFEST_VERSION,
         "package": {"name": "gym-dpo", "version": recipe.__version__},
@@ -509,7 +513,7 @@ def _run(cfg: DictConfig, settings: Settings, started: datetime, hashing: Backgr
         "rewards": {"usable_rollouts": manifest.stats(scanned.rewards),
                     "chosen": manifest.stats(pairs["chosen_reward"]),
                     "rejected": manifest.stats(pairs["rejected_reward"]),
-                    "gap": manifest.stats(pairs["chosen_reward"] - pairs["rejected_reward"])},
+                    "gap": manifest.stats(gaps)},
         "pairing": pairing_report.summarize(settings.strategy, pairs, paired.groups,
                                             settings.length_unit, per_group),
     }
@@ -532,7 +536,14 @@ def _run(cfg: DictConfig, settings: Settings, started: datetime, hashing: Backgr
         report.console.print(report.prepare_summary(result))
         report.console.print(f"wrote {settings.output_dir}/{{train,val,rejects}}.jsonl and manifest.json",
                              soft_wrap=True)
-        report.console.print(drawing.result(), markup=False, soft_wrap=True)
+        try:
+            report.console.print(drawing.result(), markup=False, soft_wrap=True)
+        except Exception as exc:  # noqa: BLE001 (the report is a view of the outputs, not one of them)
+            # a failure in the report's process comes as its traceback: its last line says what
+            why = (str(exc).strip().splitlines() or [""])[-1] if type(exc) is RuntimeError else \
+                f"{type(exc).__name__}: {exc}"
+            report.console.print(f"warning: report.html not written ({why[:300]}); the pairs and the "
+                                 "manifest are written", markup=False, soft_wrap=True)
     finally:
         drawing.cancel()
     return result

@@ -17,7 +17,7 @@ import jsonschema_rs
 import numpy as np
 import orjson
 
-from recipe.prepare import cut, rollouts
+from recipe.prepare import chat, cut, rollouts
 from recipe.prepare.lines import LineSource
 
 
@@ -88,8 +88,9 @@ class PairBuilder:
         self.tally["arguments_as_written"] += _arguments_as_written(context) + _arguments_as_written(
             [parted.chosen, parted.rejected])
         if self.binary:
-            single_user_turn = len(context) == 1 and context[0]["role"] == "user"
-            record = {"prompt": context[0]["content"] if single_user_turn else context,
+            # the prompt as text when it is one user turn with text (the schema's rule), else the turns
+            as_text = len(context) == 1 and context[0]["role"] == "user" and chat.has_text(context[0]["content"])
+            record = {"prompt": context[0]["content"] if as_text else context,
                       "chosen": parted.chosen["content"], "rejected": parted.rejected["content"]}
         else:
             record = {"context": context, "completions": [

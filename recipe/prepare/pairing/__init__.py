@@ -172,7 +172,9 @@ def normalize(rewards: np.ndarray, how: str, starts: np.ndarray | None = None) -
         return np.zeros(0)
     sizes, group = grouping.group_sizes(starts, n), grouping.group_ids(starts, n)
     flat = (np.maximum.reduceat(rewards, starts) == np.minimum.reduceat(rewards, starts))[group]
-    if how == "zscore":
+    if how == "zscore":  # scale-free: a group of extreme rewards (+-1e308) is scaled first, or sums overflow
+        top = np.maximum.reduceat(np.abs(rewards), starts)
+        rewards = rewards / np.where(top > 1e150, top, 1.0)[group]
         deviation = rewards - (np.add.reduceat(rewards, starts) / sizes)[group]
         std = np.sqrt(np.add.reduceat(deviation * deviation, starts) / sizes)[group]
         return np.where(flat, 0.0, deviation / np.where(flat, 1.0, std))

@@ -43,6 +43,7 @@ def select_groups(scores: np.ndarray, responses: np.ndarray, starts: np.ndarray,
     low = np.minimum.reduceat(np.where(candidate, scores, np.inf), starts)
     worst = np.maximum.reduceat(np.where(candidate & (scores == low[group]), position, -1), starts)
     found = worst >= 0
-    gap = np.where(found, scores[best] - scores[np.maximum(worst, 0)], 0.0)
+    with np.errstate(over="ignore"):  # rewards of +-1e308: an infinite gap still pairs
+        gap = np.where(found, scores[best] - scores[np.maximum(worst, 0)], 0.0)
     keep = found & (gap > 0) & (gap >= options["min_gap"])
     return best[keep].astype(np.int64), worst[keep].astype(np.int64)
