@@ -12,6 +12,7 @@ import logging
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from recipe.errors import RecipeError
@@ -30,9 +31,15 @@ STAGES: dict[str, list[str]] = {
 }
 
 
-def run_stage(cfg: DictConfig) -> None:
+def run_stage(cfg: DictConfig, overrides: list[str] | None = None) -> None:
+    """Run `cfg.stage`. `overrides` (the command line's): a stage that trains an existing run
+    folder again takes that folder's own config as the base, with them on top (recipe.train.run_folder)."""
     if cfg.stage not in STAGES:
         raise RecipeError(f"stage={cfg.stage!r} is not a stage; choose one of {', '.join(STAGES)}")
+    if overrides is not None:
+        from recipe.train import run_folder
+
+        cfg = run_folder.rebase(cfg, overrides)
     for module in STAGES[cfg.stage]:
         importlib.import_module(module).run(cfg)
 
@@ -42,7 +49,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     from recipe import report
 
     try:
-        run_stage(cfg)
+        run_stage(cfg, list(HydraConfig.get().overrides.task))
     except RecipeError as exc:
         from rich.markup import escape  # the message is text: `.[local]` or a log line's `[tag]` is not markup
 

@@ -7,7 +7,13 @@ and pins the Dockerfile's `ARG BASE_IMAGE=` to tag@digest. Every launch then com
 - executor=docker: the local image's registry digest (or, for an image that never came from a
   registry, its image id) against the lock; a different one is refused;
 - executor=subprocess inside our image: the digest baked in at build time (GYM_DPO_BASE_IMAGE);
-- slurm with pyxis: the image is handed over as tag@digest, so it cannot be another one.
+- slurm with pyxis: enroot before 4.0.0 refuses any reference with `@sha256:` ("Invalid image
+  reference"), so pyxis is never handed tag@digest unless launcher.digest_reference=true says
+  the cluster's enroot takes it. The pin every version accepts is a squashfs file imported once
+  to shared storage (`enroot import -o /shared/nemo-rl.sqsh docker://nvcr.io#nvidia/nemo-rl:v0.7.0`)
+  and passed as `launcher.container=/shared/nemo-rl.sqsh`: `gym-dpo stage=lock_image
+  container.squashfs=/shared/nemo-rl.sqsh` records its sha256, size and mtime, and every Slurm
+  launch checks the file against them (`check_squashfs`).
 `container.allow_digest_mismatch=true` runs anyway (and the run folder records the mismatch).
 """
 
@@ -25,6 +31,7 @@ from omegaconf import DictConfig
 import recipe
 from recipe import report
 from recipe.errors import RecipeError
+from recipe.train.prepared import file_sha256
 
 BAKED_ENV = "GYM_DPO_BASE_IMAGE"  # set by our Dockerfile to the BASE_IMAGE it was built FROM
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -34,15 +41,17 @@ _DOCKERFILE_ARG = re.compile(r"^(ARG BASE_IMAGE=)(\S+)", re.MULTILINE)
 @dataclass
 class Lock:
     image: str           # the reference as configured (tag)
-    digest: str          # sha256:...
+    digest: str          # sha256:... ("" when only a squashfs file of the image is locked)
     kind: str            # repo (registry manifest digest) | image_id (local-only image) | given
+                         # | squashfs (no registry digest, only the file below)
     recorded_at: str = ""
     gym_dpo_version: str = ""
+    squashfs: dict | None = None  # {path, sha256, bytes, mtime_ns}: an enroot import of the image
 
     @property
     def reference(self) -> str:
-        """What to pull or hand to pyxis: tag@digest (registry digests only)."""
-        return f"{self.image}@{self.digest}" if self.kind != "image_id" else self.image
+        """What to pull (or give an enroot >= 4.0.0): tag@digest (registry digests only)."""
+        return f"{self.image}@{self.digest}" if self.kind in ("repo", "given") else self.image
 
 
 def repository(image: str) -> str:
@@ -134,6 +143,8 @@ def check(cfg: DictConfig, actual: list[str] | None, source: str) -> dict:
         report.console.print(f"[yellow]note:[/] {lock_path(cfg)} locks {lock.image}, not "
                              f"container.image={image}: digest not checked")
         lock = None
+    if lock is not None and not lock.digest:  # only a squashfs file is locked: no digest to compare
+        lock = None
     if lock is not None:
         record["locked"] = lock.digest
     if lock is None:
@@ -169,6 +180,60 @@ def baked_digests(environ=None) -> list[str] | None:
     return [digest] if digest else None
 
 
+# -- squashfs files (enroot) ----------------------------------------------------------------------
+def squashfs_record(path: Path) -> dict:
+    """What the lock keeps of a squashfs file: sha256 (read once, here), size and mtime."""
+    path = Path(path).expanduser().absolute()
+    if not path.is_file():
+        raise RecipeError(f"container.squashfs={path}: no such file (import the image first: "
+                          "enroot import -o FILE.sqsh 'docker://nvcr.io#nvidia/nemo-rl:v0.7.0')")
+    report.console.print(f"hashing {path} ({path.stat().st_size / 2**30:.1f} GiB) ...")
+    stat = path.stat()
+    return {"path": str(path), "sha256": file_sha256(path), "bytes": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns}
+
+
+def check_squashfs(cfg: DictConfig, path: str | Path) -> dict:
+    """Check the squashfs file a Slurm job will run against the lock; what provenance records.
+
+    A file whose size and mtime are those recorded at lock time is taken as the locked one (no
+    20 GB read at every launch); any other file is hashed and refused unless its sha256 is the
+    recorded one (or container.allow_digest_mismatch=true).
+    """
+    path = Path(str(path)).expanduser().absolute()
+    record = {"image": str(path), "lock_file": str(lock_path(cfg)), "locked": None,
+              "source": "squashfs", "status": "unlocked"}
+    if not path.is_file():
+        raise RecipeError(f"launcher.container={path}: no such squashfs file here (it must be on "
+                          "storage the login node and every compute node see)")
+    lock = read_lock(cfg)
+    locked = (lock.squashfs or {}) if lock is not None else {}
+    if locked.get("path") != str(path):
+        report.console.print(f"[yellow]note:[/] {path} is not locked: `gym-dpo stage=lock_image "
+                             f"container.squashfs={path}` records its sha256 for every later launch")
+        return record
+    record["locked"] = "sha256:" + locked["sha256"]
+    stat = path.stat()
+    if (stat.st_size, stat.st_mtime_ns) == (locked.get("bytes"), locked.get("mtime_ns")):
+        record["status"] = "match (size and mtime as locked)"
+        return record
+    actual = file_sha256(path)
+    record["running"] = ["sha256:" + actual]
+    if actual == locked["sha256"]:
+        record["status"] = "match (sha256)"
+        return record
+    record["status"] = "mismatch"
+    message = (f"{path} is sha256:{actual}, but {lock_path(cfg)} recorded sha256:{locked['sha256']} "
+               "for it")
+    if not cfg.container.allow_digest_mismatch:
+        raise RecipeError(f"{message}. Put the locked file back, re-lock with `gym-dpo "
+                          f"stage=lock_image container.squashfs={path}` if the change is intended, "
+                          "or run anyway with container.allow_digest_mismatch=true")
+    report.console.print(f"[yellow]warning:[/] {message}; running anyway "
+                         "(container.allow_digest_mismatch=true)")
+    return record
+
+
 # -- stage=lock_image -----------------------------------------------------------------------------
 def pin_dockerfile(path: Path, reference: str) -> bool:
     """Point `ARG BASE_IMAGE=` of the Dockerfile at `reference` (tag@digest); False if no such line."""
@@ -182,24 +247,39 @@ def pin_dockerfile(path: Path, reference: str) -> bool:
 
 
 def run(cfg: DictConfig) -> Lock:
-    """`gym-dpo stage=lock_image`: record the digest of container.image (pulled here, or given)."""
+    """`gym-dpo stage=lock_image`: record the digest of container.image (pulled here, or given),
+    and with container.squashfs the sha256 of that enroot import of it (no Docker needed then)."""
     image = str(cfg.container.image)
     if "@" in image:
         raise RecipeError(f"container.image={image} already names a digest; give the tag alone "
                           "(the digest goes to the lock file)")
     given = cfg.container.get("digest")
+    squashfs = cfg.container.get("squashfs")
+    earlier = read_lock(cfg)
     if given:
         if not _DIGEST.match(str(given)):
             raise RecipeError(f"container.digest={given} is not sha256:<64 hex digits>")
         lock = Lock(image, str(given), "given")
+    elif squashfs and earlier is not None and earlier.image == image and earlier.digest:
+        lock = Lock(image, earlier.digest, earlier.kind)  # keep the registry digest locked before
+    elif squashfs:
+        lock = Lock(image, "", "squashfs")
     else:
         lock = lock_from_docker(image)
+    if squashfs:
+        lock.squashfs = squashfs_record(Path(str(squashfs)))
+    elif earlier is not None and earlier.image == image:
+        lock.squashfs = earlier.squashfs  # a new registry digest keeps the squashfs entry
     lock.recorded_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     lock.gym_dpo_version = recipe.__version__
     path = lock_path(cfg)
     path.write_text(json.dumps(asdict(lock), indent=2) + "\n")
-    report.console.print(f"locked {image} at {lock.digest} ({lock.kind}) in {path}")
-    if lock.kind != "image_id" and cfg.container.get("dockerfile"):
+    if lock.digest:
+        report.console.print(f"locked {image} at {lock.digest} ({lock.kind}) in {path}")
+    if lock.squashfs:
+        report.console.print(f"locked {lock.squashfs['path']} at sha256:{lock.squashfs['sha256']} "
+                             f"in {path} (launcher=slurm launcher.container={lock.squashfs['path']})")
+    if lock.kind in ("repo", "given") and cfg.container.get("dockerfile"):
         dockerfile = Path(str(cfg.container.dockerfile)).expanduser().absolute()
         if pin_dockerfile(dockerfile, lock.reference):
             report.console.print(f"pinned {dockerfile}: ARG BASE_IMAGE={lock.reference}")

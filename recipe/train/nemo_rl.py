@@ -12,6 +12,11 @@ What this module decides (CONTRACT.md sections 2-3):
   a train split); never `default: null`. No validation entry when there are no val pairs.
 - `policy.tokenizer.name` follows `policy.model_name` unless set; `gym-dpo/tiny` (or any name)
   goes through `recipe.train.tiny_model.resolve_model_name` when that module is installed.
+- Training values chosen for one model (`values_for_model`, e.g. dpo/tiny.yaml) are refused for
+  any other `policy.model_name`: no override can hand a real model the tiny model's lr.
+- `dpo.sft_average_log_probs` left null is written as NeMo RL's own link to
+  `preference_average_log_probs` (`${.preference_average_log_probs}`, as in its dpo.yaml), so it
+  follows that key in NeMo RL and in the CPU runner, whatever overrides come later.
 - `checkpointing.checkpoint_dir` and `logger.log_dir` are absolute (a requeued or rerun job
   with the same folder resumes from its latest step_N).
 - `cluster` comes from the launcher (launcher.gpus_per_node, launcher.nodes).
@@ -31,6 +36,7 @@ from recipe.train.prepared import PreparedData
 
 FILENAME = "nemo_rl_dpo.yaml"
 SECTIONS = ("policy", "dpo", "checkpointing", "logger")  # written whole from our config
+SFT_AVERAGE_LINK = "${.preference_average_log_probs}"   # NeMo RL v0.7.0 dpo.yaml's own value
 
 
 def resolve_model_name(name: str, run_dir: Path, train_file: Path) -> str:
@@ -80,11 +86,28 @@ def data_section(cfg: DictConfig, data: PreparedData) -> dict:
     return section
 
 
+def check_values_for_model(cfg: DictConfig) -> None:
+    """Refuse training values chosen for another model than policy.model_name."""
+    meant = cfg.get("values_for_model")
+    name = str(cfg.policy.model_name)
+    if meant is None or str(meant) == name:
+        return
+    policy, dpo = cfg.policy, cfg.dpo
+    raise RecipeError(
+        f"policy.model_name={name} with training values chosen for {meant} (lr "
+        f"{policy.optimizer.kwargs.lr}, batch {policy.train_global_batch_size}, "
+        f"{dpo.max_num_steps} steps): pick that model's preset (model=<preset>, see configs/model/), "
+        f"or model=hf policy.model_name={name} for NeMo RL's training values")
+
+
 def build(cfg: DictConfig, data: PreparedData, run_dir: Path) -> dict:
     """The NeMo RL YAML document for this run, as a plain dict (nothing written yet)."""
+    check_values_for_model(cfg)
     doc: dict = {"defaults": str(cfg.container.base_config)}
     for name in SECTIONS:
         doc[name] = OmegaConf.to_container(cfg[name], resolve=True)
+    if doc["dpo"].get("sft_average_log_probs") is None:
+        doc["dpo"]["sft_average_log_probs"] = SFT_AVERAGE_LINK
     policy = doc["policy"]
     policy["model_name"] = resolve_model_name(str(policy["model_name"]), run_dir, data.train_path)
     tokenizer = dict(policy.get("tokenizer") or {})

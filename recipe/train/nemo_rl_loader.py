@@ -87,6 +87,15 @@ def load(path: str | Path, _seen: tuple[Path, ...] = ()) -> DictConfig:
     return merge(base, config)
 
 
+def dotted_keys(node, prefix: str = ""):
+    """The dotted keys of a nested mapping's leaves (what an override names); {} is a leaf."""
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            yield from dotted_keys(value, f"{prefix}.{key}" if prefix else str(key))
+    else:
+        yield prefix
+
+
 def parse_overrides(overrides: Iterable[str]) -> list[Override]:
     """Parse with Hydra's override grammar; a NemoRLConfigError names the bad one."""
     try:

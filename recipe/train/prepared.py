@@ -38,10 +38,11 @@ class PreparedData:
         return DATASET_NAMES[self.format]
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """A file's sha256, read in 16 MiB blocks (pair files, squashfs images of tens of GB)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while block := handle.read(1 << 22):
+        while block := handle.read(1 << 24):
             digest.update(block)
     return digest.hexdigest()
 
@@ -117,7 +118,7 @@ def load(folder: str | Path, allow_edited: bool = False) -> PreparedData:
             raise RecipeError(f"{path} is missing although {manifest_path} lists {expected} {split} "
                               "pairs; rerun stage=prepare")
         recorded = outputs.get(split, {}).get("sha256")
-        actual = _sha256(path)
+        actual = file_sha256(path)
         if recorded and actual != recorded and not allow_edited:
             raise RecipeError(f"{path} changed after stage=prepare wrote it (sha256 {actual[:12]}…, "
                               f"manifest says {recorded[:12]}…); rerun stage=prepare, or "

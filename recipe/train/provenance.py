@@ -5,7 +5,8 @@
     command.txt          the exact command as one shell line (what a person would type)
     command.json         argv, working folder, executor, launcher, container spec (env names only)
     provenance.json      gym-dpo version, sha256 of the NeMo RL config, the data manifest's hashes
-                         (inputs, train, val, the manifest itself), the image and its digest check
+                         (inputs, train, val, the manifest itself), the image and its digest check,
+                         and where the composed config came from (a retrained run folder's own)
 
 Nothing here may hold a secret: every text is checked against the secret variables of this
 environment before it is written.
@@ -50,7 +51,7 @@ def write_command(run_dir: Path, argv: list[str], line: str, record: dict, launc
 
 
 def write_provenance(run_dir: Path, config_path: Path, data: PreparedData, image: dict,
-                     launcher: str) -> Path:
+                     launcher: str, config_sources: dict | None = None) -> Path:
     path = run_dir / "provenance.json"
     document = {
         "gym_dpo_version": recipe.__version__,
@@ -63,6 +64,7 @@ def write_provenance(run_dir: Path, config_path: Path, data: PreparedData, image
                  "format": data.format, "train_pairs": data.train_pairs,
                  "val_pairs": data.val_pairs, "sha256": data.hashes},
         "image": image,
+        "recipe_config": config_sources or {"base": "the defaults and the command line"},
     }
     _write(path, json.dumps(document, indent=2) + "\n")
     return path

@@ -24,7 +24,7 @@ from collections import deque
 from pathlib import Path
 
 import yaml
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.markup import escape
 
 import recipe
@@ -92,7 +92,9 @@ def run(cfg: DictConfig) -> int:
     dry_run = bool(cfg.launcher.get("dry_run", False))
     provenance.write_recipe_config(plan.run_dir, cfg)
     provenance.write_command(plan.run_dir, argv, line, record, str(cfg.launcher.name), dry_run)
-    provenance.write_provenance(plan.run_dir, plan.config_path, data, image, str(cfg.launcher.name))
+    sources = cfg.train.get("config_sources")
+    provenance.write_provenance(plan.run_dir, plan.config_path, data, image, str(cfg.launcher.name),
+                                OmegaConf.to_container(sources) if sources is not None else None)
     report.console.print(f"wrote {plan.config_path} ({data.train_pairs} train / {data.val_pairs} "
                          f"val pairs, {data.dataset_name}) and command.txt, provenance.json")
     if dry_run:

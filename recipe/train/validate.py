@@ -18,6 +18,8 @@ from functools import lru_cache
 from importlib import resources
 
 import jsonschema
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from recipe.errors import RecipeError
 from recipe.train import redact
@@ -30,9 +32,18 @@ def schema() -> dict:
                       .read_text())
 
 
+def resolved(doc: dict) -> dict:
+    """`doc` with its OmegaConf interpolations resolved, as NeMo RL's loader resolves them."""
+    return OmegaConf.to_container(OmegaConf.create(doc), resolve=True)
+
+
 def schema_problems(doc: dict) -> list[str]:
     validator = jsonschema.Draft202012Validator(schema())
     problems = []
+    try:
+        doc = resolved(doc)  # e.g. dpo.sft_average_log_probs: ${.preference_average_log_probs}
+    except OmegaConfBaseException as exc:
+        return [f"(interpolation): {exc}"]
     for error in sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path)):
         where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
         problems.append(f"{where}: {error.message}")

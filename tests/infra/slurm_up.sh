@@ -11,8 +11,15 @@
 # prints the `export SLURM_CONF=...` line on stdout and writes it to
 # $STATE/slurm.env, so:   source "$STATE/slurm.env"   (or eval "$(slurm_up.sh)")
 #
-# Idempotent: when both nodes are already idle/allocated it only prints the
-# export line. Stop with slurm_down.sh.
+# Each node has its own loopback address (NodeAddr 127.0.0.2, 127.0.0.3): jobs
+# find a node's address from its Slurm node name (slurm/dpo.sub, as NeMo RL's
+# ray.sub: DNS, else Slurm's NodeAddr), and Ray needs one address per node
+# (127.0.0.1 itself is replaced by the host's outward address, see README.md).
+#
+# Idempotent: when both nodes are already idle/allocated with this very
+# slurm.conf it only prints the export line; a cluster started with another
+# slurm.conf (an older version of this script) is restarted. Stop with
+# slurm_down.sh.
 #
 # Env knobs:
 #   INFRA_STATE          state folder (default /var/tmp/gym-dpo-infra)
@@ -53,18 +60,6 @@ print_env() {
     echo "export SLURM_CONF=$CONF" >"$ENV_FILE"
     cat "$ENV_FILE"
 }
-
-# (Check the pid first: sinfo retries for ~10 s when no controller answers.)
-if pid_alive "$SDIR/slurmctld.pid" && [[ -f $CONF ]] && nodes_ready; then
-    log "cluster already up"
-    print_env
-    exit 0
-fi
-
-# ---------------------------------------------------------------- install ----
-if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null; then
-    apt_install slurm-wlm
-fi
 
 # ------------------------------------------------------------- slurm.conf ----
 mkdir -p "$SDIR/ctld"
@@ -127,10 +122,29 @@ MinJobAge=300
 KillWait=5
 Waittime=0
 
-NodeName=node[1-2] NodeHostname=$HOST NodeAddr=127.0.0.1 Port=[$SLURM_NODE_PORTS] CPUs=2 RealMemory=$SLURM_NODE_MEM_MB State=UNKNOWN
+$(for i in "${!NODES[@]}"; do
+    echo "NodeName=${NODES[$i]} NodeHostname=$HOST NodeAddr=127.0.0.$((i + 2)) Port=$((${SLURM_NODE_PORTS%-*} + i)) CPUs=2 RealMemory=$SLURM_NODE_MEM_MB State=UNKNOWN"
+done)
 PartitionName=debug Nodes=node[1-2] Default=YES MaxTime=INFINITE State=UP
 EOF
+
+# (Check the pid first: sinfo retries for ~10 s when no controller answers.)
+if pid_alive "$SDIR/slurmctld.pid" && [[ -f $CONF ]]; then
+    if cmp -s "$CONF" "$CONF.tmp" && nodes_ready; then
+        rm -f "$CONF.tmp"
+        log "cluster already up"
+        print_env
+        exit 0
+    fi
+    log "the running cluster has another slurm.conf (or is not ready): restarting it"
+    bash "$(dirname "${BASH_SOURCE[0]}")/slurm_down.sh" >&2
+fi
 mv "$CONF.tmp" "$CONF"
+
+# ---------------------------------------------------------------- install ----
+if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null; then
+    apt_install slurm-wlm
+fi
 
 # ---------------------------------------------------------------- daemons ----
 # Both daemons fork into the background themselves (own session) and write

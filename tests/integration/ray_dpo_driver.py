@@ -2,8 +2,9 @@
 
 Same command line (`--config FILE [overrides]`). Like run_dpo.py it joins the Ray cluster the job
 started (`ray.init(address="auto")`; dpo.sub exports RAY_ADDRESS), then it logs one line the tests
-read (the alive nodes, where a task pinned to each node ran, the Slurm restart count) and trains
-with gym-dpo's CPU runner (python -m recipe.train.local_dpo, same arguments).
+read (the alive nodes with their CPUs and GPUs, where a task pinned to each node ran, how it
+authenticated, the Slurm restart count) and trains with gym-dpo's CPU runner (python -m
+recipe.train.local_dpo, same arguments).
 
 GYM_DPO_TEST_FIRST_ATTEMPT_STEP_SECONDS (test only): on the job's first attempt
 (SLURM_RESTART_COUNT unset or 0) sleep that long after every optimizer step, so a test can requeue
@@ -31,9 +32,16 @@ def ray_check() -> dict:
 
     pinned = [where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
               .remote() for node in nodes]
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
     seen = {"nodes": sorted(node["NodeManagerAddress"] for node in nodes),
             "task_ips": sorted(ray.get(pinned, timeout=120)),
             "cpus": ray.cluster_resources().get("CPU"),
+            "resources": {node["NodeManagerAddress"]: {k: node["Resources"].get(k, 0) for k in ("CPU", "GPU")}
+                          for node in nodes},
+            # how the driver authenticated to the job's Ray cluster
+            "auth": {"mode": os.environ.get("RAY_AUTH_MODE"), "token_auth": is_token_auth_enabled(),
+                     "token_path": os.environ.get("RAY_AUTH_TOKEN_PATH"), "home": os.environ.get("HOME")},
             "restart": int(os.environ.get("SLURM_RESTART_COUNT") or 0),
             "ray_address": os.environ.get("RAY_ADDRESS"),
             # what the job env file set beyond dpo.sub's own variables (launcher.hf_cache, launcher.env)

@@ -3,6 +3,11 @@
 Prepare, then the train stage writes nemo_rl_dpo.yaml, runs preflight and launches the CPU runner
 (TRL) in a subprocess, which trains the tiny model for 30 steps; then a rerun on the same
 checkpoint folder resumes from the latest step_N, exactly, as a requeued Slurm job must.
+
+Whether NeMo RL's dpo.yaml (the written YAML's parent) is on the machine is pinned, never taken
+from the machine: the main run points container.base_config at a path that does not exist (the
+"not on this machine" path), and one short run inherits NeMo RL v0.7.0's own dpo.yaml from
+../shared/reference/ at /opt/nemo-rl's layout in a temp folder.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ SAMPLE = REPO / "samples" / "rollouts.jsonl"
 STEPS = 30
 
 
+def no_parent(tmp: Path) -> Path:
+    return tmp / "no-nemo-rl" / "examples" / "configs" / "dpo.yaml"  # never created
+
+
 def environment(tmp: Path) -> dict:
     return {**os.environ, "GYM_DPO_CACHE": str(tmp / "cache"), "HF_HUB_OFFLINE": "1"}
 
@@ -45,7 +54,8 @@ def run(tmp_path_factory) -> Path:
     if not SAMPLE.is_file():
         pytest.skip("samples/rollouts.jsonl is not there")
     tmp = tmp_path_factory.mktemp("local_cpu")
-    result = subprocess.run([*gym_dpo(), "stage=all", f"data.input={SAMPLE}", f"run_dir={tmp / 'run'}"],
+    result = subprocess.run([*gym_dpo(), "stage=all", f"data.input={SAMPLE}", f"run_dir={tmp / 'run'}",
+                             f"container.base_config={no_parent(tmp)}"],
                             cwd=tmp, env=environment(tmp), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (tmp / "run" / "cli.out").write_text(result.stdout + result.stderr)
@@ -55,7 +65,7 @@ def run(tmp_path_factory) -> Path:
 def test_stage_all_trains_the_tiny_model_on_the_sample(run):
     log = (run / "cli.out").read_text()
     doc = yaml.safe_load((run / "nemo_rl_dpo.yaml").read_text())
-    assert doc["defaults"] == "/opt/nemo-rl/examples/configs/dpo.yaml"  # the same file the GPU profiles write
+    assert doc["defaults"] == str(no_parent(run.parent))
     assert "is not on this machine: reading nemo_rl_dpo.yaml alone" in log
     assert "recipe.train.local_dpo --config" in (run / "command.txt").read_text()
 
@@ -102,3 +112,23 @@ def test_a_rerun_on_the_same_checkpoints_resumes_exactly(run, tmp_path):
     for row in rows[20:STEPS]:
         assert row["train:loss"] == pytest.approx(original[row["step"]], rel=1e-4), row["step"]
     assert (copy / "checkpoints" / "step_34" / "training_info.json").is_file()
+
+
+def test_with_nemo_rls_dpo_yaml_the_run_inherits_it(tmp_path):
+    """The other path: the parent is there, so the CPU runner reads the file as NeMo RL does."""
+    sys.path.insert(0, str(REPO / "tests" / "unit"))
+    from train_helpers import REFERENCE_DPO, fake_nemo_rl
+
+    if not REFERENCE_DPO.is_file():
+        pytest.skip(f"no {REFERENCE_DPO} (the team's shared reference files)")
+    nemo_rl_dir = fake_nemo_rl(tmp_path / "c")
+    result = subprocess.run([*gym_dpo(), "stage=all", f"data.input={SAMPLE}", f"run_dir={tmp_path / 'run'}",
+                             f"container.nemo_rl_dir={nemo_rl_dir}", "dpo.max_num_steps=2",
+                             "dpo.val_period=1", "checkpointing.save_period=2"],
+                            cwd=tmp_path, env=environment(tmp_path), capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    doc = yaml.safe_load((tmp_path / "run" / "nemo_rl_dpo.yaml").read_text())
+    assert doc["defaults"] == str(nemo_rl_dir / "examples" / "configs" / "dpo.yaml")
+    assert "is not on this machine" not in result.stdout + result.stderr
+    assert [r["step"] for r in train_rows(tmp_path / "run")] == [1, 2]

@@ -2,17 +2,22 @@
 
 Bare-metal (`launcher.container=null`): the Python environment on the "shared FS" is this
 machine's, and both nodes (node1, node2: two slurmd on this host) see the same folders. The job
-is slurm/dpo.sub as gym-dpo renders and submits it: a Ray head on node1 (127.0.0.2), a worker on
-node2 (127.0.0.3), ports set through launcher.ports so both fit on one host; the driver (the
+is slurm/dpo.sub as gym-dpo renders and submits it, with its default Ray ports (all below 9000;
+head and worker ports differ, so both fit on one host): a Ray head on node1 and a worker on node2,
+at the addresses their Slurm node names resolve to (here Slurm's NodeAddr: 127.0.0.2, 127.0.0.3),
+each with the job's CPUs per node; the cluster has no GPUs, so each node's Ray advertises one
+(RAY_NUM_GPUS=1) and the job waits for launcher.gpus_per_node=1 per node. The driver (the
 launcher.runner command) is tests/integration/ray_dpo_driver.py, which joins the Ray cluster as
-run_dpo.py does, logs what it sees and trains with the CPU runner. Container mode needs pyxis,
-which this cluster does not have: its flags are checked on the rendered files, and the sbatch
-command gym-dpo builds is validated by the real sbatch (--test-only).
+run_dpo.py does, logs what it sees and trains with the CPU runner. Each job runs with a HOME of
+its own, with or without a `~/.ray/auth_token` (what any local ray.init() leaves behind).
+Container mode needs pyxis, which this cluster does not have: its flags are checked on the
+rendered files, and the sbatch command gym-dpo builds is validated by the real sbatch (--test-only).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -28,11 +33,9 @@ from engines import REPO, SAMPLE, gym_dpo_cli, run, slurm_cluster, unavailable
 pytestmark = pytest.mark.integration
 DRIVER = Path(__file__).resolve().with_name("ray_dpo_driver.py")
 BIN = Path(sys.executable).parent
-HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
-# below the ephemeral range and away from the test cluster's Slurm ports (17000-17002)
-PORTS = ["launcher.ports.gcs=18379", "launcher.ports.dashboard=18265", "launcher.ports.head_base=18400",
-         "launcher.ports.worker_base=18500", "launcher.ports.head_worker_range=18600-18699",
-         "launcher.ports.worker_worker_range=18700-18799"]
+HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"  # the test cluster's NodeAddr of node1, node2
+# the default ports, but the dashboard's: a local Ray of another program may hold 8265
+PORTS = ["launcher.ports.dashboard=18265"]
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
             "DEADLINE", "PREEMPTED"}
 
@@ -64,19 +67,33 @@ def ray_temp():
     assert not leftover, f"Ray processes outlived the job: {leftover}"
 
 
-def submit(tmp_path, prepared, ray_temp, *more, check=True):
+@pytest.fixture(params=["no_ray_token", "ray_token_in_home"])
+def home(request, tmp_path):
+    """The HOME the job runs with (sbatch passes the environment on): pinned per test, with or
+    without the ~/.ray/auth_token a local ray.init() writes, whatever this machine's HOME holds."""
+    folder = tmp_path / "home"
+    folder.mkdir()
+    if request.param == "ray_token_in_home":
+        (folder / ".ray").mkdir()
+        (folder / ".ray" / "auth_token").write_text("f" * 64)  # not this job's token
+    return folder
+
+
+def submit(tmp_path, prepared, ray_temp, *more, check=True, home=None):
     """gym-dpo stage=train launcher=slurm, bare-metal on both nodes; returns (result, run_dir)."""
     run_dir = tmp_path / "run"
+    env = {**os.environ, "HOME": str(home or tmp_path / "home")}
+    Path(env["HOME"]).mkdir(exist_ok=True)
     result = run([*gym_dpo_cli(), "stage=train", f"data.output_dir={prepared}", f"run_dir={run_dir}",
                   "launcher=slurm", "launcher.container=null", "launcher.nodes=2", "launcher.gres=false",
                   "launcher.time=00:20:00", "launcher.node_timeout=180", "launcher.gpus_per_node=1",
+                  "+launcher.env.RAY_NUM_GPUS=1",  # a GPU-less cluster: each Ray node claims one
                   "policy.train_micro_batch_size=4",  # 8 pairs a step over 2 nodes x 1 "GPU"
                   f"launcher.runner=[{sys.executable},{DRIVER}]", f"launcher.workdir={REPO}",
-                  f"launcher.python={sys.executable}", f"launcher.ray={BIN / 'ray'}",
-                  f"launcher.head_ip={HEAD_IP}", f"launcher.worker_ip={WORKER_IP}", *PORTS,
+                  f"launcher.python={sys.executable}", f"launcher.ray={BIN / 'ray'}", *PORTS,
                   f"+launcher.env.RAY_TEMP_ROOT={ray_temp}", "+launcher.env.RAY_USAGE_STATS_ENABLED=0",
                   "dpo.val_period=2", "checkpointing.save_period=2", *more],
-                 cwd=tmp_path, check=check, timeout=900)
+                 cwd=tmp_path, check=check, timeout=900, env=env)
     return result, run_dir
 
 
@@ -105,21 +122,37 @@ def driver_line(log: Path) -> dict:
     return json.loads(line.split(" ", 1)[1])
 
 
-def test_two_nodes_ray_head_and_worker_train_and_return_the_exit_code(tmp_path, prepared, ray_temp):
-    # launcher.wait=true: gym-dpo returns when the job has ended, with its exit code
+def test_two_nodes_ray_head_and_worker_train_and_return_the_exit_code(tmp_path, prepared, ray_temp,
+                                                                     home):
+    # launcher.wait=true: gym-dpo returns when the job has ended, with its exit code. With a Ray
+    # token in HOME the job is also not exclusive: it asks for its CPUs (launcher.cpus_per_node)
+    token_in_home = (home / ".ray" / "auth_token").is_file()
+    cpus = ["launcher.exclusive=false", "launcher.cpus_per_node=2"] if token_in_home else []
     result, run_dir = submit(tmp_path, prepared, ray_temp, "launcher.wait=true", "dpo.max_num_steps=4",
-                             f"launcher.hf_cache={tmp_path / 'hf'}", "+launcher.env.GYM_DPO_TEST_MARK=set")
+                             f"launcher.hf_cache={tmp_path / 'hf'}", "+launcher.env.GYM_DPO_TEST_MARK=set",
+                             *cpus, home=home)
     job = job_id(run_dir)
     info = job_info(job)
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0"
     assert info["NodeList"] == "node[1-2]" and info["NumNodes"] == "2"
     logs = run_dir / "slurm" / "logs" / job
-    assert "all 2 Ray nodes joined" in (logs / "head.log").read_text()
+    batch = (logs / "batch.log").read_text()
+    assert f"node node1: {HEAD_IP}" in batch and f"node node2: {WORKER_IP}" in batch  # by node name
+    assert "all 2 Ray nodes joined, 1 GPU(s) each" in (logs / "head.log").read_text()
     assert "Ray runtime started" in (logs / "worker-0.log").read_text()  # the worker on node2
     seen = driver_line(logs / "driver.log")
     assert seen["nodes"] == [HEAD_IP, WORKER_IP]       # the driver sees both Ray nodes ...
     assert seen["task_ips"] == [HEAD_IP, WORKER_IP]    # ... and ran a task on each
-    assert seen["ray_address"] == f"{HEAD_IP}:18379" and seen["restart"] == 0
+    assert seen["ray_address"] == f"{HEAD_IP}:1200" and seen["restart"] == 0  # default GCS port
+    # every CPU Slurm gave each node (2), exclusive or asked for, and the GPU each claimed
+    assert seen["resources"] == {ip: {"CPU": 2.0, "GPU": 1.0} for ip in (HEAD_IP, WORKER_IP)}
+    # the job's own token, the same for every Ray process, whatever HOME holds
+    assert seen["auth"] == {"mode": "token", "token_auth": True, "home": str(home),
+                            "token_path": str(logs / "ray_auth_token")}
+    if token_in_home:
+        assert (home / ".ray" / "auth_token").read_text() == "f" * 64  # untouched
+    else:
+        assert not (home / ".ray" / "auth_token").exists()  # and none left behind
     assert seen["hf_home"] == str(tmp_path / "hf") and seen["mark"] == "set"  # job.env reaches the driver
     driver = (logs / "driver.log").read_text()
     assert "[local_dpo] at step 4 of 4" in driver
@@ -127,7 +160,23 @@ def test_two_nodes_ray_head_and_worker_train_and_return_the_exit_code(tmp_path, 
     assert "nodes node[1-2]" in (logs / "batch.log").read_text()
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) == ["step_2", "step_4"]
     env = (run_dir / "slurm" / "job.env").read_text()
-    assert "CONTAINER=''" in env and "RAY_GCS_PORT=18379" in env and f"RAY_WORKER_IP={WORKER_IP}" in env
+    assert "CONTAINER=''" in env and "RAY_GCS_PORT=1200" in env and "GPUS_PER_NODE=1" in env
+
+
+def test_a_node_whose_gpus_ray_cannot_see_fails_the_job_by_name(tmp_path, prepared, ray_temp):
+    """node2's Ray comes up without its GPU: the job ends at the wait, naming the node, instead of
+    a driver that dies later on NeMo RL's "Not enough GPUs"."""
+    setup = 'if [[ $SLURMD_NODENAME == node2 ]]; then RAY_NUM_GPUS=0; fi'
+    started = time.monotonic()
+    result, run_dir = submit(tmp_path, prepared, ray_temp, "launcher.wait=true",
+                             f"launcher.setup='{setup}'", check=False)
+    job = job_id(run_dir)
+    assert job_info(job)["JobState"] == "FAILED" and result.returncode == 1
+    logs = run_dir / "slurm" / "logs" / job
+    head = (logs / "head.log").read_text()
+    assert f"Ray node node2 ({WORKER_IP}) joined with 0 of 1 GPUs" in head, head[-3000:]
+    assert not (logs / "driver.log").exists()
+    assert time.monotonic() - started < 170  # failed at once, not at launcher.node_timeout (180 s)
 
 
 def test_a_failing_driver_fails_the_job_with_its_exit_code(tmp_path, prepared, ray_temp):
@@ -200,7 +249,9 @@ def test_container_mode_renders_the_pyxis_flags(tmp_path, prepared, cluster):
     env = subprocess.run(["bash", "-c", f"source {run_dir / 'slurm' / 'job.env'}; "
                           'printf "%s\\n" "$CONTAINER" "$CONTAINER_MOUNTS" "$WORKDIR" "$COMMAND"'],
                          capture_output=True, text=True, check=True).stdout.splitlines()
-    assert env[0] == f"nvcr.io#nvidia/nemo-rl:v0.7.0@{digest}"  # enroot's registry#image, pinned
+    # enroot's registry#image; the tag alone, as enroot < 4.0.0 refuses tag@digest (the README's
+    # pin for every enroot is a squashfs file: tests/unit/test_slurm.py)
+    assert env[0] == "nvcr.io#nvidia/nemo-rl:v0.7.0" and "enroot before 4.0.0" in result.stderr
     mounts = env[1].split(",")
     assert f"{run_dir}:{run_dir}" in mounts and f"{prepared}:{prepared}:ro" in mounts
     assert "/shared/hf:/shared/hf" in mounts and "/lustre/me:/lustre/me" in mounts

@@ -89,6 +89,24 @@ def test_the_dockerfile_pins_base_image_by_tag_and_digest():
     assert "GYM_DPO_BASE_IMAGE" in text and "pip install" in text and "-e" not in text.split("pip install")[1].split("\n")[0]
 
 
+def test_lock_a_squashfs_file_keeps_the_registry_digest(tmp_path):
+    (tmp_path / "Dockerfile").write_text(f"ARG BASE_IMAGE={TAG}@sha256:PLACEHOLDER\n")
+    image = tmp_path / "nemo-rl.sqsh"
+    image.write_bytes(b"hsqs-0123")
+    only = container.run(cfg_for(tmp_path, f"container.squashfs={image}"))  # no Docker asked
+    assert (only.digest, only.kind, only.reference) == ("", "squashfs", TAG)
+    assert only.squashfs["sha256"] == container.file_sha256(image) and only.squashfs["bytes"] == 9
+    assert "PLACEHOLDER" in (tmp_path / "Dockerfile").read_text()  # no registry digest to pin
+    assert container.check(cfg_for(tmp_path), None, "baked")["status"] == "unlocked"
+    container.run(cfg_for(tmp_path, f"container.digest={D1}"))
+    both = container.run(cfg_for(tmp_path, f"container.squashfs={image}"))
+    assert (both.digest, both.kind) == (D1, "given") and both.squashfs["path"] == str(image)
+    recorded = json.loads((tmp_path / "lock.json").read_text())
+    assert recorded["digest"] == D1 and recorded["squashfs"]["sha256"] == both.squashfs["sha256"]
+    with pytest.raises(RecipeError, match="no such file"):
+        container.run(cfg_for(tmp_path, f"container.squashfs={tmp_path / 'missing.sqsh'}"))
+
+
 def test_lock_image_is_a_cli_stage(tmp_path):
     result = subprocess.run([sys.executable, "-m", "recipe", "stage=lock_image", f"container.digest={D2}",
                              f"container.lock_file={tmp_path / 'lock.json'}", "container.dockerfile=null",

@@ -75,7 +75,26 @@ def test_written_yaml_follows_nemo_rl_rules(tmp_path):
     assert doc["checkpointing"]["checkpoint_dir"] == str(run / "checkpoints")
     assert doc["logger"]["log_dir"] == str(run / "logs")
     assert doc["cluster"] == {"gpus_per_node": 1, "num_nodes": 1}
-    assert "${" not in plan.config_path.read_text()  # everything of ours resolved
+    text = plan.config_path.read_text()  # everything of ours resolved; NeMo RL's one link kept
+    assert text.count("${") == 1 and doc["dpo"]["sft_average_log_probs"] == "${.preference_average_log_probs}"
+
+
+def test_sft_average_log_probs_keeps_nemo_rls_link_unless_set(tmp_path):
+    """Issue 17 item 3: upstream ties it to preference_average_log_probs; we wrote `false`."""
+    from recipe.train import nemo_rl_loader
+    from train_helpers import REFERENCE_DPO, fake_nemo_rl
+
+    nemo_rl_dir = fake_nemo_rl(tmp_path / "c")
+    doc, plan, _ = _write(tmp_path, f"container.nemo_rl_dir={nemo_rl_dir}")
+    for overrides, expected in (([], False), (["dpo.preference_average_log_probs=true"], True)):
+        loaded = nemo_rl_loader.resolved(nemo_rl_loader.load_with_overrides(plan.config_path, overrides))
+        assert loaded["dpo"]["sft_average_log_probs"] is expected, overrides  # follows, as upstream
+    alone = OmegaConf.load(plan.config_path)  # the CPU runner without NeMo RL reads the file alone
+    alone.dpo.preference_average_log_probs = True
+    assert alone.dpo.sft_average_log_probs is True
+    assert "sft_average_log_probs: ${.preference_average_log_probs}" in REFERENCE_DPO.read_text()
+    set_doc, _, _ = _write(tmp_path / "b", "dpo.sft_average_log_probs=true")
+    assert set_doc["dpo"]["sft_average_log_probs"] is True  # the user's value, written as given
 
 
 def test_command_line_overrides_reach_the_written_yaml(tmp_path):

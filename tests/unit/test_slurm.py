@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -59,7 +61,29 @@ def test_sbatch_command(tmp_path):
     assert plan.nemo_rl["cluster"] == {"gpus_per_node": 8, "num_nodes": 2}
 
 
-def test_job_env_with_a_container_pinned_to_the_lock(tmp_path):
+def test_cpus_per_node_and_the_job_env_for_the_wait(tmp_path):
+    """Issue 17 items 6, 7, 9: the CPUs, the GPUs to wait for and Ray's auth reach the job."""
+    plan = plan_for(tmp_path, "launcher.exclusive=false", "launcher.cpus_per_node=16",
+                    "launcher.gpus_per_node=8")
+    argv = slurm.build_command(plan)
+    assert "--cpus-per-task=16" in argv and "--exclusive" not in argv
+    env = slurm.job_env(plan)
+    assert (env["CPUS_PER_NODE"], env["GPUS_PER_NODE"], env["RAY_AUTH"]) == ("16", "8", "token")
+    whole = plan_for(tmp_path / "b")  # exclusive: the node's CPUs, counted by the job itself
+    assert not any(a.startswith("--cpus-per-task") for a in slurm.build_command(whole))
+    assert slurm.job_env(whole)["CPUS_PER_NODE"] == ""
+    with pytest.raises(RecipeError, match="launcher.exclusive=false: Slurm gives such a job one CPU"):
+        slurm.build_command(plan_for(tmp_path / "c", "launcher.exclusive=false"))
+    with pytest.raises(RecipeError, match="cpus_per_node=4 is fewer than launcher.gpus_per_node=8"):
+        slurm.build_command(plan_for(tmp_path / "d", "launcher.cpus_per_node=4"))
+    assert slurm.job_env(plan_for(tmp_path / "e", "launcher.ray_auth=disabled"))["RAY_AUTH"] == "disabled"
+    with pytest.raises(RecipeError, match="launcher.ray_auth='none'"):
+        slurm.job_env(plan_for(tmp_path / "f", "launcher.ray_auth=none"))
+
+
+def test_job_env_with_a_locked_registry_image(tmp_path, capsys):
+    """Issue 17 item 4: enroot before 4.0.0 refuses `tag@sha256:`, so pyxis gets the tag unless
+    launcher.digest_reference=true says the cluster's enroot takes digests."""
     (tmp_path / "lock.json").write_text(json.dumps(
         {"image": "nvcr.io/nvidia/nemo-rl:v0.7.0", "digest": D1, "kind": "repo"}))
     plan = plan_for(tmp_path, "launcher.hf_cache=/shared/hf")
@@ -68,12 +92,52 @@ def test_job_env_with_a_container_pinned_to_the_lock(tmp_path):
                   "LOG_ROOT", "HF_HOME", "WORKDIR")
     run, data = tmp_path / "run", tmp_path / "data"
     assert env["COMMAND"] == f"uv run python examples/run_dpo.py --config {run / 'nemo_rl_dpo.yaml'}"
-    assert env["CONTAINER"] == f"nvcr.io#nvidia/nemo-rl:v0.7.0@{D1}"
+    assert env["CONTAINER"] == "nvcr.io#nvidia/nemo-rl:v0.7.0"  # every enroot takes it
     assert env["CONTAINER_MOUNTS"].split(",") == [f"{run}:{run}", f"{data}:{data}:ro", "/shared/hf:/shared/hf"]
     assert env["LOG_ROOT"] == str(run / "slurm" / "logs") and env["HF_HOME"] == "/shared/hf"
     assert env["WORKDIR"] == "/opt/nemo-rl"
     assert (run / "slurm" / "dpo.sub").read_text() == SCRIPT.read_text()
-    assert slurm.check_image(plan)["status"] == "pinned"
+    assert slurm.check_image(plan) == {"image": "nvcr.io/nvidia/nemo-rl:v0.7.0", "locked": D1,
+                                       "lock_file": str(tmp_path / "lock.json"), "source": "pyxis",
+                                       "status": "tag (digest not enforced)"}
+    assert "enroot before 4.0.0 refuses tag@digest" in capsys.readouterr().err
+    digest = plan_for(tmp_path / "b", f"container.lock_file={tmp_path / 'lock.json'}",
+                      "launcher.digest_reference=true")
+    assert slurm.job_env(digest)["CONTAINER"] == f"nvcr.io#nvidia/nemo-rl:v0.7.0@{D1}"
+    assert slurm.check_image(digest)["status"] == "pinned"
+
+
+def test_a_squashfs_image_is_pinned_by_its_locked_sha256(tmp_path):
+    """The pin every pyxis/enroot takes: a squashfs file, whose sha256 stage=lock_image records."""
+    from recipe.train import container
+
+    image = tmp_path / "shared" / "nemo-rl+v0.7.0.sqsh"
+    image.parent.mkdir()
+    image.write_bytes(b"hsqs" + b"\0" * 4096)
+    lock_cfg = compose_config("data.input=x", f"container.lock_file={tmp_path / 'lock.json'}",
+                              f"container.squashfs={image}", "container.dockerfile=null")
+    unlocked = plan_for(tmp_path, f"launcher.container={image}")
+    assert slurm.check_image(unlocked)["status"] == "unlocked"
+    container.run(lock_cfg)
+    plan = plan_for(tmp_path / "b", f"container.lock_file={tmp_path / 'lock.json'}",
+                    f"launcher.container={image}")
+    slurm.write_files(plan)
+    env = sourced(tmp_path / "b" / "run" / "slurm" / "job.env", "CONTAINER")
+    assert env["CONTAINER"] == str(image) and "@" not in env["CONTAINER"]
+    record = slurm.check_image(plan)
+    assert record["status"] == "match (size and mtime as locked)"
+    assert record["locked"] == "sha256:" + container.file_sha256(image)
+    os.utime(image, ns=(1, 1))                      # touched, same bytes: hashed, still the one
+    assert slurm.check_image(plan)["status"] == "match (sha256)"
+    image.write_bytes(b"hsqs" + b"\1" * 4096)       # replaced by another import
+    with pytest.raises(RecipeError, match="but .*lock.json recorded sha256:"):
+        slurm.check_image(plan)
+    allowed = plan_for(tmp_path / "c", f"container.lock_file={tmp_path / 'lock.json'}",
+                       f"launcher.container={image}", "container.allow_digest_mismatch=true")
+    assert slurm.check_image(allowed)["status"] == "mismatch"
+    image.unlink()
+    with pytest.raises(RecipeError, match="no such squashfs file"):
+        slurm.check_image(plan)
 
 
 def test_bare_metal_job_env(tmp_path):
@@ -90,9 +154,23 @@ def test_bare_metal_job_env(tmp_path):
 
 def test_overlapping_ray_ports_are_refused(tmp_path):
     with pytest.raises(RecipeError, match="must not overlap"):
-        slurm.job_env(plan_for(tmp_path, "launcher.ports.worker_worker_range=10400-10600"))
+        slurm.job_env(plan_for(tmp_path, "launcher.ports.worker_worker_range=2400-2600"))
     with pytest.raises(RecipeError, match="must all differ"):
-        slurm.job_env(plan_for(tmp_path / "b", "launcher.ports.worker_base=53003"))
+        slurm.job_env(plan_for(tmp_path / "b", "launcher.ports.worker_base=1303"))
+    with pytest.raises(RecipeError, match="must all differ"):
+        slurm.job_env(plan_for(tmp_path / "c", "launcher.ports.client=1200"))
+
+
+def test_every_default_ray_port_is_below_9000(tmp_path):
+    """Issue 17 item 8: 9000-65000 is the ephemeral range of some DGX/GB200 nodes (NeMo RL's
+    ray.sub moved every port below 9000); ours were 53000-53105 and 10002-11000."""
+    env = slurm.job_env(plan_for(tmp_path))
+    ports = [int(env[k]) for k in ("RAY_GCS_PORT", "RAY_CLIENT_PORT", "RAY_DASHBOARD_PORT")]
+    ports += [int(env[k]) + 5 for k in ("RAY_HEAD_PORT_BASE", "RAY_WORKER_PORT_BASE")]
+    ports += [int(v) for k in ("RAY_HEAD_WORKER_PORTS", "RAY_WORKER_WORKER_PORTS") for v in env[k].split("-")]
+    assert max(ports) < 9000, env
+    script_defaults = re.findall(r"^RAY_\w+PORTS?\w*=\$\{\w+:-([\d-]+)\}", SCRIPT.read_text(), re.M)
+    assert len(script_defaults) == 7 and all(int(v) < 9000 for d in script_defaults for v in d.split("-"))
 
 
 def test_pyxis_image_names():
@@ -107,62 +185,99 @@ def _exe(path: Path, text: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
+# A stand-in for the `ray` package the head's wait imports: ray.nodes() shows the nodes of
+# FAKE_RAY_NODES (JSON), a worker only once its `ray start --address` ran (the calls log says).
+FAKE_RAY_MODULE = '''\
+import json, os
+def init(address=None, logging_level=None):
+    with open(os.environ["FAKE_CALLS"], "a") as log:
+        log.write(f"python ray.init {address} auth={os.environ.get('RAY_AUTH_MODE')}\\n")
+def nodes():
+    started = open(os.environ["FAKE_CALLS"]).read().count("ray start --address")
+    listed = json.loads(os.environ["FAKE_RAY_NODES"])
+    return listed[:1 + started]
+def cluster_resources():
+    return {"CPU": sum(n["Resources"].get("CPU", 0) for n in nodes())}
+'''
+
+
 @pytest.fixture
 def fake_slurm(tmp_path):
-    """srun/scontrol/ray/python stand-ins on PATH: srun runs each node's script here and records
-    its options; `ray start --block` blocks until its step is ended (SIGTERM)."""
-    bin_dir = tmp_path / "bin"
+    """srun/scontrol/getent/ray stand-ins on PATH and a `ray` module for the head's wait: srun runs
+    each node's script here (as node1 or node2) and records its options; `ray start --block`
+    records its arguments and auth environment, then blocks until its step is ended (SIGTERM)."""
+    bin_dir, module_dir = tmp_path / "bin", tmp_path / "pymodules"
+    (module_dir / "ray").mkdir(parents=True)
     bin_dir.mkdir()
+    (module_dir / "ray" / "__init__.py").write_text(FAKE_RAY_MODULE)
     calls = tmp_path / "calls"
     _exe(bin_dir / "scontrol", """\
         #!/bin/bash
         [[ "$1 $2" == "show hostnames" ]] && printf 'node1\\nnode2\\n'
+        [[ "$1 $2 $3" == "show node node1" ]] && echo "NodeName=node1 Arch=x86_64 NodeAddr=${FAKE_ADDR1:-127.0.0.2} NodeHostName=vm"
+        [[ "$1 $2 $3" == "show node node2" ]] && echo "NodeName=node2 Arch=x86_64 NodeAddr=${FAKE_ADDR2:-127.0.0.3} NodeHostName=vm"
+        exit 0
         """)
+    _exe(bin_dir / "getent", """\
+        #!/bin/bash
+        # names resolve only where the test says so (FAKE_HOSTS="node1=10.0.0.1 ..."), like DNS
+        for pair in ${FAKE_HOSTS:-}; do [[ "${pair%%=*}" == "$2" ]] && { echo "${pair#*=}  $2"; exit 0; }; done
+        exit 2
+        """)
+    _exe(bin_dir / "host", "#!/bin/bash\nexit 1\n")
     _exe(bin_dir / "srun", f"""\
         #!/bin/bash
         echo "srun $*" >> {calls}
-        out=/dev/stdout; for a in "$@"; do case $a in --output=*) out=${{a#--output=}};; esac; done
+        out=/dev/stdout; node=node1
+        for a in "$@"; do case $a in --output=*) out=${{a#--output=}};; --exclude=*) node=node2;; esac; done
         out=${{out//%t/0}}
         script=${{@: -1}}
-        bash -c "$script" >> "$out" 2>&1 &
+        SLURMD_NODENAME=$node bash -c "$script" >> "$out" 2>&1 &
         child=$!
         trap 'kill -TERM $child 2>/dev/null' TERM   # as srun passes SIGTERM on to its tasks
         wait $child
         """)
     _exe(bin_dir / "ray", f"""\
         #!/bin/bash
-        echo "ray $*" >> {calls}
+        echo "ray $* auth=$RAY_AUTH_MODE path=${{RAY_AUTH_TOKEN_PATH:-}} token=${{RAY_AUTH_TOKEN:-}}" >> {calls}
         if [[ " $* " == *" --block "* ]]; then for _ in $(seq 300); do sleep 0.1; done; fi
         """)
-    _exe(bin_dir / "fakepython", f"""\
-        #!/bin/bash
-        # like the real check: publish the head's address, return once the worker has joined
-        printf %s "$RAY_ADDRESS" > "$ADDRESS_FILE"
-        for _ in $(seq 100); do grep -q "^ray start --address" {calls} && break; sleep 0.1; done
-        echo "python waits for $NUM_NODES nodes" >> {calls}
-        cat > /dev/null
-        """)
-    return bin_dir, calls
+    return bin_dir, module_dir, calls
+
+
+def node(address: str, gpus: float = 1) -> dict:
+    return {"NodeManagerAddress": address, "Alive": True, "Resources": {"CPU": 2.0, "GPU": gpus}}
+
+
+def run_script(tmp_path, fake_slurm, *, command="echo driver in $PWD; exit 7", nodes=None,
+               job=None, env=None):
+    """Run slurm/dpo.sub on the stand-ins; returns (result, job log folder, calls log text)."""
+    bin_dir, module_dir, calls = fake_slurm
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    calls.unlink(missing_ok=True)  # this run's calls only
+    env_file = tmp_path / "job.env"
+    env_file.write_text(slurm.render_env({
+        "COMMAND": command, "WORKDIR": str(tmp_path), "CONTAINER": "img#x:1",
+        "CONTAINER_MOUNTS": f"{tmp_path}:{tmp_path}", "SETUP": "", "LOG_ROOT": str(tmp_path / "logs"),
+        "RAY": "ray", "PYTHON": sys.executable, "NODE_TIMEOUT": "20", "GPUS_PER_NODE": "1",
+        **(job or {})}))
+    nodes = nodes if nodes is not None else [node("127.0.0.2"), node("127.0.0.3")]
+    environ = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "42",
+               "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_RESTART_COUNT": "1",
+               "SLURM_JOB_CPUS_PER_NODE": "2(x2)", "PYTHONPATH": str(module_dir),
+               "FAKE_CALLS": str(calls), "FAKE_RAY_NODES": json.dumps(nodes), **(env or {})}
+    result = subprocess.run(["bash", str(SCRIPT), str(env_file)], env=environ, capture_output=True,
+                            text=True, timeout=60)
+    return result, tmp_path / "logs" / "42-r1", calls.read_text() if calls.exists() else ""
 
 
 def test_the_sbatch_script_runs_head_workers_and_driver(tmp_path, fake_slurm):
-    bin_dir, calls = fake_slurm
-    env_file = tmp_path / "job.env"
-    env_file.write_text(slurm.render_env({
-        "COMMAND": "echo driver in $PWD; exit 7", "WORKDIR": str(tmp_path), "CONTAINER": "img#x:1",
-        "CONTAINER_MOUNTS": f"{tmp_path}:{tmp_path}", "SETUP": "", "LOG_ROOT": str(tmp_path / "logs"),
-        "RAY": "ray", "PYTHON": "fakepython", "NODE_TIMEOUT": "20", "RAY_HEAD_IP": "127.0.0.2",
-        "RAY_WORKER_IP": "127.0.0.3"}))
-    environ = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "42",
-               "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_RESTART_COUNT": "1"}
-    result = subprocess.run(["bash", str(SCRIPT), str(env_file)], env=environ, capture_output=True,
-                            text=True, timeout=60)
-    logs = tmp_path / "logs" / "42-r1"  # one folder per job attempt
-    assert result.returncode == 7, (result.stdout, result.stderr, (logs / "batch.log").read_text())
+    result, logs, log = run_script(tmp_path, fake_slurm)  # one folder per job attempt
+    batch = (logs / "batch.log").read_text()
+    assert result.returncode == 7, (result.stdout, result.stderr, batch)
     assert "logs in " + str(logs) in result.stdout
     assert (logs / "driver.exit").read_text().strip() == "7"
     assert f"driver in {tmp_path}" in (logs / "driver.log").read_text()
-    log = calls.read_text()
     head = next(l for l in log.splitlines() if l.startswith("srun") and "-w node1" in l)
     assert "--container-image=img#x:1" in head and f"--container-mounts={tmp_path}:{tmp_path}" in head
     assert "--nodes=1" in head
@@ -170,11 +285,92 @@ def test_the_sbatch_script_runs_head_workers_and_driver(tmp_path, fake_slurm):
     assert "--nodes=1 --ntasks=1" in workers
     head_ray = next(l for l in log.splitlines() if l.startswith("ray start --head"))
     assert "--block" in head_ray and "--node-ip-address=127.0.0.2" in head_ray
-    assert "--node-manager-port=53000" in head_ray and "--min-worker-port=10002" in head_ray
     worker_ray = next(l for l in log.splitlines() if l.startswith("ray start --address"))
-    assert "--address=127.0.0.2:6379 --block" in worker_ray and "--node-ip-address=127.0.0.3" in worker_ray
-    assert "--node-manager-port=53100" in worker_ray and "--max-worker-port=11000" in worker_ray
-    assert "python waits for 2 nodes" in log
+    assert "--address=127.0.0.2:1200 --block" in worker_ray and "--node-ip-address=127.0.0.3" in worker_ray
+    assert "all 2 Ray nodes joined, 1 GPU(s) each" in (logs / "head.log").read_text()
+    # item 5: addresses from the Slurm node names (here: Slurm's NodeAddr), never `hostname -I`
+    assert "node node1: 127.0.0.2" in batch and "node node2: 127.0.0.3" in batch
+    # item 6: the job's CPUs per node (SLURM_JOB_CPUS_PER_NODE) to every step and every Ray node
+    assert "--cpus-per-task=2" in head and "--cpus-per-task=2" in workers
+    assert "--num-cpus=2" in head_ray and "--num-cpus=2" in worker_ray
+    assert "--num-gpus" not in head_ray + worker_ray  # Ray counts the GPUs it sees
+    # item 8: every default port below 9000, the Ray Client port only when Ray Client is there
+    assert "--port=1200" in head_ray and "--dashboard-port=8265" in head_ray
+    assert "--node-manager-port=1300" in head_ray and "--min-worker-port=2000" in head_ray
+    assert "--node-manager-port=1310" in worker_ray and "--max-worker-port=2999" in worker_ray
+    assert "--ray-client-server-port" not in head_ray  # no grpc in this Python: Ray starts none
+    assert all(int(port) < 9000 for port in re.findall(r"port=(\d+)", head_ray + worker_ray))
+    # item 9: one new token for the job, for every Ray process, the wait and the driver
+    token = logs / "ray_auth_token"
+    assert re.fullmatch(r"[0-9a-f]{64}", token.read_text())
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    for line in (head_ray, worker_ray):
+        assert line.endswith(f"auth=token path={token} token=")
+    assert "python ray.init 127.0.0.2:1200 auth=token" in log
+
+
+def test_the_ray_client_port_is_ours_when_ray_client_is_installed(tmp_path, fake_slurm):
+    (fake_slurm[1] / "grpc.py").write_text("")  # `import grpc` works: Ray would open 10001
+    result, logs, log = run_script(tmp_path, fake_slurm, command="exit 0")
+    assert result.returncode == 0, (logs / "batch.log").read_text()
+    head_ray = next(l for l in log.splitlines() if l.startswith("ray start --head"))
+    assert "--ray-client-server-port=1201" in head_ray
+
+
+def test_node_names_resolve_through_dns_first(tmp_path, fake_slurm):
+    result, logs, log = run_script(tmp_path, fake_slurm, command="exit 0",
+                                   nodes=[node("10.0.0.1"), node("10.0.0.2")],
+                                   env={"FAKE_HOSTS": "node1=10.0.0.1 node2=10.0.0.2"})
+    assert result.returncode == 0, (logs / "batch.log").read_text()
+    assert "--node-ip-address=10.0.0.1" in log and "--node-ip-address=10.0.0.2" in log
+    assert "--address=10.0.0.1:1200" in log
+
+
+def test_two_nodes_with_one_address_are_refused(tmp_path, fake_slurm):
+    result, logs, log = run_script(tmp_path, fake_slurm, env={"FAKE_ADDR2": "127.0.0.2"})
+    assert result.returncode == 1 and "srun" not in log
+    assert "the Slurm nodes node1 and node2 both resolve to 127.0.0.2" in (logs / "batch.log").read_text()
+
+
+def test_a_node_without_its_gpus_fails_the_job_by_name_before_the_driver(tmp_path, fake_slurm):
+    result, logs, _ = run_script(tmp_path, fake_slurm, nodes=[node("127.0.0.2", 1), node("127.0.0.3", 0)])
+    assert result.returncode == 1
+    head = (logs / "head.log").read_text()
+    assert "Ray node node2 (127.0.0.3) joined with 0 of 1 GPUs" in head and "--gpus-per-node" in head
+    assert not (logs / "driver.log").exists()
+
+
+def test_a_node_that_never_joins_is_named(tmp_path, fake_slurm):
+    result, logs, _ = run_script(tmp_path, fake_slurm, nodes=[node("127.0.0.2")],
+                                 job={"NODE_TIMEOUT": "3"})
+    assert result.returncode == 1
+    assert "1 of 2 nodes did not join Ray within 3 s: node2 (127.0.0.3)" in (logs / "head.log").read_text()
+
+
+def test_cpus_and_gpus_given_to_ray(tmp_path, fake_slurm):
+    result, logs, log = run_script(tmp_path, fake_slurm, command="exit 0",
+                                   job={"CPUS_PER_NODE": "2", "RAY_NUM_GPUS": "1"},
+                                   env={"SLURM_JOB_CPUS_PER_NODE": "1(x2)"})
+    assert result.returncode == 0, (logs / "batch.log").read_text()
+    assert log.count("--num-cpus=2 --num-gpus=1") == 2 and log.count("--cpus-per-task=2") == 2
+    fewer, logs, _ = run_script(tmp_path / "b", fake_slurm, job={"GPUS_PER_NODE": "4"})
+    assert fewer.returncode == 1
+    assert "CPUS_PER_NODE=2 is fewer than GPUS_PER_NODE=4" in (logs / "batch.log").read_text()
+
+
+def test_ray_auth_ignores_the_home_token_and_can_be_disabled(tmp_path, fake_slurm):
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("a-token-from-an-earlier-local-ray-init")
+    mine = {"HOME": str(home), "RAY_AUTH_TOKEN": "from-the-submitting-shell"}
+    result, logs, log = run_script(tmp_path, fake_slurm, command="exit 0", env=mine)
+    assert result.returncode == 0, (logs / "batch.log").read_text()
+    assert f"auth=token path={logs / 'ray_auth_token'} token=\n" in log
+    assert "from-the-submitting-shell" not in log
+    off, logs, log = run_script(tmp_path / "b", fake_slurm, command="exit 0", env=mine,
+                                job={"RAY_AUTH": "disabled"})
+    assert off.returncode == 0, (logs / "batch.log").read_text()
+    assert log.count("auth=disabled path= token=\n") == 2 and not (logs / "ray_auth_token").exists()
 
 
 def test_the_script_needs_a_command(tmp_path):

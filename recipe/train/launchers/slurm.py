@@ -12,10 +12,14 @@ and submits `sbatch <options> <run_dir>/slurm/dpo.sub <run_dir>/slurm/job.env`; 
 run folder and the job has `--dependency=singleton`, so two jobs of one run (a resubmit while a
 requeue is pending) never write the same checkpoint_dir at once.
 
-Container: pyxis gets `launcher.container` (default container.image) pinned to the digest in the
-lock file (`repo:tag@sha256:...`, registry host separated by `#` as enroot wants), and mounts for
-the run folder, the data and the HF cache at the same paths. Bare-metal: `launcher.container=null`,
-`launcher.setup` activates a Python env on the shared FS, `launcher.workdir` is a NeMo RL checkout.
+Container: pyxis gets `launcher.container` (default container.image, registry host separated by
+`#` as enroot wants) and mounts for the run folder, the data and the HF cache at the same paths.
+enroot before 4.0.0 refuses references with `@sha256:`, so the pin every enroot accepts is a
+squashfs file: `launcher.container=/shared/nemo-rl.sqsh`, checked against the sha256 that
+`gym-dpo stage=lock_image container.squashfs=...` recorded (recipe.train.container). A registry
+tag goes to pyxis as a tag, its locked digest only with `launcher.digest_reference=true` (enroot
+>= 4.0.0). Bare-metal: `launcher.container=null`, `launcher.setup` activates a Python env on the
+shared FS, `launcher.workdir` is a NeMo RL checkout.
 """
 
 from __future__ import annotations
@@ -65,23 +69,57 @@ def pyxis_image(image: str) -> str:
     return image
 
 
-def container_image(plan: LaunchPlan) -> tuple[str | None, dict]:
-    """The image pyxis runs (pinned when locked) and what provenance records about it."""
+def is_squashfs(image: str) -> bool:
+    return image.endswith(".sqsh") or image.startswith(("/", "."))
+
+
+def _locked_digest(plan: LaunchPlan, image: str) -> str | None:
+    lock = image_lock.read_lock(plan.cfg)
+    if lock is not None and lock.image == image and lock.kind in ("repo", "given"):
+        return lock.digest
+    return None
+
+
+def container_image(plan: LaunchPlan) -> str | None:
+    """What pyxis gets for --container-image: a squashfs path, or a registry tag (tag@digest only
+    with launcher.digest_reference=true: enroot before 4.0.0 refuses `@`); None: bare-metal."""
     image = plan.launcher.get("container")
     if not image:
-        return None, {"image": None, "status": "bare-metal"}
+        return None
     image = str(image)
-    lock = image_lock.read_lock(plan.cfg)
-    record = {"image": image, "lock_file": str(image_lock.lock_path(plan.cfg)), "locked": None,
-              "status": "unlocked", "source": "pyxis"}
-    if lock is not None and lock.image == image and plan.launcher.pin_digest and lock.kind != "image_id":
-        record.update(locked=lock.digest, status="pinned")
-        image = lock.reference
-    elif lock is None and plan.launcher.pin_digest and not image.endswith(".sqsh"):
-        report.console.print(f"[yellow]note:[/] no digest recorded for {image}; pyxis pulls the tag "
-                             "as it is today (gym-dpo stage=lock_image container.digest=sha256:... "
-                             "pins it)")
-    return pyxis_image(image), record
+    if is_squashfs(image):
+        return str(Path(image).expanduser().absolute())
+    digest = _locked_digest(plan, image) if plan.launcher.digest_reference else None
+    return pyxis_image(f"{image}@{digest}" if digest else image)
+
+
+def check_image(plan: LaunchPlan) -> dict:
+    """What the job will run, checked against the lock where it can be; for provenance.json."""
+    image = plan.launcher.get("container")
+    if not image:
+        return {"image": None, "status": "bare-metal"}
+    image = str(image)
+    if is_squashfs(image):
+        return image_lock.check_squashfs(plan.cfg, image)
+    digest = _locked_digest(plan, image)
+    record = {"image": image, "lock_file": str(image_lock.lock_path(plan.cfg)), "locked": digest,
+              "source": "pyxis", "status": "unlocked"}
+    if digest and plan.launcher.digest_reference:
+        record["status"] = "pinned"  # pyxis pulls tag@digest: that digest or nothing
+        return record
+    pin = ("import it once as a squashfs file (enroot import -o /shared/nemo-rl.sqsh 'docker://"
+           f"{pyxis_image(image)}'), lock that file (gym-dpo stage=lock_image "
+           "container.squashfs=/shared/nemo-rl.sqsh) and run it (launcher.container=/shared/nemo-rl.sqsh)")
+    if digest:
+        record["status"] = "tag (digest not enforced)"
+        report.console.print(
+            f"[yellow]note:[/] pyxis gets the tag {image}, not its locked digest {digest[:19]}…, as "
+            f"enroot before 4.0.0 refuses tag@digest. To run exactly the locked image on any enroot, "
+            f"{pin}; on enroot >= 4.0.0, launcher.digest_reference=true", highlight=False, soft_wrap=True)
+    else:
+        report.console.print(f"[yellow]note:[/] no digest recorded for {image}: pyxis pulls the tag "
+                             f"as it is today. To pin it, {pin}", highlight=False, soft_wrap=True)
+    return record
 
 
 def mounts(plan: LaunchPlan) -> list[str]:
@@ -95,7 +133,7 @@ def mounts(plan: LaunchPlan) -> list[str]:
 def job_env(plan: LaunchPlan) -> dict[str, str]:
     """The variables dpo.sub reads (see its header). Values only from the config: no secrets."""
     launcher, ports = plan.launcher, plan.launcher.ports
-    image, _ = container_image(plan)
+    image = container_image(plan)
     env = {
         "COMMAND": shlex.join(nemo_rl_command(plan)),
         "WORKDIR": str(launcher.workdir),
@@ -106,20 +144,55 @@ def job_env(plan: LaunchPlan) -> dict[str, str]:
         "RAY": str(launcher.ray),
         "PYTHON": str(launcher.python),
         "NODE_TIMEOUT": str(int(launcher.node_timeout)),
+        "GPUS_PER_NODE": str(int(launcher.gpus_per_node)),
+        "CPUS_PER_NODE": str(cpus_per_node(plan) or ""),
+        "RAY_AUTH": ray_auth(plan),
         "RAY_GCS_PORT": str(ports.gcs),
+        "RAY_CLIENT_PORT": str(ports.client),
         "RAY_DASHBOARD_PORT": str(ports.dashboard),
         "RAY_HEAD_PORT_BASE": str(ports.head_base),
         "RAY_WORKER_PORT_BASE": str(ports.worker_base),
         "RAY_HEAD_WORKER_PORTS": str(ports.head_worker_range),
         "RAY_WORKER_WORKER_PORTS": str(ports.worker_worker_range),
-        "RAY_HEAD_IP": str(launcher.head_ip or ""),
-        "RAY_WORKER_IP": str(launcher.worker_ip or ""),
     }
     if launcher.get("hf_cache"):
         env["HF_HOME"] = str(Path(str(launcher.hf_cache)).expanduser().absolute())
     env.update({str(k): str(v) for k, v in (launcher.env or {}).items()})
     _check_ports(ports)
     return env
+
+
+def cpus_per_node(plan: LaunchPlan) -> int | None:
+    """launcher.cpus_per_node, checked; None: the whole node's (an exclusive job gets them all).
+
+    A job that is not exclusive gets one CPU per task from Slurm unless it asks for more, and
+    NeMo RL places one CPU with every GPU: such a job must say how many it needs.
+    """
+    launcher = plan.launcher
+    cpus = launcher.get("cpus_per_node")
+    if cpus is None:
+        if not launcher.exclusive:
+            raise RecipeError("launcher.exclusive=false: Slurm gives such a job one CPU per node "
+                              "unless it asks for more, and NeMo RL needs one per GPU; set "
+                              f"launcher.cpus_per_node (at least launcher.gpus_per_node="
+                              f"{int(launcher.gpus_per_node)})")
+        return None
+    cpus = int(cpus)
+    if cpus < max(1, int(launcher.gpus_per_node)):
+        raise RecipeError(f"launcher.cpus_per_node={cpus} is fewer than launcher.gpus_per_node="
+                          f"{int(launcher.gpus_per_node)}: NeMo RL places one CPU with every GPU")
+    return cpus
+
+
+AUTH_MODES = ("token", "disabled")
+
+
+def ray_auth(plan: LaunchPlan) -> str:
+    mode = str(plan.launcher.ray_auth)
+    if mode not in AUTH_MODES:
+        raise RecipeError(f"launcher.ray_auth={mode!r}: token (a new token per job, the default) "
+                          "or disabled")
+    return mode
 
 
 def _range(text) -> range:
@@ -136,11 +209,11 @@ def _check_ports(ports) -> None:
     if not head or not worker or set(head) & set(worker):
         raise RecipeError(f"launcher.ports: the head's worker ports {ports.head_worker_range} and the "
                           f"workers' {ports.worker_worker_range} must be non-empty and must not overlap")
-    singles = [int(ports.gcs), int(ports.dashboard)] + [int(b) + i for b in (ports.head_base, ports.worker_base)
-                                                         for i in range(6)]
+    singles = [int(ports.gcs), int(ports.client), int(ports.dashboard)] + [
+        int(b) + i for b in (ports.head_base, ports.worker_base) for i in range(6)]
     if len(set(singles)) != len(singles) or any(p in head or p in worker for p in singles):
-        raise RecipeError("launcher.ports: gcs, dashboard, the six ports from head_base and from "
-                          "worker_base, and the worker ranges must all differ")
+        raise RecipeError("launcher.ports: gcs, client, dashboard, the six ports from head_base and "
+                          "from worker_base, and the worker ranges must all differ")
 
 
 def render_env(env: dict[str, str]) -> str:
@@ -175,6 +248,9 @@ def build_command(plan: LaunchPlan) -> list[str]:
             argv.append(f"--{key}={launcher[key]}")
     if launcher.gres:
         argv.append(f"--gpus-per-node={int(launcher.gpus_per_node)}")
+    cpus = cpus_per_node(plan)
+    if cpus is not None:
+        argv.append(f"--cpus-per-task={cpus}")  # one task per node: the node's CPUs for Ray
     if launcher.exclusive:
         argv.append("--exclusive")
     argv.append("--requeue" if launcher.requeue else "--no-requeue")
@@ -189,7 +265,7 @@ def describe(plan: LaunchPlan) -> str:
 
 
 def command_record(plan: LaunchPlan) -> dict:
-    image, _ = container_image(plan)
+    image = container_image(plan)
     return {"executor": "sbatch", "cwd": str(plan.run_dir), "driver": nemo_rl_command(plan),
             "driver_cwd": str(plan.launcher.workdir), "container": image,
             "job_env": str(folder(plan) / "job.env")}
@@ -202,10 +278,6 @@ def launcher_waits(plan: LaunchPlan) -> bool:
 def detached(plan: LaunchPlan) -> bool:
     """True: launch() returns once the job is queued (launcher.wait=false), not when it ends."""
     return not launcher_waits(plan)
-
-
-def check_image(plan: LaunchPlan) -> dict:
-    return container_image(plan)[1]
 
 
 def launch(plan: LaunchPlan) -> int:

@@ -191,19 +191,11 @@ def _select(config: dict, dotted: str, default=KeyError):
     return node
 
 
-def _leaves(node, prefix: str = ""):
-    if isinstance(node, dict) and node:
-        for key, value in node.items():
-            yield from _leaves(value, f"{prefix}.{key}" if prefix else str(key))
-    else:
-        yield prefix
-
-
 def ignored_keys(config: dict) -> dict[str, list[str]]:
     """reason -> the keys of `config` the runner does not use (READ keys and their children excluded)."""
     used = READ + READ_IF_PRESENT
     found: dict[str, list[str]] = {}
-    for key in _leaves(config):
+    for key in nemo_rl_loader.dotted_keys(config):
         reason = next((why for prefix, why in IGNORED.items()
                        if key == prefix or key.startswith(prefix + ".")), None)
         if reason is None:
