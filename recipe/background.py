@@ -16,6 +16,7 @@ import os
 import traceback
 from typing import Any, Callable
 
+from recipe import interrupts
 from recipe.errors import RecipeError
 
 
@@ -24,6 +25,7 @@ def _context():
 
 
 def _child(function: Callable, args: tuple, nice: int, send) -> None:
+    interrupts.in_child()  # Ctrl-C is the parent's to handle; it stops this process (`cancel`)
     if nice and hasattr(os, "nice"):
         os.nice(nice)
     try:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from recipe import interrupts
 from recipe.errors import RecipeError
 
 log = logging.getLogger("gym-dpo")
@@ -55,7 +57,12 @@ def _hydra_main(cfg: DictConfig) -> None:
 
         report.console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (interrupts.install): one line, no traceback
+        interrupted = exc if isinstance(exc, interrupts.Interrupted) else interrupts.Interrupted(signal.SIGINT)
+        report.console.print(f"interrupted ({interrupted}): {interrupted.outcome}", markup=False, soft_wrap=True)
+        sys.exit(interrupted.exit_code)
 
 
 def main() -> None:
+    interrupts.install()
     _hydra_main()

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import recipe
-from recipe import report, report_page
+from recipe import interrupts, report, report_page
 from recipe.background import Background
 from recipe.errors import RecipeError
 from recipe.prepare import buckets, chat, cut, grouping, manifest, pairing, rollouts, scan, split, writer
@@ -146,7 +146,9 @@ def resolve_inputs(spec) -> list[str]:
 _WORKER: dict = {}
 
 
-def _init_worker(settings: Settings) -> None:
+def _init_worker(settings: Settings, in_pool: bool = False) -> None:
+    if in_pool:
+        interrupts.in_child()
     _WORKER["settings"] = settings
     _WORKER["buckets"] = buckets.count_for(input_bytes(settings))
     _WORKER["lines"] = LineSource(settings.inputs, settings.scan)
@@ -203,7 +205,7 @@ class Workers:
         self.ahead = 4 * settings.workers
         if settings.workers > 1:
             context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-            self.pool = context.Pool(settings.workers, _init_worker, (settings,))
+            self.pool = context.Pool(settings.workers, _init_worker, (settings, True))
         else:
             _init_worker(settings)
 
@@ -472,6 +474,46 @@ def run(cfg: DictConfig) -> dict:
 
 def _run(cfg: DictConfig, settings: Settings, started: datetime, hashing: Background) -> dict:
     files = writer.AtomicFiles(settings.output_dir, OUTPUTS)
+    committed = False
+    try:
+        scanned, paired, is_val, tally = _pairs(settings, files)
+        result, report_pairs = _results(cfg, settings, scanned, paired, is_val, tally)
+        rollout_rewards = scanned.rewards
+        del scanned, paired, is_val  # the pair rows go before the report's process is forked
+        # the report draws (matplotlib: a core-second) in a process of its own while this one
+        # commits the outputs, waits for the inputs' hashes and writes the manifest
+        drawing = Background(report_page.after_prepare, cfg, rollout_rewards, report_pairs, dict(result))
+        try:
+            files.sync()  # the outputs reach the disk while the inputs' hashes finish
+            result["outputs"] = {name.removesuffix(".jsonl"): files.digest(name) for name in OUTPUTS}
+            result["inputs"] = [manifest.input_entry(p, h) for p, h in zip(settings.inputs, hashing.result())]
+            finished = datetime.now(timezone.utc)
+            result["timestamps"] = {"started": started.isoformat(), "finished": finished.isoformat(),
+                                    "seconds": round((finished - started).total_seconds(), 3)}
+            with interrupts.deferred():  # the outputs and their manifest land together, or neither
+                files.commit()
+                committed = True
+                manifest.write(settings.output_dir / "manifest.json", result)
+            report.console.print(report.prepare_summary(result))
+            report.console.print(f"wrote {settings.output_dir}/{{train,val,rejects}}.jsonl and manifest.json",
+                                 soft_wrap=True)
+            _report_line(drawing)
+        finally:
+            drawing.cancel()
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            interrupts.hold()  # a second Ctrl-C must not cut the cleanup short
+        if not committed:
+            files.abort()
+        if isinstance(exc, interrupts.Interrupted):
+            exc.outcome = (f"the pairs and manifest.json are in {settings.output_dir}; report.html is not"
+                           if committed else f"nothing was written to {settings.output_dir}")
+        raise
+    return result
+
+
+def _pairs(settings: Settings, files: writer.AtomicFiles):
+    """Read, pair and write (to temporary files): the worker-pool part of the stage."""
     workers = Workers(settings)
     spilled = buckets.Buckets(settings.output_dir, input_bytes(settings))
     try:
@@ -480,14 +522,17 @@ def _run(cfg: DictConfig, settings: Settings, started: datetime, hashing: Backgr
         paired = pair_buckets(settings, workers, scanned, write_reject)
         is_val, tally = write_pairs(settings, paired.pairs, workers, files, spilled.folder)
     except writer.PairSchemaError as exc:
-        files.abort()
         raise RecipeError(f"internal error, please report: {exc}") from None
-    except BaseException:
-        files.abort()
-        raise
     finally:
         workers.close()
         spilled.remove()
+    return scanned, paired, is_val, tally
+
+
+def _results(cfg: DictConfig, settings: Settings, scanned: Scanned, paired: BucketPairs, is_val: np.ndarray,
+             tally: Counter) -> tuple[dict, report_page.PairRewards]:
+    """The manifest (but for outputs, inputs and timestamps), and what the report draws of the
+    pairs."""
     pairs = paired.pairs
     per_group = pairing_report.pairs_per_group(pairs)  # for the manifest and the report
     with np.errstate(over="ignore"):  # rewards of +-1e308: an infinite gap, counted as not finite
@@ -517,33 +562,16 @@ def _run(cfg: DictConfig, settings: Settings, started: datetime, hashing: Backgr
         "pairing": pairing_report.summarize(settings.strategy, pairs, paired.groups,
                                             settings.length_unit, per_group),
     }
-    # what the report draws; the pair rows themselves are let go before it draws
-    report_pairs = report_page.PairRewards(pairs["chosen_reward"].copy(), pairs["rejected_reward"].copy(),
+    return result, report_page.PairRewards(pairs["chosen_reward"].copy(), pairs["rejected_reward"].copy(),
                                            per_group)
-    rollout_rewards = scanned.rewards
-    del pairs, paired, scanned
-    # the report draws (matplotlib: a core-second) in a process of its own while this one
-    # commits the outputs, waits for the inputs' hashes and writes the manifest
-    drawing = Background(report_page.after_prepare, cfg, rollout_rewards, report_pairs, dict(result))
+
+
+def _report_line(drawing: Background) -> None:
     try:
-        files.commit()
-        result["outputs"] = {name.removesuffix(".jsonl"): files.digest(name) for name in OUTPUTS}
-        result["inputs"] = [manifest.input_entry(p, h) for p, h in zip(settings.inputs, hashing.result())]
-        finished = datetime.now(timezone.utc)
-        result["timestamps"] = {"started": started.isoformat(), "finished": finished.isoformat(),
-                                "seconds": round((finished - started).total_seconds(), 3)}
-        manifest.write(settings.output_dir / "manifest.json", result)
-        report.console.print(report.prepare_summary(result))
-        report.console.print(f"wrote {settings.output_dir}/{{train,val,rejects}}.jsonl and manifest.json",
-                             soft_wrap=True)
-        try:
-            report.console.print(drawing.result(), markup=False, soft_wrap=True)
-        except Exception as exc:  # noqa: BLE001 (the report is a view of the outputs, not one of them)
-            # a failure in the report's process comes as its traceback: its last line says what
-            why = (str(exc).strip().splitlines() or [""])[-1] if type(exc) is RuntimeError else \
-                f"{type(exc).__name__}: {exc}"
-            report.console.print(f"warning: report.html not written ({why[:300]}); the pairs and the "
-                                 "manifest are written", markup=False, soft_wrap=True)
-    finally:
-        drawing.cancel()
-    return result
+        report.console.print(drawing.result(), markup=False, soft_wrap=True)
+    except Exception as exc:  # noqa: BLE001 (the report is a view of the outputs, not one of them)
+        # a failure in the report's process comes as its traceback: its last line says what
+        why = (str(exc).strip().splitlines() or [""])[-1] if type(exc) is RuntimeError else \
+            f"{type(exc).__name__}: {exc}"
+        report.console.print(f"warning: report.html not written ({why[:300]}); the pairs and the "
+                             "manifest are written", markup=False, soft_wrap=True)

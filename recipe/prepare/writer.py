@@ -139,6 +139,8 @@ class AtomicFiles:
     """Files written under temporary names, renamed into place together on `commit()`."""
 
     def __init__(self, folder: Path, names: list[str]):
+        self.created = not folder.exists()  # an aborted run removes a folder it made, if left empty
+        self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.final = {name: folder / name for name in names}
         self.temp = {name: folder / f".{name}.partial-{os.getpid()}" for name in names}
@@ -170,11 +172,16 @@ class AtomicFiles:
         return {"path": str(self.final[name]), "lines": self.lines[name],
                 "bytes": self.sizes[name], "sha256": self.hashes[name].hexdigest()}
 
-    def commit(self) -> None:
+    def sync(self) -> None:
+        """Every file on disk under its temporary name (`commit` then only renames)."""
         for handle in self.handles.values():
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.close()
+            if not handle.closed:
+                handle.flush()
+                os.fsync(handle.fileno())
+                handle.close()
+
+    def commit(self) -> None:
+        self.sync()
         for name, temp in self.temp.items():
             os.replace(temp, self.final[name])
 
@@ -183,3 +190,8 @@ class AtomicFiles:
             handle.close()
         for temp in self.temp.values():
             temp.unlink(missing_ok=True)
+        if self.created:
+            try:
+                self.folder.rmdir()
+            except OSError:  # not empty: something else is in it now
+                pass
