@@ -228,7 +228,12 @@ def test_a_failure_while_writing_leaves_no_partial_files(tmp_path, prepare, monk
     monkeypatch.setattr(writer.PairBuilder, "build_all", lambda self, pairs: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         prepare(path)
-    assert os.listdir(tmp_path / "out") == []
+    assert not (tmp_path / "out").exists()  # nor the folder the run made
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("a user's file")
+    with pytest.raises(ZeroDivisionError):
+        prepare(path)
+    assert os.listdir(tmp_path / "out") == ["mine.txt"]  # a folder that was there stays, with what it held
     assert not multiprocessing.active_children()
 
 
