@@ -136,7 +136,6 @@ class Cutter:
         self.decided: dict[tuple[int, int], str] = {}  # "" = can be cut
         self.refused: dict[tuple[int, int], str] = {}
         self._outputs: dict[int, str | list[dict]] = {}
-        self.lines_read = 0
 
     def __call__(self, a: int, b: int) -> bool:
         key = (a, b) if a < b else (b, a)
@@ -159,5 +158,4 @@ class Cutter:
     def _output(self, index: int):
         if index not in self._outputs:
             self._outputs[index] = self.output(index)
-            self.lines_read += 1
         return self._outputs[index]

@@ -228,24 +228,3 @@ def read_chunk(chunk: Chunk) -> bytes:
     with open(chunk.path, "rb") as handle:
         handle.seek(chunk.start)
         return handle.read(chunk.end - chunk.start)
-
-
-_BUFFER = bytearray()  # per process: every chunk is read into the same memory
-
-
-def read_chunk_reused(chunk: Chunk) -> memoryview:
-    """The chunk's bytes in a buffer the next call overwrites: a fresh 4 MiB bytes object per
-    chunk costs its page faults again each time (about 4x the read itself)."""
-    size = chunk.end - chunk.start
-    if len(_BUFFER) < size:
-        _BUFFER.extend(bytes(size - len(_BUFFER)))
-    view = memoryview(_BUFFER)[:size]
-    with open(chunk.path, "rb", buffering=0) as handle:
-        handle.seek(chunk.start)
-        done = 0
-        while done < size:
-            got = handle.readinto(view[done:])
-            if not got:
-                raise OSError(f"{chunk.path} changed while it was read")
-            done += got
-    return view

@@ -5,10 +5,10 @@ DPO needs (a finite reward, not masked, a context, assistant text) and reduced t
 `grouping.RECORD`. Texts are not kept and context messages are not built here: `convert` builds
 them later, only for the lines that end up in a pair, and it runs the very same checks.
 
-Speed comes from the libraries doing the per-line work in bulk: line boundaries from numpy, many
-lines decoded in one msgspec call (`decode_lines`; a block with a bad line is read again line by
-line, so every line gets its own outcome), and the request, which the rollouts of a task share
-byte for byte, decoded, checked and hashed once per chunk.
+Speed comes from the libraries doing the per-line work in bulk: many lines decoded in one msgspec
+call (`decode_lines`; a block with a bad line is read again line by line, so every line gets its
+own outcome), and the request, which the rollouts of a task share byte for byte, decoded and
+checked once per chunk.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 
 from recipe.prepare import chat, cut, grouping, rollouts
 
-OPEN_BRACE, NEWLINE = ord("{"), ord("\n")
+OPEN_BRACE = ord("{")
 
 
 @dataclass(frozen=True)

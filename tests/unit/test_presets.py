@@ -125,7 +125,7 @@ def test_a_real_model_name_never_gets_the_tiny_models_values(tmp_path, data, pre
                                               "chosen for gym-dpo/tiny"):
             written(tmp_path, data, *overrides, f"launcher={launcher}")
     # the documented routes to another model: its preset, or model=hf with the name
-    for overrides in ([f"model=hf", f"policy.model_name={OTHER_NAME}"],
+    for overrides in (["model=hf", f"policy.model_name={OTHER_NAME}"],
                       ["model=qwen2.5-1.5b", f"policy.model_name={OTHER_NAME}"],  # e.g. a local copy
                       ["model=qwen2.5-1.5b", "dpo=smoke"]):
         values = training_values(written(tmp_path, data, *overrides, f"launcher={launcher}"))
