@@ -53,7 +53,8 @@ def has_text(text: str) -> bool:
     return bool(text) and (text[0].isalnum() or text[-1].isalnum() or _text_rule()(text))
 
 
-def text_of(content: Content, where: str) -> str:
+def text_of(content: Content, where: str, role: str = "") -> str:
+    """The text of a content (a string or text parts); `where` and `role` name it in the error."""
     if content is None:
         return ""
     if isinstance(content, str):
@@ -61,9 +62,10 @@ def text_of(content: Content, where: str) -> str:
     texts = []
     for part in content:
         if part.type not in TEXT_PARTS:
-            raise Unusable("non_text_content", f"{where} holds a {part.type!r} part; only text is supported")
+            what = f"{where} {role} message" if role else where
+            raise Unusable("non_text_content", f"{what} holds a {part.type!r} part; only text is supported")
         texts.append(part.text or "")
-    return "".join(texts)
+    return texts[0] if len(texts) == 1 else "".join(texts)
 
 
 def _kind(item: Item) -> str | None:
@@ -107,7 +109,7 @@ def to_messages(items: list[Item], options: ChatOptions, where: str) -> list[dic
             role = _role(item, where)
             if role == "developer":
                 role = options.developer_role
-            text = text_of(item.content, f"{where} {role} message")
+            text = text_of(item.content, where, role)
             if role == "assistant":
                 if not has_text(text):
                     continue
@@ -130,7 +132,7 @@ def to_messages(items: list[Item], options: ChatOptions, where: str) -> list[dic
                 messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
         elif kind == "function_call_output":
             messages.append({"role": "tool", "tool_call_id": item.call_id or "",
-                             "content": text_of(item.output, f"{where} function_call_output")})
+                             "content": text_of(item.output, where, "function_call_output")})
         elif kind == "reasoning":
             if options.include_reasoning:
                 pending_reasoning.extend(p.text for p in item.summary or () if p.text)
@@ -149,7 +151,7 @@ def check_context(params_input, instructions: str | None) -> None:
         for item in params_input:
             kind = _kind(item)
             if kind == "message":
-                text_of(item.content, f"input {_role(item, 'input')} message")
+                text_of(item.content, "input", _role(item, "input"))
             elif kind == "function_call_output":
                 text_of(item.output, "input function_call_output")
             elif kind == "function_call":
