@@ -9,8 +9,6 @@ are re-read from the input by offset when a pair is written.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import msgspec
 import numpy as np
 import xxhash
@@ -45,7 +43,6 @@ def identity(file_index: int, agent: str | None, task_index: int | None, group_v
     return _task_identity(file_index, agent, task_index)
 
 
-@lru_cache(maxsize=1 << 16)
 def _task_identity(file_index: int, agent: str | None, task_index: int | None) -> bytes:
     if task_index is None and agent is None:
         return b""

@@ -157,7 +157,7 @@ class _Request:
     unusable: chat.Unusable | None
     context_hash: int
     context: bytes
-    group_keys: dict = field(default_factory=dict)  # task identity -> (key high, key low)
+    group_keys: dict = field(default_factory=dict)  # (agent, task index) -> (key high, key low)
 
 
 class LineReader:
@@ -219,11 +219,15 @@ class LineReader:
             self.reject(number, exc.reason, exc.detail)
             return
         agent = row.agent_ref.name if row.agent_ref is not None else None
-        group_value = row.group_value if self.options.group_by is not None else msgspec.UNSET
-        task = grouping.identity(self.chunk.file_index, agent, row.task_index, group_value)
-        keys = request.group_keys.get(task)
-        if keys is None:
-            keys = request.group_keys[task] = grouping.group_key(request.context, task)
+        if self.options.group_by is None:
+            task = (agent, row.task_index)
+            keys = request.group_keys.get(task)
+            if keys is None:
+                identity = grouping.identity(self.chunk.file_index, agent, row.task_index, msgspec.UNSET)
+                keys = request.group_keys[task] = grouping.group_key(request.context, identity)
+        else:  # the user's field may be any JSON value: its encoding is the key
+            identity = grouping.identity(self.chunk.file_index, agent, row.task_index, row.group_value)
+            keys = grouping.group_key(request.context, identity)
         self.rows.append((*keys, request.context_hash, *cut.identity(response),
                           row.reward, chat.response_length(response, self.measure),
                           self.chunk.file_index, end - start, self.chunk.start + base + start, number))

@@ -201,13 +201,23 @@ class Workers:
     with at most a few tasks in flight so that memory stays bounded."""
 
     def __init__(self, settings: Settings):
+        self.settings = settings
         self.pool = None
         self.ahead = 4 * settings.workers
-        if settings.workers > 1:
+        self._start()
+
+    def _start(self) -> None:
+        if self.settings.workers > 1:
             context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-            self.pool = context.Pool(settings.workers, _init_worker, (settings, True))
+            self.pool = context.Pool(self.settings.workers, _init_worker, (self.settings, True))
         else:
-            _init_worker(settings)
+            _init_worker(self.settings)
+
+    def renew(self) -> None:
+        """Fresh processes for the next phase: the memory a reading worker's Python heap grew to
+        is not given back while it lives, and would stay through the writing."""
+        self.close()
+        self._start()
 
     def map(self, function, items: Iterable) -> Iterator:
         if self.pool is None:
@@ -520,6 +530,7 @@ def _pairs(settings: Settings, files: writer.AtomicFiles):
         write_reject = _write_reject(files, settings.inputs)
         scanned = scan_inputs(settings, workers, spilled, write_reject)
         paired = pair_buckets(settings, workers, scanned, write_reject)
+        workers.renew()
         is_val, tally = write_pairs(settings, paired.pairs, workers, files, spilled.folder)
     except writer.PairSchemaError as exc:
         raise RecipeError(f"internal error, please report: {exc}") from None
