@@ -39,18 +39,22 @@ def stats(values: np.ndarray) -> dict:
     is not finite: counted under `not_finite`). Computed on values scaled into [-1, 1], so that
     sums and differences of extreme values do not overflow."""
     values = np.asarray(values, dtype=np.float64)
-    finite = values[np.isfinite(values)]
+    finite = values[np.isfinite(values)]  # a copy: the quantiles may reorder it
     out = {"count": int(len(values))}
     if len(finite) < len(values):
         out["not_finite"] = int(len(values) - len(finite))
     if len(finite) == 0:
         return out if len(values) else {"count": 0}
-    scale = float(np.abs(finite).max()) or 1.0
-    scaled = finite / scale
-    q = np.quantile(scaled, [0.0, 0.25, 0.5, 0.75, 1.0]) * scale
-    out.update({"mean": round(float(scaled.mean() * scale), 6), "std": round(float(scaled.std() * scale), 6),
-                "min": float(finite.min()), "p25": round(float(q[1]), 6), "median": round(float(q[2]), 6),
-                "p75": round(float(q[3]), 6), "max": float(finite.max())})
+    low, high = float(finite.min()), float(finite.max())
+    scale = max(abs(low), abs(high))
+    if scale > 1e150:  # extreme values: sums and squares would overflow
+        finite /= scale
+    else:
+        scale = 1.0
+    mean, std = float(finite.mean()) * scale, float(finite.std()) * scale
+    q = np.quantile(finite, [0.25, 0.5, 0.75], overwrite_input=True) * scale
+    out.update({"mean": round(mean, 6), "std": round(std, 6), "min": low, "p25": round(float(q[0]), 6),
+                "median": round(float(q[1]), 6), "p75": round(float(q[2]), 6), "max": high})
     return out
 
 

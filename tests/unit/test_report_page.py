@@ -90,7 +90,7 @@ def test_continuous_chosen_vs_rejected_rewards_are_binned():
     figure = plots.chosen_vs_rejected(chosen, rejected)
     assert labels(figure) == ("rejected reward", "chosen reward")
     bins = figure.axes[0].collections[0]
-    assert bins.get_array().sum() == 5000  # every pair counted in some hexagon
+    assert bins.get_array().sum() == 5000  # every pair counted in some bin
     assert figure.axes[1].get_ylabel() == "pairs"  # the colour bar
 
 

@@ -14,9 +14,9 @@ from recipe.prepare import grouping, manifest
 
 
 def pairs_per_group(pairs: np.ndarray) -> np.ndarray:
-    """How many pairs each group that has any holds (writer.PAIR rows), in group key order."""
-    order = np.lexsort((pairs["key_lo"], pairs["key_hi"]))
-    starts = grouping.group_starts(pairs["key_hi"][order], pairs["key_lo"][order])
+    """How many pairs each group that has any holds (writer.PAIR rows, each group's pairs
+    together, as pairing makes them: no sort needed)."""
+    starts = grouping.group_starts(pairs["key_hi"], pairs["key_lo"])
     return grouping.group_sizes(starts, len(pairs))
 
 
