@@ -80,6 +80,14 @@ def settled_without_reading(first_a: int, shape_a: int, first_b: int, shape_b: i
     return ""
 
 
+def cuttable_by_records(first_a, shape_a, first_b, shape_b, binary: bool):
+    """`settled_without_reading(...) == ""` for arrays of pairs at once: where the records alone
+    say the pair can be cut (at the first message)."""
+    shapes = shape_a | shape_b
+    ok = ((shapes & FIRST_NOT_MODEL) == 0) & (first_a != first_b)
+    return ok & ((shapes & FIRST_CALLS) == 0) if binary else ok
+
+
 @dataclass(frozen=True)
 class Cut:
     shared: list[dict]  # messages both trajectories hold before they part (from the chosen one)

@@ -314,16 +314,20 @@ def pair_records(records: np.ndarray, settings: Settings, lines: LineSource | No
     if every_group is None:  # group by group
         chosen, rejected = _pair_group_by_group(records, starts, np.arange(len(starts)), all_scores,
                                                 all_normalized, options, settings, needs_cut, cutter)
-    else:  # the strategy's vectorised form for all groups, group by group where a cut is needed
+    else:  # the strategy's vectorised form for all groups, group by group where a cut is in doubt
         chosen, rejected = every_group(all_scores, responses, starts, options)
         if cutter is not None:
+            # its pair stands wherever the records say it can be cut; elsewhere the group is paired
+            # again with the cut asked (where it found none, no candidate of the group can pass)
             group_of = grouping.group_ids(starts, len(records))
-            plain = ~needs_cut[group_of[chosen]]
-            cut_chosen, cut_rejected = _pair_group_by_group(
-                records, starts, np.flatnonzero(needs_cut), all_scores, all_normalized, options,
+            first, shape = records["first"], records["shape"]
+            doubt = needs_cut[group_of[chosen]] & ~cut.cuttable_by_records(
+                first[chosen], shape[chosen], first[rejected], shape[rejected], settings.scan.binary)
+            again_chosen, again_rejected = _pair_group_by_group(
+                records, starts, group_of[chosen[doubt]], all_scores, all_normalized, options,
                 settings, needs_cut, cutter)
-            chosen = np.concatenate([chosen[plain], cut_chosen])
-            rejected = np.concatenate([rejected[plain], cut_rejected])
+            chosen = np.concatenate([chosen[~doubt], again_chosen])
+            rejected = np.concatenate([rejected[~doubt], again_rejected])
             order = np.argsort(group_of[chosen], kind="stable")  # back in group order
             chosen, rejected = chosen[order], rejected[order]
     refused = cutter.refused if cutter is not None else {}

@@ -7,6 +7,7 @@ assistant message where the two rollouts first differ, with what both share in t
 import json
 
 import jsonschema
+import numpy as np
 import pytest
 
 from recipe.prepare import cut, rollouts
@@ -229,6 +230,10 @@ def test_what_the_records_settle_agrees_with_the_cut():
                 parted = cut.cut(a, b, binary)
                 if settled is not None:
                     assert settled == (parted if isinstance(parted, str) else ""), (a, b, binary)
+                vectorised = cut.cuttable_by_records(np.array([first_a], np.uint64), np.array([shape_a], np.uint8),
+                                                     np.array([first_b], np.uint64), np.array([shape_b], np.uint8),
+                                                     binary)
+                assert bool(vectorised[0]) == (settled == ""), (a, b, binary)
 
 
 # -- what a chat template renders -----------------------------------------------------------------
