@@ -478,8 +478,9 @@ def return_large_frees_to_the_system() -> None:
     """glibc raises its mmap threshold each time a large block is freed, after which arrays of
     up to that size come from the heap and stay with the process when freed: the statistics
     at the end of a 4M-rollout run then left ~50 MiB behind. A fixed 1 MiB threshold returns
-    every large array's memory when it goes (inherited by the worker processes). A no-op
-    elsewhere than glibc."""
+    every large array's memory when it goes. Set for the parent's last phase only: in the
+    workers, every 16 MiB chunk would then cost its page faults again (~1 s of system time at
+    1M rollouts). A no-op elsewhere than glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
@@ -494,7 +495,6 @@ def run(cfg: DictConfig) -> dict:
     """Run the prepare stage; returns the manifest it wrote."""
     started = datetime.now(timezone.utc)
     settings = Settings.from_config(cfg)
-    return_large_frees_to_the_system()
     # the inputs' sha256 (a core-second per 1.6 GB) at the lowest priority, in the time the
     # workers leave idle; forked before the pool starts its threads
     hashing = Background(manifest.sha256_of_each, settings.inputs, nice=19)
@@ -509,6 +509,7 @@ def _run(cfg: DictConfig, settings: Settings, started: datetime, hashing: Backgr
     committed = False
     try:
         scanned, paired, is_val, tally = _pairs(settings, files)
+        return_large_frees_to_the_system()  # the workers are gone: the statistics' copies go when done
         result, report_pairs = _results(cfg, settings, scanned, paired, is_val, tally)
         rollout_rewards = scanned.rewards
         del scanned, paired, is_val  # the pair rows go before the report's process is forked
