@@ -59,15 +59,20 @@ def _length_prefixed(data: bytes) -> bytes:
     return len(data).to_bytes(4, "little") + data
 
 
-def context_key(raw_input, instructions: str | None) -> tuple[int, bytes]:
-    """(context hash, 16-byte context identity) of one request.
+def _seed(instructions: str | None) -> int:
+    return (_xxh64(instructions.encode()) + 1) & _LOW if instructions is not None else 0
 
-    The context is identified by the request's `input` exactly as written plus `instructions`:
-    rows of one task carry byte-identical requests, and a hash of the bytes costs no re-encoding.
-    """
-    seed = (_xxh64(instructions.encode()) + 1) & _LOW if instructions is not None else 0
-    context = _xxh64(raw_input, seed)
-    return context, context.to_bytes(8, "little") + _xxh64(raw_input, seed ^ CONTEXT_SALT).to_bytes(8, "little")
+
+def context_hash(raw_input, instructions: str | None) -> int:
+    """The 64-bit hash of one request: its `input` exactly as written plus `instructions`. Rows
+    of one task carry byte-identical requests, and a hash of the bytes costs no re-encoding."""
+    return _xxh64(raw_input, _seed(instructions))
+
+
+def context_identity(raw_input, instructions: str | None, context: int) -> bytes:
+    """The 128-bit identity of the request whose `context_hash` is `context`: the group key
+    is made from it, so that two contexts never share a group by a 64-bit collision."""
+    return context.to_bytes(8, "little") + _xxh64(raw_input, _seed(instructions) ^ CONTEXT_SALT).to_bytes(8, "little")
 
 
 def group_key(context: bytes, task: bytes) -> tuple[int, int]:

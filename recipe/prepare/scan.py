@@ -169,7 +169,7 @@ class LineReader:
         self.rollouts = rollouts.Reader(options.group_by)
         self.decoder = self.rollouts.row_decoder
         self.measure = length_measure(options.tokenizer)
-        self.requests: dict[bytes, _Request] = {}
+        self.requests: dict[int, _Request] = {}
         self.rows: list[tuple] = []
         self.rejects: list[Reject] = []
 
@@ -233,11 +233,11 @@ class LineReader:
                           self.chunk.file_index, end - start, self.chunk.start + base + start, number))
 
     def _request(self, raw_input, instructions: str | None) -> _Request | None:
-        """The request's `_Request`, made once per distinct request of the chunk (its 128-bit
-        context identity is the key); None when its input fails the typed decode (the line is
-        then a schema reject)."""
-        context_hash, context = grouping.context_key(raw_input, instructions)
-        request = self.requests.get(context)
+        """The request's `_Request`, made once per distinct request of the chunk (found by its
+        context hash); None when its input fails the typed decode (the line is then a schema
+        reject)."""
+        context_hash = grouping.context_hash(raw_input, instructions)
+        request = self.requests.get(context_hash)
         if request is None:
             try:
                 params_input = self.rollouts.input_decoder.decode(raw_input)
@@ -248,5 +248,6 @@ class LineReader:
                 chat.check_context(params_input, instructions)
             except chat.Unusable as exc:
                 unusable = exc
-            request = self.requests[context] = _Request(unusable, context_hash, context)
+            request = self.requests[context_hash] = _Request(
+                unusable, context_hash, grouping.context_identity(raw_input, instructions, context_hash))
         return request
