@@ -19,6 +19,7 @@ import hashlib
 import html
 import json
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -52,9 +53,14 @@ def rollout_rewards_record(rewards: np.ndarray) -> dict:
     return {"rollouts": int(len(rewards)), "bin_edges": (edges * scale).tolist(), "counts": counts.tolist()}
 
 
-def write_rollout_rewards(data_dir: Path, rewards: np.ndarray) -> Path:
+def write_rollout_rewards(data_dir: Path, rewards: np.ndarray | dict) -> Path:
+    """`<data>/rollout_rewards.json` (written through a temporary name): the rewards, or their
+    `rollout_rewards_record`."""
+    record = rewards if isinstance(rewards, dict) else rollout_rewards_record(rewards)
     path = Path(data_dir) / REWARDS_FILE
-    path.write_text(json.dumps(rollout_rewards_record(rewards)) + "\n")
+    temp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    temp.write_text(json.dumps(record) + "\n")
+    temp.replace(path)
     return path
 
 
@@ -109,10 +115,10 @@ class PairRewards:
 
 
 def gather(run_dir: Path, data_dir: Path, pairs: PairRewards | None = None,
-           manifest: dict | None = None) -> RunData:
+           manifest: dict | None = None, rollout_rewards: dict | None = None) -> RunData:
     data = RunData(Path(run_dir), Path(data_dir))
     data.manifest = manifest if manifest is not None else _json(data.data_dir / "manifest.json")
-    data.rollout_rewards = _json(data.data_dir / REWARDS_FILE)
+    data.rollout_rewards = rollout_rewards if rollout_rewards is not None else _json(data.data_dir / REWARDS_FILE)
     if pairs is not None:
         data.chosen, data.rejected = pairs.chosen, pairs.rejected  # arrays: no per-pair objects
         with np.errstate(over="ignore"):  # rewards of +-1e308: an infinite gap, left out of the histogram
@@ -320,14 +326,15 @@ def render(data: RunData, parts: list[Section]) -> str:
 
 
 def write(run_dir: Path, data_dir: Path, pairs: PairRewards | None = None,
-          manifest: dict | None = None) -> Path:
-    """Gather, plot and write `<run_dir>/report.html`; returns its path. `pairs` and `manifest`,
-    when given, stand for what would be read from the data folder."""
-    data = gather(run_dir, data_dir, pairs, manifest)
+          manifest: dict | None = None, rollout_rewards: dict | None = None, target: Path | None = None) -> Path:
+    """Gather, plot and write `<run_dir>/report.html` (or `target`); returns its path. `pairs`,
+    `manifest` and `rollout_rewards`, when given, stand for what would be read from the data
+    folder."""
+    data = gather(run_dir, data_dir, pairs, manifest, rollout_rewards)
     page = render(data, sections(data))
-    path = Path(run_dir) / FILENAME
+    path = Path(target) if target is not None else Path(run_dir) / FILENAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.partial")
+    temp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     temp.write_text(page, encoding="utf-8")
     temp.replace(path)
     return path
@@ -341,16 +348,15 @@ def _matplotlib() -> bool:
     return True
 
 
-def after_prepare(cfg: DictConfig, rollout_rewards: np.ndarray, pairs: PairRewards, manifest: dict) -> str:
-    """The end of prepare: keep the rewards of all rollouts, then write the report (if it can).
-
-    Returns the line to tell the user, and prints nothing itself: prepare runs it in a
-    `Background` process while it commits its outputs and writes `manifest` to disk."""
-    data_dir = Path(str(cfg.data.output_dir)).absolute()
-    write_rollout_rewards(data_dir, rollout_rewards)
+def after_prepare(cfg: DictConfig, rollout_rewards: dict, pairs: PairRewards, manifest: dict,
+                  target: Path) -> Path | str:
+    """The report of a prepare run, drawn into `target` (prepare renames it into place with the
+    outputs it shows); returns that path, or a line saying why there is none. Prints nothing:
+    prepare runs it in a `Background` process while its workers write the pairs."""
     if not _matplotlib():
         return "report.html needs matplotlib (pip install -e '.[local]'); skipped"
-    return f"wrote {write(Path(str(cfg.run_dir)).absolute(), data_dir, pairs, manifest)}"
+    return write(Path(str(cfg.run_dir)).absolute(), Path(str(cfg.data.output_dir)).absolute(), pairs, manifest,
+                 rollout_rewards, target)
 
 
 def run(cfg: DictConfig) -> int:

@@ -205,20 +205,14 @@ class Workers:
         self.settings = settings
         self.pool = None
         self.ahead = 4 * settings.workers
-        self._start()
+        self.start()
 
-    def _start(self) -> None:
+    def start(self) -> None:
         if self.settings.workers > 1:
             context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
             self.pool = context.Pool(self.settings.workers, _init_worker, (self.settings, True))
         else:
             _init_worker(self.settings)
-
-    def renew(self) -> None:
-        """Fresh processes for the next phase: the memory a reading worker's Python heap grew to
-        is not given back while it lives, and would stay through the writing."""
-        self.close()
-        self._start()
 
     def map(self, function, items: Iterable) -> Iterator:
         if self.pool is None:
@@ -236,6 +230,7 @@ class Workers:
         if self.pool is not None:
             self.pool.terminate()
             self.pool.join()
+            self.pool = None
 
 
 # -- the stage ----------------------------------------------------------------------------------
@@ -439,13 +434,10 @@ BUILD_BATCH = 512  # pairs a worker builds in one call
 PART_PAIRS = 8192  # pairs per work item of the writing phase
 
 
-def write_pairs(settings: Settings, pairs: np.ndarray, workers: Workers,
-                files: writer.AtomicFiles, parts_folder: Path) -> tuple[np.ndarray, Counter]:
-    """Write train/val; returns (a boolean mask of the pairs that went to validation, the
-    builders' tally: pairs whose context holds shared turns, tool calls whose arguments stay as
-    written)."""
-    is_val = split.is_validation(pairs["context"], settings.seed, settings.val_fraction,
-                                 settings.val_size)
+def write_pairs(settings: Settings, pairs: np.ndarray, is_val: np.ndarray, workers: Workers,
+                files: writer.AtomicFiles, parts_folder: Path) -> Counter:
+    """Write train/val (`is_val`: `split.is_validation` of the pairs); returns the builders'
+    tally: pairs whose context holds shared turns, tool calls whose arguments stay as written."""
     tasks = ((parts_folder / f"part-{start // PART_PAIRS:06d}", pairs[start:start + PART_PAIRS],
               is_val[start:start + PART_PAIRS]) for start in range(0, len(pairs), PART_PAIRS))
     tally = Counter()
@@ -455,7 +447,7 @@ def write_pairs(settings: Settings, pairs: np.ndarray, workers: Workers,
             files.append("val.jsonl", val, val_lines)
             tally.update(built)
             progress.update(train_lines + val_lines)
-    return is_val, tally
+    return tally
 
 
 def _write_reject(files: writer.AtomicFiles, inputs: list[str]):
@@ -478,9 +470,9 @@ def return_large_frees_to_the_system() -> None:
     """glibc raises its mmap threshold each time a large block is freed, after which arrays of
     up to that size come from the heap and stay with the process when freed: the statistics
     at the end of a 4M-rollout run then left ~50 MiB behind. A fixed 1 MiB threshold returns
-    every large array's memory when it goes. Set for the parent's last phase only: in the
-    workers, every 16 MiB chunk would then cost its page faults again (~1 s of system time at
-    1M rollouts). A no-op elsewhere than glibc."""
+    every large array's memory when it goes. Set once the reading is done: in the reading
+    workers, every 16 MiB chunk would cost its page faults again (~1 s of system time at 1M
+    rollouts). A no-op elsewhere than glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
@@ -505,68 +497,78 @@ def run(cfg: DictConfig) -> dict:
 
 
 def _run(cfg: DictConfig, settings: Settings, started: datetime, hashing: Background) -> dict:
+    """Read and pair; then, while the report draws, write the pairs; then put the outputs, the
+    rewards file, the report and the manifest in place together."""
     files = writer.AtomicFiles(settings.output_dir, OUTPUTS)
+    report_draft = Path(str(cfg.run_dir)).absolute() / f".{report_page.FILENAME}.partial-{os.getpid()}"
+    drawing = None
     committed = False
     try:
-        scanned, paired, is_val, tally = _pairs(settings, files)
-        return_large_frees_to_the_system()  # the workers are gone: the statistics' copies go when done
-        result, report_pairs = _results(cfg, settings, scanned, paired, is_val, tally)
-        rollout_rewards = scanned.rewards
-        del scanned, paired, is_val  # the pair rows go before the report's process is forked
-        # the report draws (matplotlib: a core-second) in a process of its own while this one
-        # commits the outputs, waits for the inputs' hashes and writes the manifest
-        drawing = Background(report_page.after_prepare, cfg, rollout_rewards, report_pairs, dict(result))
+        workers = Workers(settings)
+        spilled = buckets.Buckets(settings.output_dir, input_bytes(settings))
         try:
-            files.sync()  # the outputs reach the disk while the inputs' hashes finish
-            result["outputs"] = {name.removesuffix(".jsonl"): files.digest(name) for name in OUTPUTS}
-            result["inputs"] = [manifest.input_entry(p, h) for p, h in zip(settings.inputs, hashing.result())]
-            finished = datetime.now(timezone.utc)
-            result["timestamps"] = {"started": started.isoformat(), "finished": finished.isoformat(),
-                                    "seconds": round((finished - started).total_seconds(), 3)}
-            with interrupts.deferred():  # the outputs and their manifest land together, or neither
-                files.commit()
-                committed = True
-                manifest.write(settings.output_dir / "manifest.json", result)
-            report.console.print(report.prepare_summary(result))
-            report.console.print(f"wrote {settings.output_dir}/{{train,val,rejects}}.jsonl and manifest.json",
-                                 soft_wrap=True)
-            _report_line(drawing)
+            write_reject = _write_reject(files, settings.inputs)
+            scanned = scan_inputs(settings, workers, spilled, write_reject)
+            paired = pair_buckets(settings, workers, scanned, write_reject)
+            # fresh workers for the writing (a reading worker's heap is not given back), and the
+            # report's process forked in between, never beside a pool's threads
+            workers.close()
+            return_large_frees_to_the_system()  # in this process and the ones forked from now on
+            is_val = split.is_validation(paired.pairs["context"], settings.seed, settings.val_fraction,
+                                         settings.val_size)
+            result, report_pairs = _results(cfg, settings, scanned, paired, is_val)
+            rewards = report_page.rollout_rewards_record(scanned.rewards)
+            # the report draws (matplotlib: a core-second) while the pairs are written
+            drawing = Background(report_page.after_prepare, cfg, rewards, report_pairs, dict(result), report_draft)
+            del report_pairs
+            workers.start()
+            tally = write_pairs(settings, paired.pairs, is_val, workers, files, spilled.folder)
+        except writer.PairSchemaError as exc:
+            raise RecipeError(f"internal error, please report: {exc}") from None
         finally:
-            drawing.cancel()
+            workers.close()
+            spilled.remove()
+        del scanned, paired, is_val
+        result["cut"].update(pairs_with_shared_turns=int(tally["with_shared_turns"]),
+                             tool_call_arguments_as_written=int(tally["arguments_as_written"]))
+        files.sync()  # the outputs reach the disk while the inputs' hashes finish
+        result["outputs"] = {name.removesuffix(".jsonl"): files.digest(name) for name in OUTPUTS}
+        result["inputs"] = [manifest.input_entry(p, h) for p, h in zip(settings.inputs, hashing.result())]
+        report_line = _report(drawing)
+        finished = datetime.now(timezone.utc)
+        result["timestamps"] = {"started": started.isoformat(), "finished": finished.isoformat(),
+                                "seconds": round((finished - started).total_seconds(), 3)}
+        with interrupts.deferred():  # the outputs, the report and the manifest land together, or none
+            files.commit()
+            committed = True
+            report_page.write_rollout_rewards(settings.output_dir, rewards)
+            if report_draft.is_file():
+                report_draft.replace(report_draft.with_name(report_page.FILENAME))
+            manifest.write(settings.output_dir / "manifest.json", result)
+        report.console.print(report.prepare_summary(result))
+        report.console.print(f"wrote {settings.output_dir}/{{train,val,rejects}}.jsonl and manifest.json",
+                             soft_wrap=True)
+        report.console.print(report_line, markup=False, soft_wrap=True)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             interrupts.hold()  # a second Ctrl-C must not cut the cleanup short
         if not committed:
             files.abort()
         if isinstance(exc, interrupts.Interrupted):
-            exc.outcome = (f"the pairs and manifest.json are in {settings.output_dir}; report.html is not"
-                           if committed else f"nothing was written to {settings.output_dir}")
+            exc.outcome = (f"the pairs and manifest.json are in {settings.output_dir}" if committed
+                           else f"nothing was written to {settings.output_dir}")
         raise
+    finally:
+        if drawing is not None:
+            drawing.cancel()
+        report_draft.unlink(missing_ok=True)
     return result
 
 
-def _pairs(settings: Settings, files: writer.AtomicFiles):
-    """Read, pair and write (to temporary files): the worker-pool part of the stage."""
-    workers = Workers(settings)
-    spilled = buckets.Buckets(settings.output_dir, input_bytes(settings))
-    try:
-        write_reject = _write_reject(files, settings.inputs)
-        scanned = scan_inputs(settings, workers, spilled, write_reject)
-        paired = pair_buckets(settings, workers, scanned, write_reject)
-        workers.renew()
-        is_val, tally = write_pairs(settings, paired.pairs, workers, files, spilled.folder)
-    except writer.PairSchemaError as exc:
-        raise RecipeError(f"internal error, please report: {exc}") from None
-    finally:
-        workers.close()
-        spilled.remove()
-    return scanned, paired, is_val, tally
-
-
-def _results(cfg: DictConfig, settings: Settings, scanned: Scanned, paired: BucketPairs, is_val: np.ndarray,
-             tally: Counter) -> tuple[dict, report_page.PairRewards]:
-    """The manifest (but for outputs, inputs and timestamps), and what the report draws of the
-    pairs."""
+def _results(cfg: DictConfig, settings: Settings, scanned: Scanned, paired: BucketPairs,
+             is_val: np.ndarray) -> tuple[dict, report_page.PairRewards]:
+    """The manifest (but for outputs, inputs, timestamps and what writing the pairs counts),
+    and what the report draws of the pairs."""
     pairs = paired.pairs
     per_group = pairing_report.pairs_per_group(pairs)  # for the manifest and the report
     with np.errstate(over="ignore"):  # rewards of +-1e308: an infinite gap, counted as not finite
@@ -586,9 +588,7 @@ def _results(cfg: DictConfig, settings: Settings, scanned: Scanned, paired: Buck
             "prompts_val": int(len(np.unique(pairs["context"][is_val]))),
         },
         # pairs cut at the first divergence of their trajectories (cut.py)
-        "cut": {"refused_candidates": paired.refused,  # pairs a strategy tried that could not be cut
-                "pairs_with_shared_turns": int(tally["with_shared_turns"]),
-                "tool_call_arguments_as_written": int(tally["arguments_as_written"])},
+        "cut": {"refused_candidates": paired.refused},  # pairs a strategy tried that could not be cut
         "rewards": {"usable_rollouts": manifest.stats(scanned.rewards),
                     "chosen": manifest.stats(pairs["chosen_reward"]),
                     "rejected": manifest.stats(pairs["rejected_reward"]),
@@ -600,12 +600,14 @@ def _results(cfg: DictConfig, settings: Settings, scanned: Scanned, paired: Buck
                                            per_group)
 
 
-def _report_line(drawing: Background) -> None:
+def _report(drawing: Background) -> str:
+    """The line that says where the report is, or why there is none: the report is a view of
+    the outputs, not one of them, and its failure never fails the stage."""
     try:
-        report.console.print(drawing.result(), markup=False, soft_wrap=True)
-    except Exception as exc:  # noqa: BLE001 (the report is a view of the outputs, not one of them)
+        drawn = drawing.result()
+    except Exception as exc:  # noqa: BLE001
         # a failure in the report's process comes as its traceback: its last line says what
         why = (str(exc).strip().splitlines() or [""])[-1] if type(exc) is RuntimeError else \
             f"{type(exc).__name__}: {exc}"
-        report.console.print(f"warning: report.html not written ({why[:300]}); the pairs and the "
-                             "manifest are written", markup=False, soft_wrap=True)
+        return f"warning: report.html not written ({why[:300]}); the pairs and the manifest are written"
+    return f"wrote {Path(drawn).with_name(report_page.FILENAME)}" if isinstance(drawn, Path) else drawn

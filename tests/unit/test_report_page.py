@@ -175,20 +175,25 @@ def test_prepare_hands_the_report_what_the_pair_files_hold(tmp_path, prepare, mo
 
     handed = tmp_path / "handed.pickle"  # what the report process was given
 
-    def keep(run_dir, data_dir, pairs=None, manifest=None):
-        handed.write_bytes(pickle.dumps((run_dir, data_dir, pairs, manifest)))
+    def keep(run_dir, data_dir, pairs=None, manifest=None, rollout_rewards=None, target=None):
+        handed.write_bytes(pickle.dumps((run_dir, data_dir, pairs, manifest, rollout_rewards)))
         return handed
 
     monkeypatch.setattr(report_page, "write", keep)
     rows = [rollout(prompt=f"p{t}", answer=f"a{r}", reward=float(r * t), task=t, agent="e")
             for t in range(1, 6) for r in range(3)]
     prepare(write_jsonl(tmp_path / "r.jsonl", rows), "data_prep=all_pairs", "data.val_fraction=0.4")
-    run_dir, data_dir, pairs, manifest = pickle.loads(handed.read_bytes())
-    from_memory = report_page.gather(run_dir, data_dir, pairs, manifest)
+    run_dir, data_dir, pairs, manifest, rollout_rewards = pickle.loads(handed.read_bytes())
+    from_memory = report_page.gather(run_dir, data_dir, pairs, manifest, rollout_rewards)
     from_files = report_page.gather(run_dir, data_dir)
     assert from_memory.pairs == from_files.pairs == 15
-    written = from_files.manifest  # the manifest in memory lacks only what is known after the report forks
-    assert from_memory.manifest == {k: v for k, v in written.items() if k not in ("inputs", "outputs", "timestamps")}
+    assert from_memory.rollout_rewards == from_files.rollout_rewards
+    # the manifest in memory lacks only what is known once the pairs are written (the report
+    # draws while they are): the hashes, the times, and what writing them counted
+    written, later = from_files.manifest, ("inputs", "outputs", "timestamps", "cut")
+    assert {k: v for k, v in from_memory.manifest.items() if k not in later} == \
+        {k: v for k, v in written.items() if k not in later}
+    assert from_memory.manifest["cut"] == {"refused_candidates": written["cut"]["refused_candidates"]}
     assert sorted(zip(from_memory.chosen, from_memory.rejected)) == sorted(zip(from_files.chosen, from_files.rejected))
     assert sorted(from_memory.gaps) == pytest.approx(sorted(from_files.gaps))
     assert sorted(from_memory.pairs_per_prompt) == sorted(from_files.pairs_per_prompt) == [3] * 5
