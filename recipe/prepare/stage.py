@@ -504,9 +504,10 @@ def _run(cfg: DictConfig, settings: Settings, started: datetime, hashing: Backgr
     drawing = None
     committed = False
     try:
-        workers = Workers(settings)
         spilled = buckets.Buckets(settings.output_dir, input_bytes(settings))
+        workers = None
         try:
+            workers = Workers(settings)
             write_reject = _write_reject(files, settings.inputs)
             scanned = scan_inputs(settings, workers, spilled, write_reject)
             paired = pair_buckets(settings, workers, scanned, write_reject)
@@ -526,7 +527,8 @@ def _run(cfg: DictConfig, settings: Settings, started: datetime, hashing: Backgr
         except writer.PairSchemaError as exc:
             raise RecipeError(f"internal error, please report: {exc}") from None
         finally:
-            workers.close()
+            if workers is not None:
+                workers.close()
             spilled.remove()
         del scanned, paired, is_val
         result["cut"].update(pairs_with_shared_turns=int(tally["with_shared_turns"]),
