@@ -72,10 +72,11 @@ def test_two_rounds_resume_and_leave_nothing_behind(tools, tmp_path):
     assert [r["round"] for r in doc["rounds"]] == [0] and doc["rounds"][0]["done"]
     base = doc["rounds"][0]["eval"]
     assert base["n"] == 16 and base["tasks"] == 8 and base["pass_at_k"]["k"] == 2
-    assert "model=smollm2-135m" in first.stdout and not ours(run_dir)
+    assert "model=smollm2-135m" in first.stdout + first.stderr and not ours(run_dir)
 
     second = iterate(run_dir, "iterate.rounds=1")
-    assert "resuming" in second.stdout and "round 1, step collect" in second.stdout
+    said = second.stdout + second.stderr
+    assert "resuming" in said and "round 1, step collect" in said
     doc = json.loads((run_dir / "iterate.json").read_text())
     r0, r1 = doc["rounds"]
     assert r0["eval"] == base  # round 0 was not redone
@@ -98,7 +99,7 @@ def test_two_rounds_resume_and_leave_nothing_behind(tools, tmp_path):
     assert not ours(run_dir)
     assert token.exists() == had_token
     third = iterate(run_dir, "iterate.rounds=1")
-    assert "are done" in third.stdout and not ours(run_dir)
+    assert "are done" in third.stdout + third.stderr and not ours(run_dir)
 
 
 def test_other_eval_settings_are_refused_on_resume(tools, tmp_path):
