@@ -95,20 +95,16 @@ class Loop:
 
     # -- steps ------------------------------------------------------------------------------------
     def step_export(self, k: int) -> dict:
-        rd = self.rd(k)
-        if k == 0:
-            policy = self.policy(0)
-        else:
-            policy = str(self.trained_policy(k))
+        policy = self.policy(0) if k == 0 else str(self.trained_policy(k))
         engine = serving.load(str(self.plan.serving.name))
-        if self.plan.base_source == "hub" and k == 0 and not Path(policy).exists():
-            artifact = Path(policy)  # a hub id: only an engine that downloads can serve it
-            if engine.export(artifact, rd / "serve", self.plan.serving) != artifact:
-                raise RecipeError(f"{policy!r} is a hub name: serving.name={self.plan.serving.name} needs a "
-                                  "local folder (give policy.model_name=/path/to/model)")
+        if Path(policy).exists():
+            artifact = str(engine.export(Path(policy), self.rd(k) / "serve", self.plan.serving))
+        elif engine.serves_hub_names:  # a GPU run's base model by its hub name: the engine fetches it
+            artifact = policy
         else:
-            artifact = engine.export(Path(policy), rd / "serve", self.plan.serving)
-        return {"policy": policy, "artifact": str(artifact)}
+            raise RecipeError(f"policy {policy!r} is not a folder here and serving.name={self.plan.serving.name} "
+                              "serves local files only: give policy.model_name=/path/to/model")
+        return {"policy": policy, "artifact": artifact}
 
     def trained_policy(self, k: int) -> Path:
         """The Hugging Face folder of round K's training: the CPU runner writes `model/`; NeMo RL

@@ -304,3 +304,18 @@ def test_signals_raise_turns_sigterm_into_interrupted():
             time.sleep(5)
     assert caught.value.exit_code == 143
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_hub_name_is_served_only_by_an_engine_that_fetches_it(tmp_path):
+    from recipe.iterate.stage import Loop
+
+    choices = {"model": "qwen2.5-1.5b", "launcher": "single_gpu", "dpo": "default", "container": "nemo_rl"}
+    for engine, works in (("vllm", True), ("llama_cpp", False)):
+        p = build_plan(f"run_dir={tmp_path / engine}", "model=qwen2.5-1.5b", f"serving={engine}",
+                       choices=choices, task=["model=qwen2.5-1.5b"])
+        if works:
+            assert Loop(p).step_export(0) == {"policy": "Qwen/Qwen2.5-1.5B-Instruct",
+                                              "artifact": "Qwen/Qwen2.5-1.5B-Instruct"}
+        else:
+            with pytest.raises(RecipeError, match="serves local files only"):
+                Loop(p).step_export(0)

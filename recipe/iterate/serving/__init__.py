@@ -6,6 +6,7 @@ Each engine module gives:
                                                      Face folder (a GGUF file; the folder itself)
     command(artifact: Path, port: int, name: str, cfg) -> list[str]
     ready_path: str                                  GET it until it answers 200
+    serves_hub_names: bool                           can it serve a hub id (a GPU run's base model)
 
 `serve()` starts the engine as a `processes.Service` on a free loopback port and yields its
 `/v1` base URL; NeMo Gym's `vllm_model` server talks to it (CONTRACT.md section 6).

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from recipe.iterate import processes, setup
 
 ready_path = "/health"
+serves_hub_names = False                # a GGUF file made here, never a hub name
 
 
 def export(policy: Path, out: Path, cfg: DictConfig) -> Path:

@@ -9,6 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 ready_path = "/v1/models"
+serves_hub_names = True                 # `vllm serve ORG/NAME` downloads it
 
 
 def export(policy: Path, out: Path, cfg: DictConfig) -> Path:
