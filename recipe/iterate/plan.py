@@ -178,6 +178,11 @@ def build(cfg: DictConfig) -> Plan:
     if Path(model_name).expanduser().is_dir():
         base_source, model_name = "local", str(Path(model_name).expanduser().absolute())
     elif model_name in offline:
+        from recipe.iterate import setup
+
+        if not callable(getattr(setup, str(offline[model_name]), None)):
+            raise RecipeError(f"iterate.offline_models: {offline[model_name]!r} (for {model_name}) is not a "
+                              "function of recipe.iterate.setup")
         base_source = f"offline:{offline[model_name]}"
     else:
         base_source = "hub"

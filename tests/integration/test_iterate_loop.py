@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.engines import REPO, gym_dpo_cli, run, unavailable
+from engines import REPO, gym_dpo_cli, run, unavailable
 
 pytestmark = pytest.mark.integration
 
