@@ -186,7 +186,11 @@ def build(cfg: DictConfig) -> Plan:
         base_source = f"offline:{offline[model_name]}"
     else:
         base_source = "hub"
-    groups = {g: choices[g] for g in (*TRAIN_GROUPS, *PREPARE_GROUPS) if g in choices}
+    # the model is the loop's choice; `dpo` follows it in the train stage (`dpo: ${model}`) unless
+    # the user picked one; the other groups pass as chosen (their defaults included)
+    explicit = {_key(o) for o in task_overrides}
+    groups = {g: choices[g] for g in (*TRAIN_GROUPS, *PREPARE_GROUPS)
+              if g in choices and (g != "dpo" or g in explicit)}
     groups["model"] = preset
     train_overrides = flatten(OmegaConf.to_container(it.train, resolve=True) or {})
     train_overrides += forwarded(task_overrides, TRAIN_KEYS, TRAIN_GROUPS)

@@ -155,7 +155,7 @@ def build_plan(*overrides: str, choices: dict | None = None, task: list[str] | N
     cfg = compose_cfg(*overrides)
     os.chdir(REPO)  # the bundled task files are relative to the repository root
     original = plan._choices
-    plan._choices = lambda: (choices or {"model": "tiny", "launcher": "local_cpu", "dpo": "default",
+    plan._choices = lambda: (choices or {"model": "tiny", "launcher": "local_cpu", "dpo": "tiny",
                                          "data_prep": "same_prompt", "container": "nemo_rl"}, task or [])
     try:
         return plan.build(cfg)
@@ -186,8 +186,15 @@ def test_the_default_model_replaces_tiny_and_comes_from_the_wheel(tmp_path):
     assert argv[:3] == [sys.executable, "-m", "recipe"] and "stage=train" in argv
     assert "model=smollm2-135m" in argv and "policy.model_name=/models/base" in argv
     assert "launcher=local_cpu" in argv and "policy.optimizer.kwargs.lr=2e-05" in argv
+    assert not [a for a in argv if a.startswith("dpo=")]  # dpo/<model> follows the model there
     prepare = p.prepare_argv(tmp_path / "r.jsonl", tmp_path / "prep")
     assert f"data.output_dir={tmp_path / 'prep' / 'data'}" in prepare and "data_prep=same_prompt" in prepare
+
+
+def test_an_explicit_dpo_choice_is_passed_on(tmp_path):
+    choices = {"model": "tiny", "launcher": "local_cpu", "dpo": "smoke", "container": "nemo_rl"}
+    p = build_plan(f"run_dir={tmp_path}", "dpo=smoke", choices=choices, task=["dpo=smoke"])
+    assert "dpo=smoke" in p.train_argv(tmp_path, tmp_path, "m")
 
 
 def test_an_explicit_tiny_model_is_refused(tmp_path):
