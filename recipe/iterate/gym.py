@@ -118,9 +118,21 @@ def collect(gym: Gym, tasks: Path, out: Path, repeats: int, sampling: DictConfig
     if partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
-    processes.run(gym.collect_argv(tasks, partial / out.name, repeats, sampling), log_path, cwd=gym.work,
-                  env=gym.environment(), prefix="[ng_collect_rollouts] ", echo=False,
-                  what="ng_collect_rollouts")
+    from tqdm.auto import tqdm
+
+    expected = repeats * sum(1 for line in tasks.read_text(encoding="utf-8").splitlines() if line.strip())
+    with tqdm(total=expected, desc=f"NeMo Gym {out.stem} rollouts", unit="rollout") as bar:
+        def progress() -> None:  # rows are appended as rollouts finish
+            path = partial / out.name
+            if path.is_file():
+                with open(path, "rb") as handle:
+                    bar.update(sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 20), b""))
+                               - bar.n)
+
+        processes.run(gym.collect_argv(tasks, partial / out.name, repeats, sampling), log_path, cwd=gym.work,
+                      env=gym.environment(), prefix="[ng_collect_rollouts] ", echo=False,
+                      what="ng_collect_rollouts", watch=progress)
+        progress()
     if not (partial / out.name).is_file():
         raise RecipeError(f"ng_collect_rollouts wrote no {out.name} (log: {log_path})")
     for item in sorted(partial.iterdir()):

@@ -105,11 +105,17 @@ def _start(argv: list[str], log_path: Path, cwd: Path | None, env: dict | None, 
 
 
 def run(argv: list[str], log_path: Path, *, cwd: Path | None = None, env: dict | None = None,
-        prefix: str = "", echo: bool = True, what: str = "") -> None:
-    """Run to the end; a non-zero exit is a RecipeError with the end of the log."""
+        prefix: str = "", echo: bool = True, what: str = "", watch: Callable[[], None] | None = None) -> None:
+    """Run to the end (calling `watch` every few seconds meanwhile, e.g. to show progress); a
+    non-zero exit is a RecipeError with the end of the log."""
     process, tee = _start(argv, log_path, cwd, env, prefix, echo)
     try:
-        code = process.wait()
+        while True:
+            try:
+                code = process.wait(timeout=5 if watch else None)
+                break
+            except subprocess.TimeoutExpired:
+                watch()
     finally:
         if process.returncode is None:
             stop_session(process)
