@@ -72,7 +72,7 @@ class Gym:
         return self._token
 
     def head_args(self) -> list[str]:
-        return [f"++head_server.host=127.0.0.1", f"++head_server.port={self.head_port}"]
+        return ["++head_server.host=127.0.0.1", f"++head_server.port={self.head_port}"]
 
     def run_argv(self) -> list[str]:
         paths = [str(p) for p in self.cfg.config_paths] + [

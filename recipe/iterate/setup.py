@@ -114,10 +114,6 @@ class NemoGym:
     def bin(self) -> Path:
         return self.venv / "bin"
 
-    @property
-    def site_packages(self) -> Path:
-        return Path(glob.glob(str(self.venv / "lib" / "python3.12" / "site-packages"))[0])
-
 
 def nemo_gym(python: str | None = None, install: bool = True) -> NemoGym:
     """Where NeMo Gym is; installed first when missing (`install=False`: the paths only, e.g.

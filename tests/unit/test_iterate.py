@@ -326,3 +326,18 @@ def test_a_hub_name_is_served_only_by_an_engine_that_fetches_it(tmp_path):
         else:
             with pytest.raises(RecipeError, match="serves local files only"):
                 Loop(p).step_export(0)
+
+
+def test_the_bundled_tasks_are_generated_and_the_eval_file_is_held_out():
+    result = subprocess.run([sys.executable, "samples/gym/make_tasks.py", "--check"], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    read = lambda name: [json.loads(line) for line in (REPO / "samples" / "gym" / name).read_text().splitlines()]  # noqa: E731
+    train, held_out = read("mcqa_train.jsonl"), read("mcqa_eval.jsonl")
+    prompt = lambda r: r["responses_create_params"]["input"][0]["content"]  # noqa: E731
+    assert not {prompt(r) for r in train} & {prompt(r) for r in held_out}
+    key = lambda r: (r["metadata"]["question"], r["options"][ord(r["expected_answer"]) - 65][r["expected_answer"]])  # noqa: E731
+    same_question = {key(r) for r in train} & {key(r) for r in held_out}  # another wording of the same answer
+    assert all(q.startswith("Which number is the") for q, _ in same_question)  # only their option sets differ
+    for r in train + held_out:  # what NeMo Gym's mcqa server grades with
+        assert r["expected_answer"] in {k for o in r["options"] for k in o} and r["template_metadata"]["output_regex"]
