@@ -341,3 +341,28 @@ def test_the_bundled_tasks_are_generated_and_the_eval_file_is_held_out():
     assert all(q.startswith("Which number is the") for q, _ in same_question)  # only their option sets differ
     for r in train + held_out:  # what NeMo Gym's mcqa server grades with
         assert r["expected_answer"] in {k for o in r["options"] for k in o} and r["template_metadata"]["output_regex"]
+
+
+def test_a_nemo_rl_round_is_exported_with_the_converter_from_its_latest_step(tmp_path):
+    """Up to the boundary: NeMo RL's DCP checkpoints -> the converter's command line, run in
+    container.nemo_rl_dir (a stand-in converter here: the real one needs the NeMo RL container)."""
+    from recipe.iterate.stage import Loop
+
+    converter = tmp_path / "convert_dcp_to_hf.py"
+    converter.write_text("import json, pathlib, sys\nargs = dict(zip(sys.argv[1::2], sys.argv[2::2]))\n"
+                         "out = pathlib.Path(args['--hf-ckpt-path']); out.mkdir(parents=True)\n"
+                         "(out / 'config.json').write_text(json.dumps({**args, 'cwd': str(pathlib.Path.cwd())}))\n")
+    choices = {"model": "qwen2.5-1.5b", "launcher": "single_gpu", "dpo": "default", "container": "nemo_rl"}
+    p = build_plan(f"run_dir={tmp_path / 'run'}", "model=qwen2.5-1.5b", "launcher=single_gpu", "serving=vllm",
+                   f"iterate.dcp_to_hf.runner=[{sys.executable},{converter}]",
+                   f"container.nemo_rl_dir={tmp_path}", choices=choices, task=["model=qwen2.5-1.5b"])
+    checkpoints = tmp_path / "run" / "round_1" / "train" / "checkpoints"
+    for step in (2, 10, 9):
+        (checkpoints / f"step_{step}" / "policy" / "weights").mkdir(parents=True)
+    policy = Loop(p).trained_policy(1)
+    assert policy == tmp_path / "run" / "round_1" / "policy"
+    seen = json.loads((policy / "config.json").read_text())
+    assert seen["--config"] == str(checkpoints / "step_10" / "config.yaml")
+    assert seen["--dcp-ckpt-path"] == str(checkpoints / "step_10" / "policy" / "weights")
+    assert seen["cwd"] == str(tmp_path)
+    assert Loop(p).step_export(1) == {"policy": str(policy), "artifact": str(policy)}  # vLLM serves it as is
