@@ -239,7 +239,7 @@ def run(cfg) -> int:
     plan = plan_mod.build(cfg)
     for note in plan.notes:
         console.console.print(note)
-    if bool(cfg.iterate.dry_run):
+    if bool(cfg.iterate.dry_run) or bool(cfg.launcher.get("dry_run", False)):  # either: nothing runs
         dry_run(plan)
         return 0
     with processes.signals_raise():

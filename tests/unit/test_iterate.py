@@ -366,3 +366,11 @@ def test_a_nemo_rl_round_is_exported_with_the_converter_from_its_latest_step(tmp
     assert seen["--dcp-ckpt-path"] == str(checkpoints / "step_10" / "policy" / "weights")
     assert seen["cwd"] == str(tmp_path)
     assert Loop(p).step_export(1) == {"policy": str(policy), "artifact": str(policy)}  # vLLM serves it as is
+
+
+def test_launcher_dry_run_makes_the_whole_loop_a_dry_run(tmp_path):
+    from recipe.iterate import stage
+
+    os.chdir(REPO)
+    assert stage.run(compose_cfg(f"run_dir={tmp_path}", "launcher=dry_run")) == 0
+    assert (tmp_path / "dry_run.txt").is_file() and not (tmp_path / "round_0").exists()
