@@ -30,6 +30,7 @@ STAGES: dict[str, list[str]] = {
     "report": ["recipe.report_page"],                    # <run_dir>/report.html (plots, offline)
     "lock_image": ["recipe.train.container"],            # record the pulled image's digest
     "compare_strategies": ["recipe.prepare.compare"],    # every pairing strategy side by side, no files
+    "iterate": ["recipe.iterate.stage"],                 # NeMo Gym rollouts -> prepare -> train -> eval, per round
 }
 
 

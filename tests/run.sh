@@ -7,19 +7,21 @@
 #
 # As root (CI, a disposable VM) it installs and starts a Docker engine, the local stand-in for
 # the NeMo RL image, the test images built from our Dockerfile (tests/infra/test_image.sh) and a
-# 2-node Slurm cluster (tests/infra/), and sets GYM_DPO_REQUIRE_ENGINES=1: a test that finds an
+# 2-node Slurm cluster (tests/infra/), NeMo Gym with llama.cpp's server for stage=iterate
+# (tests/infra/iterate_up.sh), and sets GYM_DPO_REQUIRE_ENGINES=1: a test that finds an
 # engine missing then fails instead of skipping. Otherwise it uses what is already running, and
 # the tests that need a missing tool skip with a one-line reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python -m pip install --quiet -e '.[test,local,docker,slurm]'
+python -m pip install --quiet -e '.[test,local,docker,slurm,iterate]'
 
 if [ "$(id -u)" = 0 ] && [ "${GYM_DPO_SKIP_INFRA:-0}" != 1 ]; then
     bash tests/infra/docker_up.sh
     GYM_DPO_BASE_IMAGE=$(bash tests/infra/base_image.sh)
     export GYM_DPO_BASE_IMAGE
     eval "$(bash tests/infra/test_image.sh)"  # exports GYM_DPO_TEST_IMAGE, _CPU_IMAGE, _BASE_REF
+    bash tests/infra/iterate_up.sh           # NeMo Gym, llama-server, the SmolLM2 base (cached)
     eval "$(bash tests/infra/slurm_up.sh)"   # exports SLURM_CONF
     export GYM_DPO_REQUIRE_ENGINES=1
     trap 'bash tests/infra/slurm_down.sh' EXIT

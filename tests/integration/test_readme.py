@@ -12,11 +12,16 @@ changes exactly this, for the reason given:
   and, as `container.image=`, in every gym-dpo command;
 - there is no enroot: `enroot import -o FILE ...` is replaced by writing a stand-in FILE;
 - `docker compose` runs with tests/infra/compose.test.yaml on top (no GPU reservation, no
-  memlock=-1) under a project and image name of its own, and the HF cache in a temp folder.
-Two commands are not run, and `test_only_these_commands_are_left_out` keeps that list exact:
-`pip install -e '.[local]'` (tests/run.sh installed the package, with these extras and more,
-into this interpreter) and `bash tests/run.sh` (the command that runs this test). Commands that
-need Docker skip (fail in CI) without an engine; the others run without it.
+  memlock=-1) under a project and image name of its own, and the HF cache in a temp folder;
+- `gym-dpo stage=iterate ...` runs as a dry run (`iterate.dry_run=true`: every round's commands,
+  nothing started): one real round takes ~45 min on 2 cores; tests/integration/
+  test_iterate_loop.py runs a small loop for real. `python -m recipe.iterate.setup` runs against
+  the cache tests/infra/iterate_up.sh filled (it is idempotent: a second run checks and returns).
+Three commands are not run, and `test_only_these_commands_are_left_out` keeps that list exact:
+`pip install -e '.[local]'` and `pip install -e '.[local,iterate]'` (tests/run.sh installed the
+package, with these extras and more, into this interpreter) and `bash tests/run.sh` (the command
+that runs this test). Commands that need Docker skip (fail in CI) without an engine; the others
+run without it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import os
 import re
 import shlex
 import shutil
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +42,7 @@ from engines import INFRA, REPO, build_test_images, gym_dpo_cli, run, unavailabl
 pytestmark = pytest.mark.integration
 README = REPO / "README.md"
 NOT_RUN = {"pip install -e '.[local]'": "tests/run.sh installed the package (with more extras)",
+           "pip install -e '.[local,iterate]'": "tests/run.sh installed the package (with more extras)",
            "bash tests/run.sh": "the command that runs this test"}
 NVCR = "nvcr.io/nvidia/nemo-rl:v0.7.0"
 GPU_LAUNCHERS = ("launcher=single_gpu", "launcher=multi_gpu", "launcher=slurm")
@@ -123,6 +130,12 @@ def as_run_here(argv: list[str], work: Workdir, images: dict | None) -> tuple[li
     extra = [f"container.image={stand_in}"] if stand_in else []
     if needs_a_gpu(argv):
         extra.append("launcher.dry_run=true")
+    if argv[:2] == ["gym-dpo", "stage=iterate"]:
+        extra.append("iterate.dry_run=true")
+    if argv[:3] == ["python", "-m", "recipe.iterate.setup"]:
+        env = {k: v for k, v in env.items() if k != "GYM_DPO_CACHE"} | (
+            {"GYM_DPO_CACHE": os.environ["GYM_DPO_CACHE"]} if "GYM_DPO_CACHE" in os.environ else {})
+        return [sys.executable, *argv[1:]], env
     if argv[0] == "gym-dpo":
         return [*gym_dpo_cli(), *argv[1:], *extra], env
     if argv[:2] == ["docker", "compose"]:

@@ -1,0 +1,141 @@
+"""NeMo Gym, driven through its own CLI and config files (never re-implemented).
+
+`ng_run` starts the environment's resource server, its agent and the model server
+(`responses_api_models/vllm_model`, pointed at our served policy) plus a local Ray;
+`ng_collect_rollouts` then writes real rollout rows. Both run in NeMo Gym's venv
+(recipe.iterate.setup), each with:
+- a HOME of the run's own (`<work>/home`) and a Ray temp dir of its own: nothing lands in the
+  user's home (Ray >= 2.59 writes `~/.ray/auth_token` for a new local cluster, which breaks later
+  Ray clusters that share that home);
+- Ray's token auth kept on with a per-session random token in the environment only
+  (`RAY_AUTH_TOKEN`: Ray reads it before any file, so it writes none), on loopback
+  (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`), without usage stats;
+- uv on the local Python 3.12 (`UV_PYTHON_DOWNLOADS=never`), the server venvs and uv's cache in
+  the shared cache (`skip_venv_if_present`: built once, ~30 s to start after that);
+- the head server on a free port, given to both commands.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from recipe.errors import RecipeError
+from recipe.iterate import processes, setup
+from recipe.iterate.serving import free_port
+
+POLICY_CONFIG = "policy_model.yaml"
+
+
+class Gym:
+    """Commands and environment of one NeMo Gym session (ng_run + collections) in `work`."""
+
+    def __init__(self, gym_cfg: DictConfig, serving_cfg: DictConfig, work: Path, base_url: str,
+                 model_name: str, tools: setup.NemoGym, head_port: int | str | None = None):
+        self.cfg, self.serving, self.work = gym_cfg, serving_cfg, work
+        self.base_url, self.model_name, self.tools = base_url, model_name, tools
+        self.head_port = head_port or free_port()
+        self.ray_tmp: Path | None = None
+
+    def write_config(self) -> Path:
+        """Our one config file for NeMo Gym: the model server's settings for this engine."""
+        self.work.mkdir(parents=True, exist_ok=True)
+        settings = OmegaConf.to_container(self.serving.nemo_gym_model, resolve=True)
+        path = self.work / POLICY_CONFIG
+        path.write_text(yaml.safe_dump({"policy_model": {"responses_api_models": {"vllm_model": settings}}}))
+        return path
+
+    def environment(self) -> dict[str, str]:
+        home = self.work / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        if self.ray_tmp is None:  # short: Ray's socket paths must stay under ~107 characters
+            self.ray_tmp = Path(tempfile.mkdtemp(prefix="gym-dpo-ray-"))
+        path = os.pathsep.join([str(self.tools.bin), str(self.tools.python312.parent),
+                                os.environ.get("PATH", "/usr/bin:/bin")])
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "VIRTUAL_ENV", "PYTHON"))}
+        env.update(HOME=str(home), PATH=path, UV_PYTHON_DOWNLOADS="never", RAY_TMPDIR=str(self.ray_tmp),
+                   RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token, RAY_USAGE_STATS_ENABLED="0",
+                   RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+        return env
+
+    @property
+    def token(self) -> str:
+        if not hasattr(self, "_token"):
+            self._token = secrets.token_hex(16)
+        return self._token
+
+    def head_args(self) -> list[str]:
+        return ["++head_server.host=127.0.0.1", f"++head_server.port={self.head_port}"]
+
+    def run_argv(self) -> list[str]:
+        paths = [str(p) for p in self.cfg.config_paths] + [
+            "responses_api_models/vllm_model/configs/vllm_model.yaml", str(self.work / POLICY_CONFIG)]
+        return [str(self.tools.bin / "ng_run"), f"+config_paths=[{','.join(paths)}]",
+                f"+policy_base_url={self.base_url}", "+policy_api_key=dummy",
+                f"+policy_model_name={self.model_name}", f"+uv_venv_dir={self.tools.server_venvs}",
+                f"+uv_cache_dir={self.tools.uv_cache}", "+skip_venv_if_present=true", *self.head_args(),
+                *[str(o) for o in self.cfg.get("nemo_gym_overrides") or []]]
+
+    def collect_argv(self, tasks: Path, out: Path, repeats: int, sampling: DictConfig) -> list[str]:
+        return [str(self.tools.bin / "ng_collect_rollouts"), f"+agent_name={self.cfg.agent_name}",
+                f"+input_jsonl_fpath={tasks}", f"+output_jsonl_fpath={out}", f"+num_repeats={repeats}",
+                "+num_repeats_add_seed=true", f"+num_samples_in_parallel={sampling.parallel}",
+                f"++responses_create_params.temperature={sampling.temperature}",
+                f"++responses_create_params.max_output_tokens={sampling.max_output_tokens}",
+                *self.head_args()]
+
+    def cleanup(self) -> None:
+        if self.ray_tmp is not None:
+            shutil.rmtree(self.ray_tmp, ignore_errors=True)
+            self.ray_tmp = None
+
+
+@contextmanager
+def session(gym: Gym, log_path: Path, timeout: float = 900.0):
+    """`ng_run` until the block ends (all its servers ready first); then everything it started
+    (servers, Ray) is stopped, and its Ray temp dir removed."""
+    gym.write_config()
+    ready = lambda service: any("servers ready" in line for line in service.output)  # noqa: E731
+    try:
+        with processes.Service("ng_run", gym.run_argv(), log_path, cwd=gym.work, env=gym.environment(),
+                               ready=ready, timeout=timeout):
+            yield gym
+    finally:
+        gym.cleanup()
+
+
+def collect(gym: Gym, tasks: Path, out: Path, repeats: int, sampling: DictConfig, log_path: Path) -> Path:
+    """`ng_collect_rollouts` into a partial folder, moved into place when it succeeded: `out` and
+    its NeMo Gym sidecars (`_materialized_inputs`, `_aggregate_metrics`, `_failures`)."""
+    partial = out.parent / f".partial-{out.stem}"
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    from tqdm.auto import tqdm
+
+    expected = repeats * sum(1 for line in tasks.read_text(encoding="utf-8").splitlines() if line.strip())
+    with tqdm(total=expected, desc=f"NeMo Gym {out.stem} rollouts", unit="rollout") as bar:
+        def progress() -> None:  # rows are appended as rollouts finish
+            path = partial / out.name
+            if path.is_file():
+                with open(path, "rb") as handle:
+                    bar.update(sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 20), b""))
+                               - bar.n)
+
+        processes.run(gym.collect_argv(tasks, partial / out.name, repeats, sampling), log_path, cwd=gym.work,
+                      env=gym.environment(), prefix="[ng_collect_rollouts] ", echo=False,
+                      what="ng_collect_rollouts", watch=progress)
+        progress()
+    if not (partial / out.name).is_file():
+        raise RecipeError(f"ng_collect_rollouts wrote no {out.name} (log: {log_path})")
+    for item in sorted(partial.iterdir()):
+        os.replace(item, out.parent / item.name)
+    partial.rmdir()
+    return out

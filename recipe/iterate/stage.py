@@ -1,0 +1,247 @@
+"""`stage=iterate`: NeMo Gym rollouts of the current policy -> prepare -> train -> evaluate, for
+`iterate.rounds` rounds after evaluating the base model (round 0). See recipe.iterate.state for
+the steps and resume, recipe.iterate.plan for what is handed to the stages.
+
+Writes `<run_dir>/round_K/` (tasks, rollouts, pairs, training run, served policy, logs),
+`<run_dir>/iterate.json` and `<run_dir>/iterate.md` (per round: held-out eval reward mean, its
+standard error and n, pass rate for 0/1 rewards, pairs made, mean response length, the gain over
+round 0 with its paired standard error).
+
+Servers (the policy's engine, NeMo Gym's servers and Ray) run only while a step needs them: the
+eval of round K and the collection of round K+1 share one session (same policy); they are
+stopped before prepare and training, and on success, failure, Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from recipe import report as console
+from recipe.errors import RecipeError
+from recipe.iterate import gym as gym_mod
+from recipe.iterate import plan as plan_mod
+from recipe.iterate import processes, report, serving, setup, state, stats
+
+POLICY_ALIAS = "policy-round-{k}"
+
+
+class Servers:
+    """The served policy and the NeMo Gym session pointed at it, opened only when needed."""
+
+    def __init__(self, plan: plan_mod.Plan):
+        self.plan = plan
+        self.stack: ExitStack | None = None
+        self.artifact: Path | None = None
+        self.gym: gym_mod.Gym | None = None
+
+    def open(self, artifact: Path, round_index: int, logs: Path) -> gym_mod.Gym:
+        if self.stack is not None and self.artifact == artifact:
+            return self.gym
+        self.close()
+        tools = setup.nemo_gym(self.plan.it.get("nemo_gym_python"))
+        stack = ExitStack()
+        try:
+            name = POLICY_ALIAS.format(k=round_index)
+            console.console.print(f"serving {artifact} as {name} ({self.plan.serving.name})", soft_wrap=True)
+            base_url = stack.enter_context(serving.serve(self.plan.serving, artifact, name, logs / "serve.log"))
+            gym = gym_mod.Gym(self.plan.gym, self.plan.serving, self.plan.run_dir / "gym", base_url, name, tools)
+            console.console.print(f"starting NeMo Gym (ng_run, {self.plan.gym.name}); log {logs / 'ng_run.log'}",
+                                  soft_wrap=True)
+            self.gym = stack.enter_context(gym_mod.session(gym, logs / "ng_run.log",
+                                                           float(self.plan.it.nemo_gym_startup_timeout)))
+        except BaseException:
+            stack.close()
+            raise
+        self.stack, self.artifact = stack, artifact
+        return self.gym
+
+    def close(self) -> None:
+        if self.stack is not None:
+            console.console.print("stopping the policy server and NeMo Gym")
+            stack, self.stack, self.artifact, self.gym = self.stack, None, None, None
+            stack.close()
+
+
+class Loop:
+    def __init__(self, plan: plan_mod.Plan):
+        self.plan = plan
+        self.servers = Servers(plan)
+
+    # -- paths ------------------------------------------------------------------------------------
+    def rd(self, k: int) -> Path:
+        return state.round_dir(self.plan.run_dir, k)
+
+    def policy(self, k: int) -> str:
+        """Policy K as a Hugging Face folder (or hub id for a GPU run's base)."""
+        if k == 0:
+            source = self.plan.base_source
+            if source.startswith("offline:"):
+                return str(getattr(setup, source.split(":", 1)[1])())
+            return self.plan.model_name
+        done = state.record(self.plan.run_dir, k, "export")
+        if done is None:
+            raise RecipeError(f"round {k} has no exported policy yet")
+        return done["policy"]
+
+    def artifact(self, k: int) -> Path:
+        done = state.record(self.plan.run_dir, k, "export")
+        if done is None:
+            raise RecipeError(f"round {k} has no served form of its policy yet")
+        return Path(done["artifact"])
+
+    # -- steps ------------------------------------------------------------------------------------
+    def step_export(self, k: int) -> dict:
+        policy = self.policy(0) if k == 0 else str(self.trained_policy(k))
+        engine = serving.load(str(self.plan.serving.name))
+        if Path(policy).exists():
+            artifact = str(engine.export(Path(policy), self.rd(k) / "serve", self.plan.serving))
+        elif engine.serves_hub_names:  # a GPU run's base model by its hub name: the engine fetches it
+            artifact = policy
+        else:
+            raise RecipeError(f"policy {policy!r} is not a folder here and serving.name={self.plan.serving.name} "
+                              "serves local files only: give policy.model_name=/path/to/model")
+        return {"policy": policy, "artifact": artifact}
+
+    def trained_policy(self, k: int) -> Path:
+        """The Hugging Face folder of round K's training: the CPU runner writes `model/`; NeMo RL
+        writes DCP checkpoints, converted with its own converter."""
+        train = self.rd(k) / "train"
+        if (train / "model" / "config.json").is_file():
+            return train / "model"
+        steps = sorted((int(p.name.split("_")[1]), p) for p in (train / "checkpoints").glob("step_*")
+                       if p.name.split("_")[1].isdigit())
+        if not steps:
+            raise RecipeError(f"{train} has neither model/ nor checkpoints/step_N: training left no policy")
+        out = self.rd(k) / "policy"
+        if not (out / "config.json").is_file():
+            argv = self.plan.dcp_to_hf_argv(steps[-1][1], out)
+            processes.run(argv, self.rd(k) / "logs" / "dcp_to_hf.log", cwd=Path(str(self.plan.container.nemo_rl_dir)),
+                          what="NeMo RL's convert_dcp_to_hf.py")
+        return out
+
+    def _collect(self, k_served: int, k: int, tasks: Path, name: str, repeats: int, sampling) -> dict:
+        logs = self.rd(k) / "logs"
+        gym = self.servers.open(self.artifact(k_served), k_served, logs)
+        out = self.rd(k) / "rollouts" / f"{name}.jsonl"
+        console.console.print(f"round {k}: collecting {name} rollouts ({tasks.name} x {repeats}) with "
+                              f"policy {k_served}", highlight=False, soft_wrap=True)
+        started = time.monotonic()
+        gym_mod.collect(gym, tasks, out, repeats, sampling, logs / f"collect_{name}.log")
+        rows = stats.read_rows(out)
+        failures_path = out.with_name(f"{out.stem}_failures.jsonl")
+        failures = len(stats.read_rows(failures_path)) if failures_path.is_file() else 0
+        summary = stats.summarize(rows, failures)
+        console.console.print(f"round {k}: {len(rows)} {name} rollouts in {time.monotonic() - started:.0f}s, "
+                              f"mean reward {summary['mean'] if summary['mean'] is None else round(summary['mean'], 4)}"
+                              + (f", {failures} failed" if failures else ""), highlight=False, soft_wrap=True)
+        return {"rollouts": str(out), "stats": summary}
+
+    def _task_file(self, source: Path, out: Path, start: int, count: int | None) -> Path:
+        lines = [line for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if count is None or count >= len(lines):
+            chosen = lines
+        else:  # the next `count` tasks, wrapping around: each round gets prompts it has not seen
+            chosen = [lines[(start + i) % len(lines)] for i in range(count)]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("".join(line + "\n" for line in chosen), encoding="utf-8")
+        return out
+
+    def step_collect(self, k: int) -> dict:
+        per_round = self.plan.it.collect.tasks
+        tasks = self._task_file(self.plan.train_tasks, self.rd(k) / "tasks" / "train.jsonl",
+                                (k - 1) * int(per_round or 0), per_round)
+        return self._collect(k - 1, k, tasks, "train", int(self.plan.it.collect.repeats),
+                             self.plan.it.collect.sampling)
+
+    def step_eval(self, k: int) -> dict:
+        tasks = self._task_file(self.plan.eval_tasks, self.rd(k) / "tasks" / "eval.jsonl", 0,
+                                self.plan.it.eval.tasks)
+        return self._collect(k, k, tasks, "eval", int(self.plan.it.eval.repeats), self.plan.it.eval.sampling)
+
+    def step_prepare(self, k: int) -> dict:
+        rd = self.rd(k)
+        rollouts = Path(state.record(self.plan.run_dir, k, "collect")["rollouts"])
+        out = rd / "prepare"
+        argv = self.plan.prepare_argv(rollouts, out)
+        console.console.print(f"round {k}: {plan_mod.shell(argv[2:])}", highlight=False, soft_wrap=True)
+        processes.run(argv, rd / "logs" / "prepare.log", prefix="[prepare] ", what="gym-dpo stage=prepare")
+        manifest = json.loads((out / "data" / "manifest.json").read_text())
+        pairs = {"train": int(manifest["pairs"]["train"]), "val": int(manifest["pairs"]["val"])}
+        return {"pairs_dir": str(out / "data"), "pairs": pairs}
+
+    def step_train(self, k: int) -> dict:
+        rd = self.rd(k)
+        pairs = state.record(self.plan.run_dir, k, "prepare")
+        argv = self.plan.train_argv(Path(pairs["pairs_dir"]), rd / "train", self.policy(k - 1))
+        console.console.print(f"round {k}: {plan_mod.shell(argv[2:])}", highlight=False, soft_wrap=True)
+        processes.run(argv, rd / "logs" / "train.log", prefix="[train] ", what="gym-dpo stage=train")
+        return {"train_dir": str(rd / "train"), "metrics": report.train_metrics(rd / "train")}
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def clear(self, k: int, step: str) -> None:
+        """A step redone after an earlier one was: its old outputs go (and its record)."""
+        rd = self.rd(k)
+        owned = {"collect": ["tasks/train.jsonl", "rollouts/train*"], "prepare": ["prepare"],
+                 "train": ["train"], "export": ["serve", "policy"], "eval": ["tasks/eval.jsonl", "rollouts/eval*"]}
+        for pattern in owned[step]:
+            for path in rd.glob(pattern):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        (rd / "steps" / f"{step}.json").unlink(missing_ok=True)
+
+    def run(self) -> dict:
+        plan = self.plan
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        changed = state.check_plan(plan.run_dir, plan.fingerprint())
+        if changed:
+            raise RecipeError(f"{plan.run_dir} was started with other eval settings, so its rounds would not "
+                              "compare; use a new run_dir, or the same settings:\n  " + "\n  ".join(changed))
+        todo = state.pending(plan.run_dir, plan.rounds)
+        if not todo:
+            console.console.print(f"all {plan.rounds} round(s) of {plan.run_dir} are done")
+        elif state.record(plan.run_dir, *todo[0]) is None and any(
+                state.record(plan.run_dir, k, s) for k in range(plan.rounds + 1) for s in state.steps(k)):
+            console.console.print(f"resuming {plan.run_dir} at round {todo[0][0]}, step {todo[0][1]}")
+        runners = {"collect": self.step_collect, "prepare": self.step_prepare, "train": self.step_train,
+                   "export": self.step_export, "eval": self.step_eval}
+        needs_servers = {"collect", "eval"}
+        try:
+            for k, step in todo:
+                if state.record(plan.run_dir, k, step) is not None:
+                    self.clear(k, step)
+                if step not in needs_servers:
+                    self.servers.close()
+                started = time.monotonic()
+                outputs = runners[step](k)
+                state.mark_done(plan.run_dir, k, step, time.monotonic() - started, **outputs)
+                report.write(plan)
+        finally:
+            self.servers.close()
+        summary = report.write(plan)
+        report.show(summary, plan.run_dir)
+        return summary
+
+
+def dry_run(plan: plan_mod.Plan) -> Path:
+    """Every round's commands, written to <run_dir>/dry_run.txt and printed; nothing runs."""
+    lines = report.dry_run_lines(plan)
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    path = plan.run_dir / "dry_run.txt"
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+    return path
+
+
+def run(cfg) -> int:
+    plan = plan_mod.build(cfg)
+    for note in plan.notes:
+        console.console.print(note)
+    if bool(cfg.iterate.dry_run) or bool(cfg.launcher.get("dry_run", False)):  # either: nothing runs
+        dry_run(plan)
+        return 0
+    with processes.signals_raise():
+        Loop(plan).run()
+    return 0

@@ -1,0 +1,86 @@
+"""Round bookkeeping: which steps a round has, which are done, where a rerun resumes.
+
+Round 0 is the base model: `export` (the served form of the policy) and `eval`. Every later
+round K trains policy K from policy K-1:
+
+    collect   train rollouts of policy K-1 on this round's tasks (NeMo Gym)
+    prepare   gym-dpo stage=prepare on them -> pairs
+    train     gym-dpo stage=train on the pairs, from policy K-1 (it resumes its own checkpoints)
+    export    policy K as a Hugging Face folder (NeMo RL: DCP -> HF), then in the served form
+    eval      held-out rollouts of policy K (NeMo Gym), same tasks and seeds as every round
+
+A step is done when `round_K/steps/<step>.json` exists: it is written (atomically) only after the
+step's outputs are in place, so a rerun with the same run_dir starts at the first step without
+one, in the first round that has such a step. `plan.json` holds what makes rounds comparable
+(eval tasks and their hash, repeats, sampling, model, serving): a rerun that changes any of it
+is refused rather than mixed into the same report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+ROUND0_STEPS = ("export", "eval")
+ROUND_STEPS = ("collect", "prepare", "train", "export", "eval")
+PLAN = "plan.json"
+
+
+def steps(round_index: int) -> tuple[str, ...]:
+    return ROUND0_STEPS if round_index == 0 else ROUND_STEPS
+
+
+def round_dir(run_dir: Path, round_index: int) -> Path:
+    return run_dir / f"round_{round_index}"
+
+
+def _record_path(run_dir: Path, round_index: int, step: str) -> Path:
+    return round_dir(run_dir, round_index) / "steps" / f"{step}.json"
+
+
+def write_json(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.partial")
+    temp.write_text(json.dumps(value, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(temp, path)
+
+
+def record(run_dir: Path, round_index: int, step: str) -> dict | None:
+    path = _record_path(run_dir, round_index, step)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def mark_done(run_dir: Path, round_index: int, step: str, seconds: float, **outputs) -> dict:
+    entry = {"round": round_index, "step": step, "seconds": round(seconds, 1),
+             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **outputs}
+    write_json(_record_path(run_dir, round_index, step), entry)
+    return entry
+
+
+def pending(run_dir: Path, rounds: int) -> list[tuple[int, str]]:
+    """Every (round, step) still to run for rounds 0..rounds, in order. A round counts as done
+    only when all its steps are; the first unfinished step of the first unfinished round comes
+    first (later steps of that round are redone even if a stale record exists)."""
+    todo = []
+    for index in range(rounds + 1):
+        names = steps(index)
+        done = [record(run_dir, index, name) is not None for name in names]
+        if all(done) and not todo:
+            continue
+        first = done.index(False) if not all(done) else len(names)
+        start = first if not todo else 0
+        todo.extend((index, name) for name in names[start:])
+    return todo
+
+
+def check_plan(run_dir: Path, plan: dict) -> list[str]:
+    """Differences between `plan` and the one the run folder was started with (written if new)."""
+    path = run_dir / PLAN
+    if not path.is_file():
+        write_json(path, plan)
+        return []
+    old = json.loads(path.read_text())
+    return [f"{key}: {old.get(key)!r} then, {plan.get(key)!r} now" for key in sorted(set(old) | set(plan))
+            if old.get(key) != plan.get(key)]

