@@ -16,7 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from recipe import interrupts
+from recipe import processes
 from recipe.errors import RecipeError
 
 log = logging.getLogger("gym-dpo")
@@ -51,6 +51,7 @@ def run_stage(cfg: DictConfig, overrides: list[str] | None = None) -> None:
 def _hydra_main(cfg: DictConfig) -> None:
     from recipe import report
 
+    processes.unblock()  # a signal that came while the config was composed is raised here
     try:
         run_stage(cfg, list(HydraConfig.get().overrides.task))
     except RecipeError as exc:
@@ -58,12 +59,24 @@ def _hydra_main(cfg: DictConfig) -> None:
 
         report.console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (interrupts.install): one line, no traceback
-        interrupted = exc if isinstance(exc, interrupts.Interrupted) else interrupts.Interrupted(signal.SIGINT)
-        report.console.print(f"interrupted ({interrupted}): {interrupted.outcome}", markup=False, soft_wrap=True)
-        sys.exit(interrupted.exit_code)
+    finally:
+        processes.hold()  # the stage is over: what Hydra does on the way out is not cut short
 
 
 def main() -> None:
-    interrupts.install()
-    _hydra_main()
+    """`gym-dpo` (recipe.__main__): Ctrl-C or SIGTERM ends a stage with one line and exit code
+    130 / 143, no traceback; one that comes while the config is composed waits for the stage,
+    one that comes after it is ignored (the stage is over)."""
+    processes.block()
+    processes.install()
+    try:
+        _hydra_main()
+    except KeyboardInterrupt as exc:
+        processes.hold()
+        interrupted = exc if isinstance(exc, processes.Interrupted) else processes.Interrupted(signal.SIGINT)
+        from recipe import report
+
+        report.console.print(f"interrupted ({interrupted}): {interrupted.outcome}", markup=False, soft_wrap=True)
+        sys.exit(interrupted.exit_code)
+    finally:
+        processes.hold()

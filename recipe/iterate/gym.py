@@ -27,8 +27,9 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from recipe import processes
 from recipe.errors import RecipeError
-from recipe.iterate import processes, setup
+from recipe.iterate import setup
 from recipe.iterate.serving import free_port
 
 POLICY_CONFIG = "policy_model.yaml"

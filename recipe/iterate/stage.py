@@ -20,11 +20,12 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from recipe import processes
 from recipe import report as console
 from recipe.errors import RecipeError
 from recipe.iterate import gym as gym_mod
 from recipe.iterate import plan as plan_mod
-from recipe.iterate import processes, report, serving, setup, state, stats
+from recipe.iterate import report, serving, setup, state, stats
 
 POLICY_ALIAS = "policy-round-{k}"
 
@@ -242,6 +243,10 @@ def run(cfg) -> int:
     if bool(cfg.iterate.dry_run) or bool(cfg.launcher.get("dry_run", False)):  # either: nothing runs
         dry_run(plan)
         return 0
-    with processes.signals_raise():
+    try:
         Loop(plan).run()
+    except processes.Interrupted as exc:
+        exc.outcome = (f"every process the loop started was stopped; rerun the same command (run_dir="
+                       f"{plan.run_dir}) to resume")
+        raise
     return 0

@@ -22,13 +22,14 @@ from rich.console import Console
 from rich.table import Table
 
 from recipe.errors import RecipeError
-from recipe.prepare import buckets, pairing, stage
+from recipe.prepare import buckets, pairing, stage, workers
+from recipe.prepare.settings import Settings, input_bytes
 from recipe.prepare.pairing import report as pairing_report
 
 CARRIED = ("normalize", "length_penalty", "min_gap")
 
 
-def strategy_options(settings: stage.Settings) -> dict[str, dict]:
+def strategy_options(settings: Settings) -> dict[str, dict]:
     """Options for every strategy: the selected one as composed, the others from their files."""
     options = {}
     for name in pairing.STRATEGIES:
@@ -67,21 +68,19 @@ def table(summaries: list[dict], caption: str) -> Table:
 
 def run(cfg: DictConfig) -> list[dict]:
     """Scan once, pair with every strategy, print one table; returns the pairing summaries."""
-    settings = stage.Settings.from_config(cfg)
+    settings = Settings.from_config(cfg)
     options = strategy_options(settings)
-    workers = stage.Workers(settings)
-    with tempfile.TemporaryDirectory(prefix="gym-dpo-compare-") as spill:
-        spilled = buckets.Buckets(Path(spill), stage.input_bytes(settings))
+    with tempfile.TemporaryDirectory(prefix="gym-dpo-compare-") as spill, workers.reading(settings) as pool:
+        spilled = buckets.Buckets(Path(spill), input_bytes(settings))
         try:
-            scanned = stage.scan_inputs(settings, workers, spilled)
+            scanned = stage.scan_inputs(settings, pool, spilled)
             summaries = []
             for name in pairing.STRATEGIES:
                 run_as = dataclasses.replace(settings, strategy=name, strategy_options=options[name])
-                paired = stage.pair_buckets(run_as, workers, scanned)
+                paired = stage.pair_buckets(run_as, pool, scanned)
                 summaries.append(pairing_report.summarize(name, paired.pairs, paired.groups,
                                                           settings.length_unit))
         finally:
-            workers.close()
             spilled.remove()
     shared = settings.strategy_options
     caption = (f"{spilled.records:,} usable rollouts of {sum(scanned.lines_per_file):,} lines; "

@@ -19,6 +19,7 @@ import orjson
 
 from recipe.prepare import chat, cut, rollouts
 from recipe.prepare.lines import LineSource
+from recipe.scratch import Scratch
 
 
 SIDE = [("file", "u2"), ("line", "u8"), ("offset", "u8"), ("nbytes", "u4"), ("reward", "f8"),
@@ -136,14 +137,16 @@ def _arguments_as_written(messages: list[dict]) -> int:
 
 
 class AtomicFiles:
-    """Files written under temporary names, renamed into place together on `commit()`."""
+    """Files written under temporary names in a scratch folder of `folder`, renamed into place
+    together on `commit()`; `close()` removes the scratch folder (and with it whatever else the
+    run kept there), `abort()` that and the files, and `folder` if this run made it."""
 
     def __init__(self, folder: Path, names: list[str]):
-        self.created = not folder.exists()  # an aborted run removes a folder it made, if left empty
+        self.created = not folder.exists()
         self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
+        self.scratch = Scratch(folder, "prepare")  # sweeps what killed runs left in `folder`
         self.final = {name: folder / name for name in names}
-        self.temp = {name: folder / f".{name}.partial-{os.getpid()}" for name in names}
+        self.temp = {name: self.scratch.path / name for name in names}
         self.handles = {name: open(self.temp[name], "wb") for name in names}
         self.hashes = {name: hashlib.sha256() for name in names}
         self.sizes = dict.fromkeys(names, 0)
@@ -185,11 +188,13 @@ class AtomicFiles:
         for name, temp in self.temp.items():
             os.replace(temp, self.final[name])
 
-    def abort(self) -> None:
+    def close(self) -> None:
         for handle in self.handles.values():
             handle.close()
-        for temp in self.temp.values():
-            temp.unlink(missing_ok=True)
+        self.scratch.remove()
+
+    def abort(self) -> None:
+        self.close()
         if self.created:
             try:
                 self.folder.rmdir()

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.markup import escape
 
 import recipe
-from recipe import report
+from recipe import processes, report
 from recipe.errors import RecipeError
 from recipe.train import launchers, nemo_rl, nemo_rl_loader, prepared, provenance, validate
 from recipe.train.launchers import LaunchPlan
@@ -102,7 +102,12 @@ def run(cfg: DictConfig) -> int:
         print(line, flush=True)
         return 0
     report.console.print(f"launching ({cfg.launcher.name}): {escape(line)}", highlight=False, soft_wrap=True)
-    code = module.launch(plan)
+    try:
+        code = module.launch(plan)
+    except processes.Interrupted as exc:
+        exc.outcome = (f"training was stopped; the run folder {plan.run_dir} keeps the config and command "
+                       "(a rerun with the same run_dir resumes from its last checkpoint)")
+        raise
     if code != 0:
         log = plan.run_dir / "train.log"
         tail = _tail(log, int(cfg.launcher.get("docker", {}).get("log_tail", 40) or 40))

@@ -1,4 +1,4 @@
-"""`recipe.background.Background`: work in a child process, its result or its error back."""
+"""`recipe.processes.Background`: work in a child process, its result or its error back."""
 
 import gc
 import multiprocessing
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from recipe.background import Background
+from recipe.processes import Background
 from recipe.errors import RecipeError
 
 

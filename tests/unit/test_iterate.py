@@ -17,7 +17,8 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from recipe.errors import RecipeError
-from recipe.iterate import gym, plan, processes, report, state, stats
+from recipe import processes
+from recipe.iterate import gym, plan, report, state, stats
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,8 @@ import random
 import pytest
 
 from recipe import cli
-from recipe.prepare import compare, pairing, stage
+from recipe.prepare import compare, pairing
+from recipe.prepare.settings import Settings
 from tests.conftest import compose_config, rollout, write_jsonl
 
 
@@ -65,6 +66,6 @@ def test_the_stage_is_registered():
 
 def test_every_strategy_has_a_config_that_composes(tmp_path):
     for name in pairing.STRATEGIES:
-        settings = stage.Settings.from_config(compose_config(f"data.input={__file__}", f"data_prep={name}"))
+        settings = Settings.from_config(compose_config(f"data.input={__file__}", f"data_prep={name}"))
         assert settings.strategy == name
         assert set(pairing.SHARED) <= set(settings.strategy_options)

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from recipe.errors import RecipeError
-from recipe.prepare import pairing, stage
+from recipe.prepare import pairing
+from recipe.prepare.pairing import engine
+from recipe.prepare.settings import Settings
 from tests.conftest import records_of, compose_config, read_jsonl, rollout, write_jsonl
 
 
@@ -76,9 +78,9 @@ def test_scores_subtract_the_length_penalty_from_the_normalised_reward():
 def test_length_penalty_flips_the_chosen_response():
     # rewards 1.0 (1000 chars) and 0.9 (100 chars); with lambda 0.001 the scores are 0.0 and 0.8
     recs = records([[(1.0, 1000), (0.9, 100)]])
-    plain = stage.pair_records(recs, settings())
+    plain = engine.pair_records(recs, settings())
     assert (recs["reward"][plain.chosen].tolist(), recs["reward"][plain.rejected].tolist()) == ([1.0], [0.9])
-    penalised = stage.pair_records(recs, settings(length_penalty=0.001))
+    penalised = engine.pair_records(recs, settings(length_penalty=0.001))
     assert (recs["reward"][penalised.chosen].tolist(), recs["reward"][penalised.rejected].tolist()) == ([0.9], [1.0])
     np.testing.assert_allclose(penalised.score_gap, [0.8])
 
@@ -94,30 +96,30 @@ def test_length_penalty_flips_the_chosen_text_end_to_end(tmp_path, prepare):
 
 def test_normalisation_makes_min_gap_mean_the_same_across_reward_scales():
     recs = records([[(1.0, 5), (0.0, 5)], [(100.0, 5), (0.0, 5)]])  # two environments, two scales
-    raw = stage.pair_records(recs, settings(min_gap=2.0))
+    raw = engine.pair_records(recs, settings(min_gap=2.0))
     assert recs["reward"][raw.chosen].tolist() == [100.0]  # only the large scale reaches 2.0
-    z = stage.pair_records(recs, settings(min_gap=2.0, normalize="zscore"))  # both are +1 vs -1
+    z = engine.pair_records(recs, settings(min_gap=2.0, normalize="zscore"))  # both are +1 vs -1
     assert sorted(recs["reward"][z.chosen].tolist()) == [1.0, 100.0]
     np.testing.assert_allclose(z.score_gap, [2.0, 2.0])
-    rank = stage.pair_records(recs, settings(min_gap=1.0, normalize="rank"))
+    rank = engine.pair_records(recs, settings(min_gap=1.0, normalize="rank"))
     np.testing.assert_allclose(rank.score_gap, [1.0, 1.0])
 
 
 def test_a_zero_spread_group_is_counted_as_a_tie_under_every_normalisation():
     recs = records([[(0.5, 5), (0.5, 6), (0.5, 7)]])
     for how in ("none", "zscore", "rank"):
-        result = stage.pair_records(recs, settings(normalize=how))
+        result = engine.pair_records(recs, settings(normalize=how))
         assert len(result.chosen) == 0 and result.unpaired["tie"] == 3
 
 
 def test_stratified_thresholds_see_normalised_rewards_without_the_length_term():
     recs = records([[(50.0, 500), (40.0, 10), (-3.0, 10)]])
     thresholds = {"high_threshold": 0.9, "low_threshold": 0.1}
-    raw = stage.pair_records(recs, settings("stratified", **thresholds))
+    raw = engine.pair_records(recs, settings("stratified", **thresholds))
     assert sorted(recs["reward"][raw.chosen].tolist()) == [40.0, 50.0]  # both raw rewards >= 0.9
     # rank-normalised rewards are 1.0, 0.5, 0.0: only the top is high. Its score, 1.0 - 0.001 x 500
     # = 0.5, is under the threshold: the thresholds must not see the length term.
-    ranked = stage.pair_records(recs, settings("stratified", normalize="rank", length_penalty=0.001, **thresholds))
+    ranked = engine.pair_records(recs, settings("stratified", normalize="rank", length_penalty=0.001, **thresholds))
     assert (recs["reward"][ranked.chosen].tolist(), recs["reward"][ranked.rejected].tolist()) == ([50.0], [-3.0])
     np.testing.assert_allclose(ranked.score_gap, [0.5 - (-0.01)])
 
@@ -144,7 +146,7 @@ def test_bad_shared_options_are_refused(override, message):
 def test_bad_options_stop_the_run_before_reading(strategy, override, message):
     cfg = compose_config("data.input=/nonexistent.jsonl", f"data_prep={strategy}", override)
     with pytest.raises(RecipeError, match=message):
-        stage.Settings.from_config(cfg)
+        Settings.from_config(cfg)
 
 
 def test_shared_defaults_fill_options_missing_from_an_older_config():

@@ -25,7 +25,7 @@ from types import ModuleType
 from omegaconf import DictConfig
 
 from recipe.errors import RecipeError
-from recipe.iterate.processes import Service
+from recipe.processes import Service
 
 ENGINES = ("llama_cpp", "vllm")
 

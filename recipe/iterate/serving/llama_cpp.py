@@ -15,7 +15,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from recipe.iterate import processes, setup
+from recipe import processes
+from recipe.iterate import setup
 
 ready_path = "/health"
 serves_hub_names = False                # a GGUF file made here, never a hub name
