@@ -112,7 +112,7 @@ class Plan:
                 *self.train_overrides]
 
     def dcp_to_hf_argv(self, step_dir: Path, out: Path) -> list[str]:
-        """NeMo RL's own converter (examples/converters/convert_dcp_to_hf.py), as CONTRACT.md §3."""
+        """NeMo RL's own converter (v0.7.0 `examples/converters/convert_dcp_to_hf.py`)."""
         runner = [str(p) for p in self.it.dcp_to_hf.runner]
         return [*runner, "--config", str(step_dir / "config.yaml"), "--dcp-ckpt-path",
                 str(step_dir / "policy" / "weights"), "--hf-ckpt-path", str(out)]

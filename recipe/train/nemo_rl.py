@@ -5,7 +5,8 @@ holds that file's absolute path (`container.base_config`), because NeMo RL's loa
 relative path against the child's folder and `defaults: dpo` is no file at all. Only the keys we
 set are written; NeMo RL's loader deep-merges them onto the parent (see nemo_rl_loader).
 
-What this module decides (CONTRACT.md sections 2-3):
+What this module decides (from NeMo RL v0.7.0's `examples/configs/dpo.yaml`, `examples/run_dpo.py`
+and `nemo_rl/data/datasets/preference_datasets/`):
 - `data:` replaces the parent's (`_override_: true`: HelpSteer3 must not leak in) in the v0.6+
   schema: `train` / `validation` with `dataset_name` PreferenceDataset or BinaryPreferenceDataset
   (the manifest's `format`), absolute `data_path`, `split: train` on both (a local file only has

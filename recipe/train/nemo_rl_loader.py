@@ -1,7 +1,7 @@
 """NeMo RL's config loading rules, re-implemented so we can check a written YAML without NeMo RL.
 
-`examples/run_dpo.py --config FILE [overrides]` (NeMo RL v0.7.0) does two things we must match
-(CONTRACT.md section 3):
+`examples/run_dpo.py --config FILE [overrides]` (NeMo RL v0.7.0; its loader is
+`nemo_rl/utils/config.py`) does two things we must match:
 
 1. Inheritance (`load`): a top-level `defaults:` holds a path or a list of paths to parent YAML
    files, each relative to the folder of the file that names it, or absolute. Parents are loaded

@@ -2,9 +2,10 @@
 
 The train stage never imports prepare's code: it reads the folder the way a user's hand-made
 folder would be read, so that a folder prepared yesterday (or elsewhere) trains the same. It checks
-what NeMo RL would not (CONTRACT.md section 2): the files are the ones the manifest hashed, every
-line is a pair of the manifest's format, and no pair is a tie (equal ranks make NeMo RL raise at
-load time; identical chosen and rejected answers teach nothing).
+what NeMo RL would not (v0.7.0's `nemo_rl/data/datasets/preference_datasets/` load a record
+without checking that it is complete): the files are the ones the manifest hashed, every line is a
+pair of the manifest's format, and no pair is a tie (equal ranks make NeMo RL raise
+`NotImplementedError` at load time; identical chosen and rejected answers teach nothing).
 """
 
 from __future__ import annotations

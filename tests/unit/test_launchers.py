@@ -84,10 +84,7 @@ FAKE_RUN_DPO = textwrap.dedent("""\
 
 
 def _subprocess_run(tmp_path, *more):
-    from train_helpers import REFERENCE_DPO, fake_nemo_rl
-
-    if not REFERENCE_DPO.is_file():
-        pytest.skip("no reference dpo.yaml")
+    from train_helpers import fake_nemo_rl
     nemo_rl_dir = fake_nemo_rl(tmp_path / "c")
     (nemo_rl_dir / "run_dpo.py").write_text(FAKE_RUN_DPO)
     data = make_prepared(tmp_path / "data")

@@ -15,7 +15,7 @@ import yaml
 
 from recipe.errors import RecipeError
 from recipe.train.local import checkpoints, metrics, settings
-from train_helpers import REFERENCE_DPO, make_prepared
+from train_helpers import make_prepared, reference_dpo
 
 
 def child(tmp_path: Path, parent: str | None, **sections) -> Path:
@@ -49,17 +49,14 @@ def load(path: Path, *overrides: str) -> settings.Settings:
 
 
 def reference() -> dict:
-    if not REFERENCE_DPO.is_file():
-        pytest.skip(f"{REFERENCE_DPO} (NeMo RL's dpo.yaml, shared reference) is not there")
-    return yaml.safe_load(REFERENCE_DPO.read_text())
+    return yaml.safe_load(reference_dpo().read_text())
 
 
 @pytest.fixture
 def parent(tmp_path) -> str:
-    reference()
     target = tmp_path / "nemo-rl" / "dpo.yaml"
     target.parent.mkdir()
-    shutil.copyfile(REFERENCE_DPO, target)
+    shutil.copyfile(reference_dpo(), target)
     return str(target)
 
 

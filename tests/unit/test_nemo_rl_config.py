@@ -80,9 +80,9 @@ def test_written_yaml_follows_nemo_rl_rules(tmp_path):
 
 
 def test_sft_average_log_probs_keeps_nemo_rls_link_unless_set(tmp_path):
-    """Issue 17 item 3: upstream ties it to preference_average_log_probs; we wrote `false`."""
+    """Upstream ties it to preference_average_log_probs; an earlier gym-dpo wrote `false`."""
     from recipe.train import nemo_rl_loader
-    from train_helpers import REFERENCE_DPO, fake_nemo_rl
+    from train_helpers import fake_nemo_rl, reference_dpo
 
     nemo_rl_dir = fake_nemo_rl(tmp_path / "c")
     doc, plan, _ = _write(tmp_path, f"container.nemo_rl_dir={nemo_rl_dir}")
@@ -92,7 +92,7 @@ def test_sft_average_log_probs_keeps_nemo_rls_link_unless_set(tmp_path):
     alone = OmegaConf.load(plan.config_path)  # the CPU runner without NeMo RL reads the file alone
     alone.dpo.preference_average_log_probs = True
     assert alone.dpo.sft_average_log_probs is True
-    assert "sft_average_log_probs: ${.preference_average_log_probs}" in REFERENCE_DPO.read_text()
+    assert "sft_average_log_probs: ${.preference_average_log_probs}" in reference_dpo().read_text()
     set_doc, _, _ = _write(tmp_path / "b", "dpo.sft_average_log_probs=true")
     assert set_doc["dpo"]["sft_average_log_probs"] is True  # the user's value, written as given
 

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from recipe.train import nemo_rl_loader as loader
 from recipe.train import stage
-from train_helpers import (REFERENCE_DPO, REQUIRED_KEYS, compose_config, fake_nemo_rl,
+from train_helpers import (REQUIRED_KEYS, compose_config, fake_nemo_rl,
                            make_prepared, train_overrides)
 
 
@@ -71,8 +71,6 @@ def test_override_grammar_in_struct_mode():
 
 @pytest.fixture
 def nemo_rl_dir(tmp_path):
-    if not REFERENCE_DPO.is_file():
-        pytest.skip(f"NeMo RL's reference dpo.yaml is not at {REFERENCE_DPO}")
     return fake_nemo_rl(tmp_path / "container")
 
 

@@ -1,4 +1,4 @@
-"""Model presets hold model facts; training values come from dpo/<model> (issue 17, item 1).
+"""Model presets hold model facts; training values come from dpo/<model>.
 
 Before, `model=tiny` (the default) also set the tiny model's training values (lr 1e-3, batch 8,
 30 steps), so `policy.model_name=Qwen/...` on any launcher wrote them for a 7B model. Now:

@@ -62,7 +62,7 @@ def test_sbatch_command(tmp_path):
 
 
 def test_cpus_per_node_and_the_job_env_for_the_wait(tmp_path):
-    """Issue 17 items 6, 7, 9: the CPUs, the GPUs to wait for and Ray's auth reach the job."""
+    """The CPUs, the GPUs to wait for and Ray's auth reach the job."""
     plan = plan_for(tmp_path, "launcher.exclusive=false", "launcher.cpus_per_node=16",
                     "launcher.gpus_per_node=8")
     argv = slurm.build_command(plan)
@@ -82,7 +82,7 @@ def test_cpus_per_node_and_the_job_env_for_the_wait(tmp_path):
 
 
 def test_job_env_with_a_locked_registry_image(tmp_path, capsys):
-    """Issue 17 item 4: enroot before 4.0.0 refuses `tag@sha256:`, so pyxis gets the tag unless
+    """Enroot before 4.0.0 refuses `tag@sha256:`, so pyxis gets the tag unless
     launcher.digest_reference=true says the cluster's enroot takes digests."""
     (tmp_path / "lock.json").write_text(json.dumps(
         {"image": "nvcr.io/nvidia/nemo-rl:v0.7.0", "digest": D1, "kind": "repo"}))
@@ -162,7 +162,7 @@ def test_overlapping_ray_ports_are_refused(tmp_path):
 
 
 def test_every_default_ray_port_is_below_9000(tmp_path):
-    """Issue 17 item 8: 9000-65000 is the ephemeral range of some DGX/GB200 nodes (NeMo RL's
+    """9000-65000 is the ephemeral range of some DGX/GB200 nodes (NeMo RL's
     ray.sub moved every port below 9000); ours were 53000-53105 and 10002-11000."""
     env = slurm.job_env(plan_for(tmp_path))
     ports = [int(env[k]) for k in ("RAY_GCS_PORT", "RAY_CLIENT_PORT", "RAY_DASHBOARD_PORT")]
