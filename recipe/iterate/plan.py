@@ -9,7 +9,6 @@ their code is never imported here.
 
 from __future__ import annotations
 
-import hashlib
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from recipe.errors import RecipeError
+from recipe.run_files import sha256_file
 
 # command-line overrides of the iterate run that belong to a stage, by the key they start with
 TRAIN_KEYS = ("policy.", "dpo.", "checkpointing.", "logger.", "launcher.", "container.",
@@ -67,14 +67,6 @@ def forwarded(task_overrides: list[str], keys: tuple[str, ...], groups: tuple[st
     return kept
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass
 class Plan:
     run_dir: Path
@@ -119,7 +111,7 @@ class Plan:
 
     def fingerprint(self) -> dict:
         """What must not change between reruns of one run folder (rounds would not compare)."""
-        return {"eval_tasks": str(self.eval_tasks), "eval_tasks_sha256": sha256(self.eval_tasks),
+        return {"eval_tasks": str(self.eval_tasks), "eval_tasks_sha256": sha256_file(self.eval_tasks),
                 "eval_tasks_limit": self.it.eval.tasks, "eval_repeats": int(self.it.eval.repeats),
                 "eval_sampling": OmegaConf.to_container(self.it.eval.sampling, resolve=True),
                 "model_preset": self.model_preset, "model_name": self.model_name,

@@ -15,7 +15,7 @@
 
 Use it to read a NeMo RL YAML the way NeMo RL will (`load_with_overrides(path, overrides)`): the
 tests do, and so can any code of this recipe that needs the effective NeMo RL config (the CPU
-runner of recipe.train.local_dpo reads `<run_dir>/nemo_rl_dpo.yaml` through it).
+runner, recipe.train.local, reads `<run_dir>/nemo_rl_dpo.yaml` through it).
 """
 
 from __future__ import annotations

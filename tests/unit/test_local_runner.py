@@ -228,13 +228,13 @@ def test_the_scheduler_follows_nemo_rl_spec():
 
 def test_models_come_from_this_machine_only(tmp_path, parent, monkeypatch):
     pytest.importorskip("huggingface_hub")
-    from recipe.train import local_dpo
+    from recipe.train.local import runner
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
     s = load(child(tmp_path, parent))
     with pytest.raises(RecipeError, match="never downloads"):
-        local_dpo.local_model("some-org/some-model", "policy.model_name", s)
+        runner.local_model("some-org/some-model", "policy.model_name", s)
     folder = tmp_path / "my-model"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
-    assert local_dpo.local_model(str(folder), "policy.model_name", s) == str(folder)
+    assert runner.local_model(str(folder), "policy.model_name", s) == str(folder)

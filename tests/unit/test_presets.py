@@ -18,7 +18,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from recipe.errors import RecipeError
-from recipe.train import nemo_rl, prepared
+from recipe.train import nemo_rl, prepared, tiny_model
 from train_helpers import REPO, compose_config, make_prepared
 
 CONFIGS = REPO / "configs"
@@ -58,7 +58,7 @@ def data(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def no_tiny_build(monkeypatch):
     """Build the YAML without building the tiny model (its name is what matters here)."""
-    monkeypatch.setattr(nemo_rl, "resolve_model_name", lambda name, run_dir, train_file: name)
+    monkeypatch.setattr(tiny_model, "resolve_model_name", lambda name, run_dir, train_file: name)
 
 
 def written(tmp_path, data, *overrides) -> dict:
@@ -79,7 +79,7 @@ def presets(tmp_path_factory, data) -> dict:
     """model preset -> the training values `model=<preset>` alone writes."""
     root = tmp_path_factory.mktemp("preset-values")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(nemo_rl, "resolve_model_name", lambda name, run_dir, train_file: name)
+        patch.setattr(tiny_model, "resolve_model_name", lambda name, run_dir, train_file: name)
         return {model: training_values(written(root / model, data, *model_args(model)))
                 for model in MODELS}
 

@@ -16,7 +16,9 @@ import pytest
 
 from recipe.errors import RecipeError
 from recipe.train import stage
+from recipe.train.plan import build_plan
 from recipe.train.launchers import slurm
+from recipe.run_files import sha256_file
 from train_helpers import REPO, compose_config, make_prepared, train_overrides
 
 SCRIPT = REPO / "slurm" / "dpo.sub"
@@ -26,7 +28,7 @@ D1 = "sha256:" + "d" * 64
 def plan_for(tmp_path, *overrides):
     data = make_prepared(tmp_path / "data")
     cfg = compose_config(*train_overrides(tmp_path, data, "launcher=slurm", *overrides))
-    return stage.build_plan(cfg)[0]
+    return build_plan(cfg)[0]
 
 
 def sourced(env_file: Path, *names: str) -> dict:
@@ -126,7 +128,7 @@ def test_a_squashfs_image_is_pinned_by_its_locked_sha256(tmp_path):
     assert env["CONTAINER"] == str(image) and "@" not in env["CONTAINER"]
     record = slurm.check_image(plan)
     assert record["status"] == "match (size and mtime as locked)"
-    assert record["locked"] == "sha256:" + container.file_sha256(image)
+    assert record["locked"] == "sha256:" + sha256_file(image)
     os.utime(image, ns=(1, 1))                      # touched, same bytes: hashed, still the one
     assert slurm.check_image(plan)["status"] == "match (sha256)"
     image.write_bytes(b"hsqs" + b"\1" * 4096)       # replaced by another import
