@@ -132,14 +132,20 @@ def _choices() -> tuple[dict[str, str], list[str]]:
 
 
 def _preset_model_name(preset: str) -> str:
-    path = Path(__file__).resolve().parents[1] / "configs" / "model" / f"{preset}.yaml"
-    if not path.is_file():  # installed, not editable: the configs are the package recipe.configs
-        from importlib.resources import files
+    """policy.model_name under `model=<preset>`, as Hydra composes it for the train stage."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import MissingConfigException
 
-        path = Path(str(files("recipe.configs") / "model" / f"{preset}.yaml"))
-    if not path.is_file():
-        raise RecipeError(f"iterate.default_model={preset!r}: no model preset configs/model/{preset}.yaml")
-    return str(OmegaConf.load(path).policy.model_name)
+    try:
+        if GlobalHydra.instance().is_initialized():  # inside the gym-dpo run
+            cfg = compose("recipe", overrides=[f"model={preset}"])
+        else:
+            with initialize_config_module("recipe.configs", version_base="1.3"):
+                cfg = compose("recipe", overrides=[f"model={preset}"])
+    except MissingConfigException:
+        raise RecipeError(f"iterate.default_model={preset!r}: no model preset configs/model/{preset}.yaml") from None
+    return str(cfg.policy.model_name)
 
 
 def _existing(path_text: str, what: str) -> Path:
@@ -178,7 +184,7 @@ def build(cfg: DictConfig) -> Plan:
         base_source = f"offline:{offline[model_name]}"
     else:
         base_source = "hub"
-    # the model is the loop's choice; `dpo` follows it in the train stage (`dpo: ${model}`) unless
+    # the model is the loop's choice; `dpo` follows it in the train stage (`optional dpo: ${model}`) unless
     # the user picked one; the other groups pass as chosen (their defaults included)
     explicit = {_key(o) for o in task_overrides}
     groups = {g: choices[g] for g in (*TRAIN_GROUPS, *PREPARE_GROUPS)

@@ -3,7 +3,9 @@
 Before, `model=tiny` (the default) also set the tiny model's training values (lr 1e-3, batch 8,
 30 steps), so `policy.model_name=Qwen/...` on any launcher wrote them for a 7B model. Now:
 - a model preset (configs/model/) sets model facts only;
-- recipe.yaml selects the training values `dpo: ${model}` (configs/dpo/<model>.yaml);
+- recipe.yaml loads NeMo RL's training values (configs/dpo/default.yaml), then the model's own
+  on top when it has some (`optional dpo: ${model}`: configs/dpo/<model>.yaml), so a model trained
+  on NeMo RL's values is one preset file;
 - values chosen for one model (`values_for_model`) are refused for any other policy.model_name.
 Every model preset with every launcher, plus the documented overrides, is composed and written
 here; the YAML always carries the training values of its own model's preset.
@@ -96,8 +98,12 @@ def test_model_presets_hold_model_facts_only():
 
 
 def test_recipe_yaml_picks_the_training_values_of_the_model():
-    assert set(MODELS) <= set(options("dpo"))
-    assert "${model}" in (CONFIGS / "recipe.yaml").read_text()
+    text = (CONFIGS / "recipe.yaml").read_text()
+    assert "- dpo/default " in text and "- optional dpo: ${model} " in text
+    assert "${model}" in text
+    for option in set(options("dpo")) - {"default"}:  # no values file that only repeats default
+        document = yaml.safe_load((CONFIGS / "dpo" / f"{option}.yaml").read_text()) or {}
+        assert "defaults" not in document and document, option
 
 
 @pytest.mark.parametrize("model,launcher", list(itertools.product(MODELS, LAUNCHERS)))
