@@ -22,7 +22,7 @@ Each is timed in runs of its own (best of `--repeat`), and its peak memory measu
 the peak of the whole process tree, sampled every 20 ms, each process by its PSS (proportional
 set size, so pages a forked worker shares with its parent count once); sampling takes CPU.
 
-Targets (issue 15): prepare's wall time <= DuckDB's in the same run, >= 10x the docs script's
+Targets: prepare's wall time <= DuckDB's in the same run, >= 10x the docs script's
 throughput, peak <= 256 MiB at 1M rollouts, and 4M rollouts at most 2x the 1M peak (compare two
 runs' `prepare.peak_mib`).
 """

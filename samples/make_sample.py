@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Write samples/rollouts.jsonl and samples/README.md (deterministic, seeded).
 
-The sample is hand-designed content in the real NeMo Gym rollout layout (see CONTRACT.md §1):
+The sample is hand-designed content in the real NeMo Gym rollout layout (the one its rollout
+collection, `nemo_gym/rollout_collection.py`, writes; docs/prepare.md, "What it reads"):
 two environments (math_simple_agent, weather_tool_agent) with `_ng_task_index`,
 `_ng_rollout_index` and `agent_ref`, a few hand-made rows without them, and a handful of bad
 or excluded lines. Rows are written in a shuffled "completion order": no two neighbouring lines
@@ -709,8 +710,9 @@ def render_readme(stats, groups, ctx_of_group, ordered, nbytes):
 `rollouts.jsonl` is a small, hand-designed set of NeMo Gym rollouts in the **real** rollout layout
 (one row per line: `responses_create_params`, `response` with the generated turns in
 `response.output`, `reward`, `_ng_task_index`, `_ng_rollout_index`, `agent_ref`, plus
-environment-specific keys; see `CONTRACT.md` §1). It is the input of the README's first command
-(prepare, then train a tiny DPO model on CPU) and a fixture for tests.
+environment-specific keys; see [What it reads](../docs/prepare.md#what-it-reads)). It is the
+input of the README's first command (prepare, then train a tiny DPO model on CPU) and a fixture
+for tests.
 
 It is generated, not edited by hand: `python samples/make_sample.py` rewrites both this README and
 `rollouts.jsonl` (seeded, deterministic; `--check` tells whether the committed files are up to

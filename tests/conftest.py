@@ -3,14 +3,41 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
 
 REPO = Path(__file__).resolve().parent.parent
-REFERENCE = REPO.parent / "shared" / "reference"
 SAMPLE = REPO / "samples" / "rollouts.jsonl"
+# Upstream files some tests read, all from one folder: NeMo RL v0.7.0's examples/configs/dpo.yaml
+# as nemo-rl-v0.7.0/dpo.yaml, and real NeMo Gym rollouts files as nemo-gym/*.jsonl (its README
+# says where each comes from). They are not in the repository: GYM_DPO_REFERENCE names the folder.
+REFERENCE = Path(os.environ.get("GYM_DPO_REFERENCE") or REPO.parent / "shared" / "reference")
+# tests/run.sh as root (CI) brings every engine up and sets this: a test that finds an engine or
+# the reference files missing fails instead of skipping, so nothing is skipped in CI by accident.
+REQUIRED = os.environ.get("GYM_DPO_REQUIRE_ENGINES") == "1"
+
+
+def unavailable(reason: str):
+    """Skip (locally) or fail (CI: GYM_DPO_REQUIRE_ENGINES=1) with a one-line reason."""
+    reason = " ".join(reason.split())[:300]
+    if REQUIRED:
+        pytest.fail(f"GYM_DPO_REQUIRE_ENGINES=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def reference(relative: str) -> Path:
+    """REFERENCE / relative; skips, or fails in CI, with one message when it is not there.
+
+    A skip rather than an error: a developer without the upstream files still runs every other
+    test; CI, which has them, fails instead (`unavailable`)."""
+    path = REFERENCE / relative
+    if not path.exists():
+        unavailable(f"no {path}: the upstream reference files (NeMo RL v0.7.0's dpo.yaml, NeMo Gym "
+                    f"rollouts) are read from GYM_DPO_REFERENCE (now {REFERENCE})")
+    return path
 
 
 def message(role: str, text: str, typed: bool = True, parts: bool = False) -> dict:

@@ -9,7 +9,6 @@ their code is never imported here.
 
 from __future__ import annotations
 
-import hashlib
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from recipe.errors import RecipeError
+from recipe.run_files import sha256_file
 
 # command-line overrides of the iterate run that belong to a stage, by the key they start with
 TRAIN_KEYS = ("policy.", "dpo.", "checkpointing.", "logger.", "launcher.", "container.",
@@ -67,14 +67,6 @@ def forwarded(task_overrides: list[str], keys: tuple[str, ...], groups: tuple[st
     return kept
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass
 class Plan:
     run_dir: Path
@@ -112,14 +104,14 @@ class Plan:
                 *self.train_overrides]
 
     def dcp_to_hf_argv(self, step_dir: Path, out: Path) -> list[str]:
-        """NeMo RL's own converter (examples/converters/convert_dcp_to_hf.py), as CONTRACT.md §3."""
+        """NeMo RL's own converter (v0.7.0 `examples/converters/convert_dcp_to_hf.py`)."""
         runner = [str(p) for p in self.it.dcp_to_hf.runner]
         return [*runner, "--config", str(step_dir / "config.yaml"), "--dcp-ckpt-path",
                 str(step_dir / "policy" / "weights"), "--hf-ckpt-path", str(out)]
 
     def fingerprint(self) -> dict:
         """What must not change between reruns of one run folder (rounds would not compare)."""
-        return {"eval_tasks": str(self.eval_tasks), "eval_tasks_sha256": sha256(self.eval_tasks),
+        return {"eval_tasks": str(self.eval_tasks), "eval_tasks_sha256": sha256_file(self.eval_tasks),
                 "eval_tasks_limit": self.it.eval.tasks, "eval_repeats": int(self.it.eval.repeats),
                 "eval_sampling": OmegaConf.to_container(self.it.eval.sampling, resolve=True),
                 "model_preset": self.model_preset, "model_name": self.model_name,
@@ -140,14 +132,20 @@ def _choices() -> tuple[dict[str, str], list[str]]:
 
 
 def _preset_model_name(preset: str) -> str:
-    path = Path(__file__).resolve().parents[1] / "configs" / "model" / f"{preset}.yaml"
-    if not path.is_file():  # installed, not editable: the configs are the package recipe.configs
-        from importlib.resources import files
+    """policy.model_name under `model=<preset>`, as Hydra composes it for the train stage."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import MissingConfigException
 
-        path = Path(str(files("recipe.configs") / "model" / f"{preset}.yaml"))
-    if not path.is_file():
-        raise RecipeError(f"iterate.default_model={preset!r}: no model preset configs/model/{preset}.yaml")
-    return str(OmegaConf.load(path).policy.model_name)
+    try:
+        if GlobalHydra.instance().is_initialized():  # inside the gym-dpo run
+            cfg = compose("recipe", overrides=[f"model={preset}"])
+        else:
+            with initialize_config_module("recipe.configs", version_base="1.3"):
+                cfg = compose("recipe", overrides=[f"model={preset}"])
+    except MissingConfigException:
+        raise RecipeError(f"iterate.default_model={preset!r}: no model preset configs/model/{preset}.yaml") from None
+    return str(cfg.policy.model_name)
 
 
 def _existing(path_text: str, what: str) -> Path:
@@ -186,7 +184,7 @@ def build(cfg: DictConfig) -> Plan:
         base_source = f"offline:{offline[model_name]}"
     else:
         base_source = "hub"
-    # the model is the loop's choice; `dpo` follows it in the train stage (`dpo: ${model}`) unless
+    # the model is the loop's choice; `dpo` follows it in the train stage (`optional dpo: ${model}`) unless
     # the user picked one; the other groups pass as chosen (their defaults included)
     explicit = {_key(o) for o in task_overrides}
     groups = {g: choices[g] for g in (*TRAIN_GROUPS, *PREPARE_GROUPS)

@@ -26,6 +26,7 @@ from recipe.errors import RecipeError
 from recipe.iterate import gym as gym_mod
 from recipe.iterate import plan as plan_mod
 from recipe.iterate import report, serving, setup, state, stats
+from recipe.run_files import step_folders
 
 POLICY_ALIAS = "policy-round-{k}"
 
@@ -113,8 +114,7 @@ class Loop:
         train = self.rd(k) / "train"
         if (train / "model" / "config.json").is_file():
             return train / "model"
-        steps = sorted((int(p.name.split("_")[1]), p) for p in (train / "checkpoints").glob("step_*")
-                       if p.name.split("_")[1].isdigit())
+        steps = step_folders(train / "checkpoints")
         if not steps:
             raise RecipeError(f"{train} has neither model/ nor checkpoints/step_N: training left no policy")
         out = self.rd(k) / "policy"

@@ -1,4 +1,4 @@
-"""Which rollouts are comparable (CONTRACT section 1).
+"""Which rollouts are comparable (NeMo Gym's rollout collection, `nemo_gym/rollout_collection.py`).
 
 Two rollouts may form a pair only when they share the full context (instructions, system and
 developer turns, every earlier turn) and, when the rows carry it, the task identity

@@ -6,28 +6,19 @@ run to run are kept under the one key `timestamps`.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
 import orjson
 
+from recipe.run_files import sha256_file
+
 MANIFEST_VERSION = 1
 
 
-def sha256_of(path: str, block: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    buffer = bytearray(block)  # one buffer for every block: no new pages to fault in each time
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as handle:
-        while size := handle.readinto(buffer):
-            digest.update(view[:size])
-    return digest.hexdigest()
-
-
 def sha256_of_each(paths: list[str]) -> list[str]:
-    return [sha256_of(path) for path in paths]
+    return [sha256_file(path) for path in paths]
 
 
 def input_entry(path: str, sha256: str) -> dict:

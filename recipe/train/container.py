@@ -31,7 +31,7 @@ from omegaconf import DictConfig
 import recipe
 from recipe import report
 from recipe.errors import RecipeError
-from recipe.train.prepared import file_sha256
+from recipe.run_files import sha256_file
 
 BAKED_ENV = "GYM_DPO_BASE_IMAGE"  # set by our Dockerfile to the BASE_IMAGE it was built FROM
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -189,7 +189,7 @@ def squashfs_record(path: Path) -> dict:
                           "enroot import -o FILE.sqsh 'docker://nvcr.io#nvidia/nemo-rl:v0.7.0')")
     report.console.print(f"hashing {path} ({path.stat().st_size / 2**30:.1f} GiB) ...")
     stat = path.stat()
-    return {"path": str(path), "sha256": file_sha256(path), "bytes": stat.st_size,
+    return {"path": str(path), "sha256": sha256_file(path), "bytes": stat.st_size,
             "mtime_ns": stat.st_mtime_ns}
 
 
@@ -217,7 +217,7 @@ def check_squashfs(cfg: DictConfig, path: str | Path) -> dict:
     if (stat.st_size, stat.st_mtime_ns) == (locked.get("bytes"), locked.get("mtime_ns")):
         record["status"] = "match (size and mtime as locked)"
         return record
-    actual = file_sha256(path)
+    actual = sha256_file(path)
     record["running"] = ["sha256:" + actual]
     if actual == locked["sha256"]:
         record["status"] = "match (sha256)"

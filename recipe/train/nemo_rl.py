@@ -5,13 +5,15 @@ holds that file's absolute path (`container.base_config`), because NeMo RL's loa
 relative path against the child's folder and `defaults: dpo` is no file at all. Only the keys we
 set are written; NeMo RL's loader deep-merges them onto the parent (see nemo_rl_loader).
 
-What this module decides (CONTRACT.md sections 2-3):
+What this module decides (from NeMo RL v0.7.0's `examples/configs/dpo.yaml`, `examples/run_dpo.py`
+and `nemo_rl/data/datasets/preference_datasets/`):
 - `data:` replaces the parent's (`_override_: true`: HelpSteer3 must not leak in) in the v0.6+
   schema: `train` / `validation` with `dataset_name` PreferenceDataset or BinaryPreferenceDataset
   (the manifest's `format`), absolute `data_path`, `split: train` on both (a local file only has
   a train split); never `default: null`. No validation entry when there are no val pairs.
-- `policy.tokenizer.name` follows `policy.model_name` unless set; `gym-dpo/tiny` (or any name)
-  goes through `recipe.train.tiny_model.resolve_model_name` when that module is installed.
+- `policy.tokenizer.name` follows `policy.model_name` unless set; both go through
+  `recipe.train.tiny_model.resolve_model_name`, which turns `gym-dpo/tiny` into a local folder
+  inside the run folder (its tokenizer trained on the train pairs) and leaves other names as they are.
 - Training values chosen for one model (`values_for_model`, e.g. dpo/tiny.yaml) are refused for
   any other `policy.model_name`: no override can hand a real model the tiny model's lr.
 - `dpo.sft_average_log_probs` left null is written as NeMo RL's own link to
@@ -25,34 +27,18 @@ What this module decides (CONTRACT.md sections 2-3):
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from recipe.errors import RecipeError
+from recipe.train import tiny_model
 from recipe.train.prepared import PreparedData
 
 FILENAME = "nemo_rl_dpo.yaml"
 SECTIONS = ("policy", "dpo", "checkpointing", "logger")  # written whole from our config
 SFT_AVERAGE_LINK = "${.preference_average_log_probs}"   # NeMo RL v0.7.0 dpo.yaml's own value
-
-
-def resolve_model_name(name: str, run_dir: Path, train_file: Path) -> str:
-    """`recipe.train.tiny_model.resolve_model_name(...)` if that module exists, else `name`.
-
-    The tiny model's module (CPU runs) turns `gym-dpo/tiny` into a local HF folder inside the run
-    folder, its tokenizer trained on `train_file`; other names come back unchanged. Only a missing
-    module is tolerated; an error inside it is the user's to see.
-    """
-    try:
-        module = importlib.import_module("recipe.train.tiny_model")
-    except ModuleNotFoundError as exc:
-        if exc.name != "recipe.train.tiny_model":
-            raise
-        return name
-    return str(module.resolve_model_name(name, run_dir, train_file=train_file))
 
 
 def _absolute(path: str, what: str) -> str:
@@ -109,9 +95,10 @@ def build(cfg: DictConfig, data: PreparedData, run_dir: Path) -> dict:
     if doc["dpo"].get("sft_average_log_probs") is None:
         doc["dpo"]["sft_average_log_probs"] = SFT_AVERAGE_LINK
     policy = doc["policy"]
-    policy["model_name"] = resolve_model_name(str(policy["model_name"]), run_dir, data.train_path)
+    policy["model_name"] = tiny_model.resolve_model_name(str(policy["model_name"]), run_dir,
+                                                         train_file=data.train_path)
     tokenizer = dict(policy.get("tokenizer") or {})
-    tokenizer["name"] = (resolve_model_name(str(tokenizer["name"]), run_dir, data.train_path)
+    tokenizer["name"] = (tiny_model.resolve_model_name(str(tokenizer["name"]), run_dir, train_file=data.train_path)
                          if tokenizer.get("name") else policy["model_name"])
     policy["tokenizer"] = tokenizer
     doc["checkpointing"]["checkpoint_dir"] = _absolute(doc["checkpointing"].get("checkpoint_dir"),

@@ -1,7 +1,7 @@
 """NeMo RL's config loading rules, re-implemented so we can check a written YAML without NeMo RL.
 
-`examples/run_dpo.py --config FILE [overrides]` (NeMo RL v0.7.0) does two things we must match
-(CONTRACT.md section 3):
+`examples/run_dpo.py --config FILE [overrides]` (NeMo RL v0.7.0; its loader is
+`nemo_rl/utils/config.py`) does two things we must match:
 
 1. Inheritance (`load`): a top-level `defaults:` holds a path or a list of paths to parent YAML
    files, each relative to the folder of the file that names it, or absolute. Parents are loaded
@@ -15,7 +15,7 @@
 
 Use it to read a NeMo RL YAML the way NeMo RL will (`load_with_overrides(path, overrides)`): the
 tests do, and so can any code of this recipe that needs the effective NeMo RL config (the CPU
-runner of recipe.train.local_dpo reads `<run_dir>/nemo_rl_dpo.yaml` through it).
+runner, recipe.train.local, reads `<run_dir>/nemo_rl_dpo.yaml` through it).
 """
 
 from __future__ import annotations

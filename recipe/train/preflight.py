@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 from recipe import report
 from recipe.errors import RecipeError
-from recipe.train.local import data as pair_data
-from recipe.train.local.settings import dataset_entry
+from recipe.train.plan import build_plan
+from recipe.train.prepared import dataset_entry, read_pairs
 
 FILENAME = "preflight.json"
 DEFAULTS = {"enabled": True, "max_over_length_fraction": 0.5, "sample": 20000}
@@ -62,7 +62,7 @@ def _combine(*digests: bytes) -> int:
 def scan_split(dataset, sample_size: int | None, seed: int) -> SplitScan:
     """Hash every pair; keep a reservoir sample (all pairs when sample_size is None)."""
     scan, rng = SplitScan(), random.Random(seed)
-    for pair in pair_data.read_pairs(dataset):
+    for pair in read_pairs(dataset):
         prompt, chosen, rejected = (_digest(pair[k]) for k in ("prompt", "chosen", "rejected"))
         scan.hashes.append(_combine(prompt, chosen, rejected))
         scan.flipped.append(_combine(prompt, rejected, chosen))
@@ -263,9 +263,7 @@ def run_checks(cfg: DictConfig, plan) -> dict | None:
 
 def run(cfg: DictConfig) -> int:
     """`stage=preflight`: write and check the NeMo RL config and the pairs; launch nothing."""
-    from recipe.train import stage
-
-    plan, _ = stage.build_plan(cfg)
+    plan, _ = build_plan(cfg)
     options = {**_options(cfg), "enabled": True}
     check(plan.nemo_rl, plan.run_dir, options, int(cfg.get("seed", 0)))
     report.console.print(f"preflight passed: {plan.config_path} is ready for launcher={cfg.launcher.name}")

@@ -1,21 +1,30 @@
 """The train stage's only view of `stage=prepare`'s output: manifest.json, train.jsonl, val.jsonl.
 
+Two readers, one for each side of the launch:
+- `load(folder)`, before the NeMo RL config is written: the folder as prepare left it;
+- `dataset_entry(data, split)` + `read_pairs(dataset)`, after: the pair files a NeMo RL config's
+  `data:` names, as prompt / chosen / rejected messages (preflight and the CPU runner read them so).
+
 The train stage never imports prepare's code: it reads the folder the way a user's hand-made
 folder would be read, so that a folder prepared yesterday (or elsewhere) trains the same. It checks
-what NeMo RL would not (CONTRACT.md section 2): the files are the ones the manifest hashed, every
-line is a pair of the manifest's format, and no pair is a tie (equal ranks make NeMo RL raise at
-load time; identical chosen and rejected answers teach nothing).
+what NeMo RL would not (v0.7.0's `nemo_rl/data/datasets/preference_datasets/` load a record
+without checking that it is complete): the files are the ones the manifest hashed, every line is a
+pair of the manifest's format, and no pair is a tie (equal ranks make NeMo RL raise
+`NotImplementedError` at load time; identical chosen and rejected answers teach nothing).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import orjson
 
 from recipe.errors import RecipeError
+from recipe.run_files import sha256_file
 
 SUPPORTED_MANIFEST_VERSIONS = (1,)
 DATASET_NAMES = {"preference": "PreferenceDataset", "binary": "BinaryPreferenceDataset"}
@@ -36,15 +45,6 @@ class PreparedData:
     @property
     def dataset_name(self) -> str:
         return DATASET_NAMES[self.format]
-
-
-def file_sha256(path: Path) -> str:
-    """A file's sha256, read in 16 MiB blocks (pair files, squashfs images of tens of GB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 24):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _tie(record: dict, fmt: str) -> str | None:
@@ -118,7 +118,7 @@ def load(folder: str | Path, allow_edited: bool = False) -> PreparedData:
             raise RecipeError(f"{path} is missing although {manifest_path} lists {expected} {split} "
                               "pairs; rerun stage=prepare")
         recorded = outputs.get(split, {}).get("sha256")
-        actual = file_sha256(path)
+        actual = sha256_file(path)
         if recorded and actual != recorded and not allow_edited:
             raise RecipeError(f"{path} changed after stage=prepare wrote it (sha256 {actual[:12]}…, "
                               f"manifest says {recorded[:12]}…); rerun stage=prepare, or "
@@ -130,3 +130,94 @@ def load(folder: str | Path, allow_edited: bool = False) -> PreparedData:
                               "rerun stage=prepare")
         setattr(data, f"{split}_pairs", found)
     return data
+
+
+# -- the pairs a NeMo RL config names --------------------------------------------------------
+@dataclass
+class Dataset:
+    """One `data.train` / `data.validation` entry (after `data.default` filled its gaps)."""
+
+    name: str
+    path: Path
+    prompt_key: str = "prompt"
+    chosen_key: str = "chosen"
+    rejected_key: str = "rejected"
+
+
+def dataset_entry(data: dict, split: str, config_path: Path) -> Dataset | None:
+    """`data.<split>` of a NeMo RL config (gaps filled from `data.default`), or None if absent."""
+    entry = data.get(split)
+    if entry is None:
+        return None
+    merged = {**(data.get("default") or {}), **entry}
+    name = merged.get("dataset_name")
+    if name not in DATASET_NAMES.values():
+        raise RecipeError(f"{config_path}: data.{split}.dataset_name={name!r}: the CPU runner reads "
+                          f"local {' or '.join(DATASET_NAMES.values())} files only (no downloads)")
+    if not merged.get("data_path"):
+        raise RecipeError(f"{config_path}: data.{split}.data_path is not set")
+    path = Path(str(merged["data_path"])).expanduser()
+    if not path.is_file():
+        raise RecipeError(f"data.{split}.data_path={path}: no such file (the CPU runner reads local "
+                          "files only)")
+    keys = {k: merged[k] for k in ("prompt_key", "chosen_key", "rejected_key") if merged.get(k)}
+    return Dataset(name, path, **keys)
+
+
+def _messages(value, role: str) -> list[dict]:
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if isinstance(value, list) and all(isinstance(m, dict) for m in value):
+        return [_message(m) for m in value]
+    raise ValueError(f"expected a string or a list of messages, got {type(value).__name__}")
+
+
+def _message(message: dict) -> dict:
+    """A chat message with the keys chat templates read (content always a string)."""
+    out = {"role": message["role"], "content": message.get("content") or ""}
+    if message.get("tool_calls"):
+        out["tool_calls"] = message["tool_calls"]
+    if message.get("tool_call_id"):
+        out["tool_call_id"] = message["tool_call_id"]
+    return out
+
+
+def as_conversation(record: dict, dataset: Dataset) -> dict:
+    """One pair as {"prompt": [...], "chosen": [...], "rejected": [...]} (message lists: TRL's
+    conversational format), the completions' shared earlier messages moved to the prompt:
+    `chosen`/`rejected` hold one message each, the one NeMo RL trains.
+
+    A PreferenceDataset record: `prompt` = the context messages, `chosen` = the lower-ranked
+    completion's messages, `rejected` = the other. A BinaryPreferenceDataset record (`prompt`,
+    `chosen`, `rejected` under configurable keys): the prompt's turns and two assistant answers."""
+    if dataset.name == "PreferenceDataset":
+        completions = sorted(record["completions"], key=lambda c: c["rank"])
+        if len(completions) != 2 or completions[0]["rank"] == completions[1]["rank"]:
+            raise ValueError("a PreferenceDataset record needs two completions of different rank")
+        prompt = _messages(record["context"], "user")
+        chosen = _messages(completions[0]["completion"], "assistant")
+        rejected = _messages(completions[1]["completion"], "assistant")
+    else:
+        prompt = _messages(record[dataset.prompt_key], "user")
+        chosen = _messages(record[dataset.chosen_key], "assistant")
+        rejected = _messages(record[dataset.rejected_key], "assistant")
+    if not chosen or not rejected:
+        raise ValueError("a completion holds no message")
+    if chosen[:-1] != rejected[:-1]:
+        raise ValueError("the two completions differ before their final message: NeMo RL conditions each "
+                         "final message on its own earlier ones, which TRL's one prompt per pair cannot "
+                         "hold (prepare the pairs again with gym-dpo: it cuts them where they part)")
+    return {"prompt": prompt + chosen[:-1], "chosen": chosen[-1:], "rejected": rejected[-1:]}
+
+
+def read_pairs(dataset: Dataset) -> Iterator[dict]:
+    """The pairs of one pair file as conversations (`as_conversation`), failing on a bad line."""
+    with open(dataset.path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                yield as_conversation(json.loads(line), dataset)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise RecipeError(f"{dataset.path}:{number}: not a {dataset.name} record "
+                                  f"({type(exc).__name__}: {exc})") from None

@@ -8,7 +8,7 @@ wins, override by override:
 - `group=option` takes the keys that group owns from the fresh composition: its own section
   (`launcher=`, `container=`, `data_prep=`), or, for a group written at the top level, the keys
   its options set (`model=`: the model facts; `dpo=`: the training values); a group that the
-  defaults list derives from another one (`dpo: ${model}`) follows it;
+  defaults list derives from another one (`optional dpo: ${model}`) follows it;
 - when RUN was moved, the base's paths inside its old folder are moved with it.
 What came from where is printed and kept under `train.config_sources` (so in recipe_config.yaml
 and provenance.json).
@@ -37,8 +37,11 @@ def _config_root():
     return resources.files("recipe.configs")
 
 
-def _defaults() -> list:
-    return yaml.safe_load(_config_root().joinpath("recipe.yaml").read_text()).get("defaults", [])
+def _defaults() -> list[tuple[str, str]]:
+    """(group, choice) of the group entries of recipe.yaml's defaults list (`optional` dropped)."""
+    entries = yaml.safe_load(_config_root().joinpath("recipe.yaml").read_text()).get("defaults", [])
+    return [(group.removeprefix("optional ").strip(), str(choice))
+            for entry in entries if isinstance(entry, dict) for group, choice in entry.items()]
 
 
 @lru_cache(maxsize=1)
@@ -46,7 +49,7 @@ def group_keys() -> dict[str, tuple[str, ...]]:
     """Config group -> the keys it owns: a group without `@package _global_` owns its section;
     a top-level one (model, dpo) the keys its options set, unless a group later in the defaults
     list sets them too (model presets own policy.model_name, which dpo/default marks ???)."""
-    order = [next(iter(e)) for e in _defaults() if isinstance(e, dict)]
+    order = [group for group, _ in _defaults()]
     owner: dict[str, str] = {}
     for group in order:
         folder = _config_root().joinpath(group)
@@ -69,11 +72,9 @@ def group_keys() -> dict[str, tuple[str, ...]]:
 def derived_groups() -> dict[str, set[str]]:
     """group -> the groups whose choice the primary defaults list derives from it (dpo: ${model})."""
     derived: dict[str, set[str]] = {}
-    for entry in _defaults():
-        if isinstance(entry, dict):
-            for group, choice in entry.items():
-                for source in re.findall(r"\$\{(\w+)\}", str(choice)):
-                    derived.setdefault(source, set()).add(group)
+    for group, choice in _defaults():
+        for source in re.findall(r"\$\{(\w+)\}", choice):
+            derived.setdefault(source, set()).add(group)
     return derived
 
 

@@ -4,7 +4,7 @@
 #   1. $STANDIN (gym-dpo-test:nemo-rl) = tests/infra/test_image/nemo_rl.Dockerfile FROM the local
 #      base (base_image.sh): a CPU stand-in for the NeMo RL image: torch (CPU) and the rest of the
 #      `local` extra plus uv in /opt/nemo_rl_venv, the CPU runner at
-#      /opt/nemo-rl/examples/run_dpo.py, NeMo RL v0.7.0's dpo.yaml (../shared/reference/) at
+#      /opt/nemo-rl/examples/run_dpo.py, NeMo RL v0.7.0's dpo.yaml (from GYM_DPO_REFERENCE) at
 #      /opt/nemo-rl/examples/configs/dpo.yaml. Its packages come from a wheel folder filled here
 #      on the host ($CACHE/test-image/wheels: `pip download` with the host's pip config, which has
 #      the CPU torch wheel; a container's pip would fetch the CUDA build from PyPI).
@@ -30,7 +30,8 @@
 #   GYM_DPO_REGISTRY_PORT   local registry port (default 15000; 127.0.0.1 is an insecure
 #                           registry for Docker by default, no TLS needed)
 #   GYM_DPO_TEST_IMAGE, GYM_DPO_TEST_CPU_IMAGE, GYM_DPO_TEST_STANDIN   image names (defaults above)
-#   GYM_DPO_REFERENCE       folder with nemo-rl-v0.7.0/dpo.yaml (default ../shared/reference)
+#   GYM_DPO_REFERENCE       the upstream reference files' folder, with nemo-rl-v0.7.0/dpo.yaml
+#                           (default: shared/reference beside the repository, as tests/conftest.py)
 set -euo pipefail
 
 # shellcheck source=common.sh
@@ -43,14 +44,14 @@ REGISTRY=127.0.0.1:$PORT
 IMAGE=${GYM_DPO_TEST_IMAGE:-gym-dpo-test:dockerfile}
 CPU_IMAGE=${GYM_DPO_TEST_CPU_IMAGE:-gym-dpo-test:cpu}
 STANDIN=${GYM_DPO_TEST_STANDIN:-gym-dpo-test:nemo-rl}
-REFERENCE=${GYM_DPO_REFERENCE:-$REPO/../shared/reference}
+REFERENCE=${GYM_DPO_REFERENCE:-$(dirname "$REPO")/shared/reference}
 CONTEXT=$CACHE/test-image
 
 missing() { echo "[test_image] $*" >&2; exit 3; }   # a tool is missing (the tests skip on 3)
 t0=$SECONDS
 
 docker info >/dev/null 2>&1 || missing "no Docker engine (tests/infra/docker_up.sh starts one)"
-[[ -f $REFERENCE/nemo-rl-v0.7.0/dpo.yaml ]] || die "no $REFERENCE/nemo-rl-v0.7.0/dpo.yaml"
+[[ -f $REFERENCE/nemo-rl-v0.7.0/dpo.yaml ]] || die "no $REFERENCE/nemo-rl-v0.7.0/dpo.yaml (NeMo RL v0.7.0's dpo.yaml; set GYM_DPO_REFERENCE)"
 mkdir -p "$STATE" "$CACHE"
 BASE=$("$HERE/base_image.sh")
 

@@ -1,8 +1,7 @@
 """What the real-engine tests share: finding (or building) what they drive, and skipping well.
 
-Locally a test whose engine is missing skips with a one-line reason. `tests/run.sh` as root (CI)
-brings every engine up and sets GYM_DPO_REQUIRE_ENGINES=1: then a missing engine fails the test
-instead, so nothing can be skipped in CI by accident.
+Locally a test whose engine is missing skips with a one-line reason; in CI it fails
+(`unavailable`, GYM_DPO_REQUIRE_ENGINES=1).
 """
 
 from __future__ import annotations
@@ -16,19 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import unavailable
+
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "tests" / "infra"
 SAMPLE = REPO / "samples" / "rollouts.jsonl"
-REQUIRED = os.environ.get("GYM_DPO_REQUIRE_ENGINES") == "1"
 MISSING_TOOL = 3  # exit code of tests/infra/test_image.sh when a tool is missing and cannot be installed
-
-
-def unavailable(reason: str):
-    """Skip (locally) or fail (CI: GYM_DPO_REQUIRE_ENGINES=1) with a one-line reason."""
-    reason = " ".join(reason.split())[:300]
-    if REQUIRED:
-        pytest.fail(f"GYM_DPO_REQUIRE_ENGINES=1 but {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 def run(argv, *, timeout=900, check=True, **kwargs) -> subprocess.CompletedProcess:

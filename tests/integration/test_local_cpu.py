@@ -7,7 +7,7 @@ checkpoint folder resumes from the latest step_N, exactly, as a requeued Slurm j
 Whether NeMo RL's dpo.yaml (the written YAML's parent) is on the machine is pinned, never taken
 from the machine: the main run points container.base_config at a path that does not exist (the
 "not on this machine" path), and one short run inherits NeMo RL v0.7.0's own dpo.yaml from
-../shared/reference/ at /opt/nemo-rl's layout in a temp folder.
+the reference files (GYM_DPO_REFERENCE) at /opt/nemo-rl's layout in a temp folder.
 """
 
 from __future__ import annotations
@@ -117,10 +117,7 @@ def test_a_rerun_on_the_same_checkpoints_resumes_exactly(run, tmp_path):
 def test_with_nemo_rls_dpo_yaml_the_run_inherits_it(tmp_path):
     """The other path: the parent is there, so the CPU runner reads the file as NeMo RL does."""
     sys.path.insert(0, str(REPO / "tests" / "unit"))
-    from train_helpers import REFERENCE_DPO, fake_nemo_rl
-
-    if not REFERENCE_DPO.is_file():
-        pytest.skip(f"no {REFERENCE_DPO} (the team's shared reference files)")
+    from train_helpers import fake_nemo_rl
     nemo_rl_dir = fake_nemo_rl(tmp_path / "c")
     result = subprocess.run([*gym_dpo(), "stage=all", f"data.input={SAMPLE}", f"run_dir={tmp_path / 'run'}",
                              f"container.nemo_rl_dir={nemo_rl_dir}", "dpo.max_num_steps=2",

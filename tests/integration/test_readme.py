@@ -1,8 +1,9 @@
-"""Every command of the README, as written, in README order, on the bundled sample (issue 17, item 11).
+"""Every command of the README and of docs/, as written, in order, on the bundled sample.
 
-The commands are the lines of the README's ```bash blocks (continued lines joined, comments
-dropped, `a && b` split in two), run one after the other from the root of a copy of the
-repository, as a newcomer runs them. Where this machine lacks what a command needs, the test
+The pages are the README, then each page of docs/ in the order the README first links it (every
+page of docs/ must be linked). The commands are the lines of their ```bash blocks (continued
+lines joined, comments dropped, `a && b` split in two), run one after the other from the root of
+a copy of the repository, as a newcomer runs them. Where this machine lacks what a command needs, the test
 changes exactly this, for the reason given:
 - a command that launches on GPUs (`launcher=single_gpu|multi_gpu|slurm`, or `docker compose run
   recipe`, whose entrypoint picks launcher=single_gpu) runs as a dry run (`launcher.dry_run=true`
@@ -41,20 +42,37 @@ from engines import INFRA, REPO, build_test_images, gym_dpo_cli, run, unavailabl
 
 pytestmark = pytest.mark.integration
 README = REPO / "README.md"
+DOCS = REPO / "docs"
 NOT_RUN = {"pip install -e '.[local]'": "tests/run.sh installed the package (with more extras)",
            "pip install -e '.[local,iterate]'": "tests/run.sh installed the package (with more extras)",
            "bash tests/run.sh": "the command that runs this test"}
 NVCR = "nvcr.io/nvidia/nemo-rl:v0.7.0"
 GPU_LAUNCHERS = ("launcher=single_gpu", "launcher=multi_gpu", "launcher=slurm")
-SHELL_SYNTAX = re.compile(r"[|;<>`$]")  # what this runner does not interpret: none in the README
+SHELL_SYNTAX = re.compile(r"[|;<>`$]")  # what this runner does not interpret: none in the pages
+
+
+def linked_docs() -> list[str]:
+    """The pages of docs/ in the order the README first links them."""
+    return list(dict.fromkeys(re.findall(r"\]\(docs/([\w.-]+\.md)", README.read_text())))
+
+
+def pages() -> list[Path]:
+    return [README, *(DOCS / name for name in linked_docs())]
 
 
 def readme_commands() -> list[tuple[str, list[str]]]:
-    """(section heading, argv) of every command in the README's ```bash blocks, in order."""
-    text = README.read_text()
+    """(page: section heading, argv) of every command in the pages' ```bash blocks, in order."""
+    commands = []
+    for page in pages():
+        commands += page_commands(page)
+    return commands
+
+
+def page_commands(page: Path) -> list[tuple[str, list[str]]]:
+    text = page.read_text()
     commands = []
     for block in re.finditer(r"^```bash\n(.*?)^```", text, re.S | re.M):
-        heading = re.findall(r"^#+ (.+)$", text[:block.start()], re.M)[-1]
+        heading = f"{page.relative_to(REPO)}: " + re.findall(r"^#+ (.+)$", text[:block.start()], re.M)[-1]
         for line in block.group(1).replace("\\\n", " ").splitlines():
             words = shlex.split(line, comments=True)
             while words:
@@ -65,6 +83,10 @@ def readme_commands() -> list[tuple[str, list[str]]]:
 
 
 COMMANDS = [(h, argv) for h, argv in readme_commands() if shlex.join(argv) not in NOT_RUN]
+
+
+def test_every_page_of_docs_is_linked_from_the_readme():
+    assert sorted(linked_docs()) == sorted(path.name for path in DOCS.glob("*.md"))
 
 
 def test_only_these_commands_are_left_out():

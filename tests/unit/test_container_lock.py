@@ -10,6 +10,7 @@ import pytest
 
 from recipe.errors import RecipeError
 from recipe.train import container
+from recipe.run_files import sha256_file
 from train_helpers import REPO, compose_config
 
 TAG = "nvcr.io/nvidia/nemo-rl:v0.7.0"
@@ -95,7 +96,7 @@ def test_lock_a_squashfs_file_keeps_the_registry_digest(tmp_path):
     image.write_bytes(b"hsqs-0123")
     only = container.run(cfg_for(tmp_path, f"container.squashfs={image}"))  # no Docker asked
     assert (only.digest, only.kind, only.reference) == ("", "squashfs", TAG)
-    assert only.squashfs["sha256"] == container.file_sha256(image) and only.squashfs["bytes"] == 9
+    assert only.squashfs["sha256"] == sha256_file(image) and only.squashfs["bytes"] == 9
     assert "PLACEHOLDER" in (tmp_path / "Dockerfile").read_text()  # no registry digest to pin
     assert container.check(cfg_for(tmp_path), None, "baked")["status"] == "unlocked"
     container.run(cfg_for(tmp_path, f"container.digest={D1}"))

@@ -11,6 +11,7 @@ import pytest
 
 from recipe.errors import RecipeError
 from recipe.train import launchers, stage
+from recipe.train.plan import build_plan
 from recipe.train.executors import docker_sdk
 from recipe.train.launchers import single_gpu
 from train_helpers import compose_config, make_prepared, train_overrides
@@ -21,7 +22,7 @@ RUN_DPO = ["uv", "run", "python", "examples/run_dpo.py"]
 def plan_for(tmp_path, *overrides):
     data = make_prepared(tmp_path / "data")
     cfg = compose_config(*train_overrides(tmp_path, data, *overrides))
-    return stage.build_plan(cfg)[0], cfg
+    return build_plan(cfg)[0], cfg
 
 
 def test_unknown_launcher_names_the_choices():
@@ -61,7 +62,7 @@ def test_dry_run_writes_everything_and_launches_nothing(tmp_path, monkeypatch, c
     line = (run / "command.txt").read_text().strip()
     assert line in capsys.readouterr().out
     record = json.loads((run / "command.json").read_text())
-    assert record["dry_run"] is True and record["argv"] == module.build_command(stage.build_plan(
+    assert record["dry_run"] is True and record["argv"] == module.build_command(build_plan(
         compose_config(*train_overrides(tmp_path, data, *profile)))[0])
     provenance = json.loads((run / "provenance.json").read_text())
     assert provenance["data"]["sha256"]["train"] == json.loads(
@@ -84,10 +85,7 @@ FAKE_RUN_DPO = textwrap.dedent("""\
 
 
 def _subprocess_run(tmp_path, *more):
-    from train_helpers import REFERENCE_DPO, fake_nemo_rl
-
-    if not REFERENCE_DPO.is_file():
-        pytest.skip("no reference dpo.yaml")
+    from train_helpers import fake_nemo_rl
     nemo_rl_dir = fake_nemo_rl(tmp_path / "c")
     (nemo_rl_dir / "run_dpo.py").write_text(FAKE_RUN_DPO)
     data = make_prepared(tmp_path / "data")

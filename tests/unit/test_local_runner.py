@@ -15,7 +15,7 @@ import yaml
 
 from recipe.errors import RecipeError
 from recipe.train.local import checkpoints, metrics, settings
-from train_helpers import REFERENCE_DPO, make_prepared
+from train_helpers import make_prepared, reference_dpo
 
 
 def child(tmp_path: Path, parent: str | None, **sections) -> Path:
@@ -49,17 +49,14 @@ def load(path: Path, *overrides: str) -> settings.Settings:
 
 
 def reference() -> dict:
-    if not REFERENCE_DPO.is_file():
-        pytest.skip(f"{REFERENCE_DPO} (NeMo RL's dpo.yaml, shared reference) is not there")
-    return yaml.safe_load(REFERENCE_DPO.read_text())
+    return yaml.safe_load(reference_dpo().read_text())
 
 
 @pytest.fixture
 def parent(tmp_path) -> str:
-    reference()
     target = tmp_path / "nemo-rl" / "dpo.yaml"
     target.parent.mkdir()
-    shutil.copyfile(REFERENCE_DPO, target)
+    shutil.copyfile(reference_dpo(), target)
     return str(target)
 
 
@@ -231,13 +228,13 @@ def test_the_scheduler_follows_nemo_rl_spec():
 
 def test_models_come_from_this_machine_only(tmp_path, parent, monkeypatch):
     pytest.importorskip("huggingface_hub")
-    from recipe.train import local_dpo
+    from recipe.train.local import runner
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
     s = load(child(tmp_path, parent))
     with pytest.raises(RecipeError, match="never downloads"):
-        local_dpo.local_model("some-org/some-model", "policy.model_name", s)
+        runner.local_model("some-org/some-model", "policy.model_name", s)
     folder = tmp_path / "my-model"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
-    assert local_dpo.local_model(str(folder), "policy.model_name", s) == str(folder)
+    assert runner.local_model(str(folder), "policy.model_name", s) == str(folder)

@@ -14,8 +14,9 @@ import pytest
 
 from recipe.errors import RecipeError
 from recipe.train import tiny_model
+from recipe.train import prepared
 from recipe.train.local import data
-from recipe.train.local.settings import Dataset
+from recipe.train.prepared import Dataset
 from train_helpers import make_prepared, preference_pair
 
 pytest.importorskip("trl")
@@ -98,4 +99,4 @@ def test_completions_that_differ_before_their_final_message_are_refused(tmp_path
     path = tmp_path / "train.jsonl"
     path.write_text(json.dumps(pair) + "\n")
     with pytest.raises(RecipeError, match=r"train.jsonl:1: .*differ before their final message"):
-        list(data.read_pairs(Dataset("PreferenceDataset", path)))
+        list(prepared.read_pairs(Dataset("PreferenceDataset", path)))

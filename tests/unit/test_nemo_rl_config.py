@@ -5,14 +5,14 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from recipe.train import nemo_rl, stage
+from recipe.train import nemo_rl, tiny_model
+from recipe.train.plan import build_plan
 from train_helpers import REPO, compose_config, make_prepared, train_overrides
 
 CONFIGS = REPO / "configs"
@@ -55,7 +55,7 @@ def test_default_model_is_the_tiny_literal_and_launcher_the_cpu_runner():
 def _write(tmp_path, *overrides, data=None):
     data = data or make_prepared(tmp_path / "data")
     cfg = compose_config(*train_overrides(tmp_path, data, *overrides))
-    plan, prepared = stage.build_plan(cfg)
+    plan, prepared = build_plan(cfg)
     return yaml.safe_load(plan.config_path.read_text()), plan, data
 
 
@@ -80,9 +80,9 @@ def test_written_yaml_follows_nemo_rl_rules(tmp_path):
 
 
 def test_sft_average_log_probs_keeps_nemo_rls_link_unless_set(tmp_path):
-    """Issue 17 item 3: upstream ties it to preference_average_log_probs; we wrote `false`."""
+    """Upstream ties it to preference_average_log_probs; an earlier gym-dpo wrote `false`."""
     from recipe.train import nemo_rl_loader
-    from train_helpers import REFERENCE_DPO, fake_nemo_rl
+    from train_helpers import fake_nemo_rl, reference_dpo
 
     nemo_rl_dir = fake_nemo_rl(tmp_path / "c")
     doc, plan, _ = _write(tmp_path, f"container.nemo_rl_dir={nemo_rl_dir}")
@@ -92,7 +92,7 @@ def test_sft_average_log_probs_keeps_nemo_rls_link_unless_set(tmp_path):
     alone = OmegaConf.load(plan.config_path)  # the CPU runner without NeMo RL reads the file alone
     alone.dpo.preference_average_log_probs = True
     assert alone.dpo.sft_average_log_probs is True
-    assert "sft_average_log_probs: ${.preference_average_log_probs}" in REFERENCE_DPO.read_text()
+    assert "sft_average_log_probs: ${.preference_average_log_probs}" in reference_dpo().read_text()
     set_doc, _, _ = _write(tmp_path / "b", "dpo.sft_average_log_probs=true")
     assert set_doc["dpo"]["sft_average_log_probs"] is True  # the user's value, written as given
 
@@ -143,20 +143,13 @@ def test_model_name_goes_through_the_tiny_model_resolver(tmp_path, monkeypatch):
         calls.append((name, Path(run_dir), Path(train_file)))
         return str(run_dir / "tiny_model") if name == "gym-dpo/tiny" else name
 
-    fake = types.ModuleType("recipe.train.tiny_model")
-    fake.resolve_model_name = resolve_model_name
-    monkeypatch.setitem(sys.modules, "recipe.train.tiny_model", fake)
+    monkeypatch.setattr(tiny_model, "resolve_model_name", resolve_model_name)
     (tmp_path / "run" / "tiny_model").mkdir(parents=True)
     doc, plan, data = _write(tmp_path, "model=tiny")
     assert calls[0] == ("gym-dpo/tiny", tmp_path / "run", data / "train.jsonl")
     assert doc["policy"]["model_name"] == str(tmp_path / "run" / "tiny_model")
     assert doc["policy"]["tokenizer"]["name"] == doc["policy"]["model_name"]
     assert plan.model_path == tmp_path / "run" / "tiny_model"
-
-
-def test_without_the_tiny_model_module_the_name_is_kept(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "recipe.train.tiny_model", None)  # import fails
-    assert nemo_rl.resolve_model_name("gym-dpo/tiny", tmp_path, tmp_path / "t.jsonl") == "gym-dpo/tiny"
 
 
 def test_the_cli_writes_the_run_folder(tmp_path):

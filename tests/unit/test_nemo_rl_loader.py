@@ -7,8 +7,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from recipe.train import nemo_rl_loader as loader
-from recipe.train import stage
-from train_helpers import (REFERENCE_DPO, REQUIRED_KEYS, compose_config, fake_nemo_rl,
+from recipe.train.plan import build_plan
+from train_helpers import (REQUIRED_KEYS, compose_config, fake_nemo_rl,
                            make_prepared, train_overrides)
 
 
@@ -71,8 +71,6 @@ def test_override_grammar_in_struct_mode():
 
 @pytest.fixture
 def nemo_rl_dir(tmp_path):
-    if not REFERENCE_DPO.is_file():
-        pytest.skip(f"NeMo RL's reference dpo.yaml is not at {REFERENCE_DPO}")
     return fake_nemo_rl(tmp_path / "container")
 
 
@@ -82,7 +80,7 @@ def test_written_yaml_loads_on_nemo_rl_dpo_yaml_with_every_required_key(tmp_path
     cfg = compose_config(*train_overrides(tmp_path, data, f"container.nemo_rl_dir={nemo_rl_dir}",
                                           "launcher=multi_gpu", "launcher.gpus_per_node=2",
                                           'launcher.overrides=["dpo.max_num_steps=11","+policy.extra=1"]'))
-    plan, _ = stage.build_plan(cfg)
+    plan, _ = build_plan(cfg)
     merged = loader.resolved(loader.load_with_overrides(plan.config_path, plan.overrides))
     for key in REQUIRED_KEYS:
         assert OmegaConf.select(OmegaConf.create(merged), key) is not None, key

@@ -1,4 +1,4 @@
-"""Every real NeMo Gym rollouts file of ../shared/reference/nemo-gym: what each must give.
+"""Every real NeMo Gym rollouts file of the reference files (nemo-gym/): what each must give.
 
 None of them holds two comparable rollouts with different rewards (reference README), so each
 must give no pair, and for the reason its README names.
@@ -6,7 +6,7 @@ must give no pair, and for the reason its README names.
 
 import pytest
 
-from tests.conftest import REFERENCE, read_jsonl
+from tests.conftest import read_jsonl, reference
 
 EXPECTED = {
     # file: (outcomes by line, reasons no pair)
@@ -23,6 +23,13 @@ EXPECTED = {
 }
 
 
+def test_the_reference_rollouts_are_there():
+    """The files this module, test_schemas and test_hostile_lines read; a missing folder skips
+    (fails in CI) here with one message, where the others would read fewer lines."""
+    folder = reference("nemo-gym")
+    assert sorted(path.name for path in folder.glob("*.jsonl")) == sorted(EXPECTED)
+
+
 def outcomes(manifest):
     counts = manifest["counts"]
     found = {k: v for k, v in counts["unpaired"].items() if v}
@@ -34,7 +41,7 @@ def outcomes(manifest):
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_reference_file(name, prepare):
-    manifest, out = prepare(REFERENCE / "nemo-gym" / name)
+    manifest, out = prepare(reference(f"nemo-gym/{name}"))
     assert outcomes(manifest) == EXPECTED[name]
     assert manifest["counts"]["lines"] == 5
     assert (out / "train.jsonl").read_bytes() == b"" and (out / "val.jsonl").read_bytes() == b""
@@ -48,7 +55,7 @@ def test_reference_rollouts_convert_to_the_expected_shapes():
     shapes = {}
     for name in ("blackjack.jsonl", "tool_call_multireward.jsonl", "tau2.jsonl", "math_with_judge.jsonl",
                  "grl_sokoban.jsonl", "mcqa.jsonl", "competitive_coding_challenges.jsonl"):
-        decoded = rollouts.Reader().decode((REFERENCE / "nemo-gym" / name).read_bytes().splitlines()[0])
+        decoded = rollouts.Reader().decode(reference(f"nemo-gym/{name}").read_bytes().splitlines()[0])
         context, response = scan.convert(*decoded, scan.ScanOptions())
         shapes[name] = (context[0]["role"], "text" if isinstance(response, str) else response[-1]["role"])
     assert shapes["tool_call_multireward.jsonl"] == ("system", "assistant")  # developer -> system
@@ -93,7 +100,7 @@ def test_real_multi_turn_pairs_are_cut_where_they_part(name, tmp_path, prepare):
 
     from recipe.prepare import cut, rollouts, scan
 
-    rows = [s for line in read_jsonl(REFERENCE / "nemo-gym" / name) for s in siblings(line)]
+    rows = [s for line in read_jsonl(reference(f"nemo-gym/{name}")) for s in siblings(line)]
     path = tmp_path / name
     path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
     manifest, out = prepare(path, "data_prep=all_pairs", "data_prep.max_pairs_per_prompt=null", "data.val_fraction=0")
@@ -122,7 +129,7 @@ def test_cut_pairs_load_through_nemo_rls_data_path(tmp_path, prepare):
     import orjson
 
     datasets = pytest.importorskip("datasets")
-    rows = [s for name in MULTI_TURN for line in read_jsonl(REFERENCE / "nemo-gym" / name) for s in siblings(line)]
+    rows = [s for name in MULTI_TURN for line in read_jsonl(reference(f"nemo-gym/{name}")) for s in siblings(line)]
     path = tmp_path / "all.jsonl"
     path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
     _, out = prepare(path, "data_prep=all_pairs", "data_prep.max_pairs_per_prompt=null", "data.val_fraction=0")

@@ -1,9 +1,11 @@
-"""Model presets hold model facts; training values come from dpo/<model> (issue 17, item 1).
+"""Model presets hold model facts; training values come from dpo/<model>.
 
 Before, `model=tiny` (the default) also set the tiny model's training values (lr 1e-3, batch 8,
 30 steps), so `policy.model_name=Qwen/...` on any launcher wrote them for a 7B model. Now:
 - a model preset (configs/model/) sets model facts only;
-- recipe.yaml selects the training values `dpo: ${model}` (configs/dpo/<model>.yaml);
+- recipe.yaml loads NeMo RL's training values (configs/dpo/default.yaml), then the model's own
+  on top when it has some (`optional dpo: ${model}`: configs/dpo/<model>.yaml), so a model trained
+  on NeMo RL's values is one preset file;
 - values chosen for one model (`values_for_model`) are refused for any other policy.model_name.
 Every model preset with every launcher, plus the documented overrides, is composed and written
 here; the YAML always carries the training values of its own model's preset.
@@ -18,7 +20,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from recipe.errors import RecipeError
-from recipe.train import nemo_rl, prepared
+from recipe.train import nemo_rl, prepared, tiny_model
 from train_helpers import REPO, compose_config, make_prepared
 
 CONFIGS = REPO / "configs"
@@ -58,7 +60,7 @@ def data(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def no_tiny_build(monkeypatch):
     """Build the YAML without building the tiny model (its name is what matters here)."""
-    monkeypatch.setattr(nemo_rl, "resolve_model_name", lambda name, run_dir, train_file: name)
+    monkeypatch.setattr(tiny_model, "resolve_model_name", lambda name, run_dir, train_file: name)
 
 
 def written(tmp_path, data, *overrides) -> dict:
@@ -79,7 +81,7 @@ def presets(tmp_path_factory, data) -> dict:
     """model preset -> the training values `model=<preset>` alone writes."""
     root = tmp_path_factory.mktemp("preset-values")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(nemo_rl, "resolve_model_name", lambda name, run_dir, train_file: name)
+        patch.setattr(tiny_model, "resolve_model_name", lambda name, run_dir, train_file: name)
         return {model: training_values(written(root / model, data, *model_args(model)))
                 for model in MODELS}
 
@@ -96,8 +98,12 @@ def test_model_presets_hold_model_facts_only():
 
 
 def test_recipe_yaml_picks_the_training_values_of_the_model():
-    assert set(MODELS) <= set(options("dpo"))
-    assert "${model}" in (CONFIGS / "recipe.yaml").read_text()
+    text = (CONFIGS / "recipe.yaml").read_text()
+    assert "- dpo/default " in text and "- optional dpo: ${model} " in text
+    assert "${model}" in text
+    for option in set(options("dpo")) - {"default"}:  # no values file that only repeats default
+        document = yaml.safe_load((CONFIGS / "dpo" / f"{option}.yaml").read_text()) or {}
+        assert "defaults" not in document and document, option
 
 
 @pytest.mark.parametrize("model,launcher", list(itertools.product(MODELS, LAUNCHERS)))

@@ -1,4 +1,4 @@
-"""`stage=train run_dir=RUN` trains RUN's own config again (issue 17, item 2).
+"""`stage=train run_dir=RUN` trains RUN's own config again.
 
 Before, the train stage rebuilt the config from the defaults and never read
 RUN/recipe_config.yaml, so a Qwen run was retrained as `gym-dpo/tiny`.

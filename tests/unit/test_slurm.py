@@ -16,7 +16,9 @@ import pytest
 
 from recipe.errors import RecipeError
 from recipe.train import stage
+from recipe.train.plan import build_plan
 from recipe.train.launchers import slurm
+from recipe.run_files import sha256_file
 from train_helpers import REPO, compose_config, make_prepared, train_overrides
 
 SCRIPT = REPO / "slurm" / "dpo.sub"
@@ -26,7 +28,7 @@ D1 = "sha256:" + "d" * 64
 def plan_for(tmp_path, *overrides):
     data = make_prepared(tmp_path / "data")
     cfg = compose_config(*train_overrides(tmp_path, data, "launcher=slurm", *overrides))
-    return stage.build_plan(cfg)[0]
+    return build_plan(cfg)[0]
 
 
 def sourced(env_file: Path, *names: str) -> dict:
@@ -62,7 +64,7 @@ def test_sbatch_command(tmp_path):
 
 
 def test_cpus_per_node_and_the_job_env_for_the_wait(tmp_path):
-    """Issue 17 items 6, 7, 9: the CPUs, the GPUs to wait for and Ray's auth reach the job."""
+    """The CPUs, the GPUs to wait for and Ray's auth reach the job."""
     plan = plan_for(tmp_path, "launcher.exclusive=false", "launcher.cpus_per_node=16",
                     "launcher.gpus_per_node=8")
     argv = slurm.build_command(plan)
@@ -82,7 +84,7 @@ def test_cpus_per_node_and_the_job_env_for_the_wait(tmp_path):
 
 
 def test_job_env_with_a_locked_registry_image(tmp_path, capsys):
-    """Issue 17 item 4: enroot before 4.0.0 refuses `tag@sha256:`, so pyxis gets the tag unless
+    """Enroot before 4.0.0 refuses `tag@sha256:`, so pyxis gets the tag unless
     launcher.digest_reference=true says the cluster's enroot takes digests."""
     (tmp_path / "lock.json").write_text(json.dumps(
         {"image": "nvcr.io/nvidia/nemo-rl:v0.7.0", "digest": D1, "kind": "repo"}))
@@ -126,7 +128,7 @@ def test_a_squashfs_image_is_pinned_by_its_locked_sha256(tmp_path):
     assert env["CONTAINER"] == str(image) and "@" not in env["CONTAINER"]
     record = slurm.check_image(plan)
     assert record["status"] == "match (size and mtime as locked)"
-    assert record["locked"] == "sha256:" + container.file_sha256(image)
+    assert record["locked"] == "sha256:" + sha256_file(image)
     os.utime(image, ns=(1, 1))                      # touched, same bytes: hashed, still the one
     assert slurm.check_image(plan)["status"] == "match (sha256)"
     image.write_bytes(b"hsqs" + b"\1" * 4096)       # replaced by another import
@@ -162,7 +164,7 @@ def test_overlapping_ray_ports_are_refused(tmp_path):
 
 
 def test_every_default_ray_port_is_below_9000(tmp_path):
-    """Issue 17 item 8: 9000-65000 is the ephemeral range of some DGX/GB200 nodes (NeMo RL's
+    """9000-65000 is the ephemeral range of some DGX/GB200 nodes (NeMo RL's
     ray.sub moved every port below 9000); ours were 53000-53105 and 10002-11000."""
     env = slurm.job_env(plan_for(tmp_path))
     ports = [int(env[k]) for k in ("RAY_GCS_PORT", "RAY_CLIENT_PORT", "RAY_DASHBOARD_PORT")]

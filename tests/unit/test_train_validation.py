@@ -8,12 +8,13 @@ import json
 import pytest
 
 from recipe.errors import RecipeError
-from recipe.train import prepared, stage, validate
+from recipe.train import prepared, validate
+from recipe.train.plan import build_plan
 from train_helpers import compose_config, make_prepared, preference_pair, train_overrides
 
 
 def build(tmp_path, data, *overrides):
-    return stage.build_plan(compose_config(*train_overrides(tmp_path, data, *overrides)))
+    return build_plan(compose_config(*train_overrides(tmp_path, data, *overrides)))
 
 
 def refused(tmp_path, data, *overrides) -> str:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_module
 
+from tests.conftest import reference
+
 REPO = Path(__file__).resolve().parents[2]
-REFERENCE_DPO = REPO.parent / "shared" / "reference" / "nemo-rl-v0.7.0" / "dpo.yaml"
 SAMPLE = REPO / "samples" / "rollouts.jsonl"
 
 # Keys NeMo RL v0.7.0 reads without a default (its TypedDicts' required fields: MasterConfig,
@@ -82,11 +83,16 @@ def make_prepared(folder: Path, train: int | list = 16, val: int | list = 4,
     return folder
 
 
+def reference_dpo() -> Path:
+    """NeMo RL v0.7.0's examples/configs/dpo.yaml from the reference files (or skip)."""
+    return reference("nemo-rl-v0.7.0/dpo.yaml")
+
+
 def fake_nemo_rl(root: Path) -> Path:
     """A folder standing in for /opt/nemo-rl: NeMo RL's reference dpo.yaml at its real place."""
     target = root / "opt" / "nemo-rl" / "examples" / "configs" / "dpo.yaml"
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(REFERENCE_DPO, target)
+    shutil.copyfile(reference_dpo(), target)
     return root / "opt" / "nemo-rl"
 
 

@@ -9,7 +9,8 @@ Each engine module gives:
     serves_hub_names: bool                           can it serve a hub id (a GPU run's base model)
 
 `serve()` starts the engine as a `processes.Service` on a free loopback port and yields its
-`/v1` base URL; NeMo Gym's `vllm_model` server talks to it (CONTRACT.md section 6).
+`/v1` base URL; NeMo Gym's `vllm_model` server talks to it (v0.4.0
+`responses_api_models/vllm_model`: `policy_base_url` ending in `/v1`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""The CPU runner's parts (`python -m recipe.train.local_dpo`): NeMo RL's DPO config run by TRL.
+"""The CPU runner (`python -m recipe.train.local_dpo`): NeMo RL's DPO config run by TRL.
 
-settings: the NeMo RL YAML -> what TRL is given, and what it ignores; data: pair files -> TRL's
-conversational records; trainer: TRL's DPOTrainer with NeMo RL's optimizer, scheduler and batching;
-checkpoints: NeMo RL's `step_N` layout, retention and resume; metrics: NeMo RL's metric names in
-`metrics.jsonl`, and the progress bar.
+runner: load, build the trainer, train, and the command line; settings: the NeMo RL YAML -> what
+TRL is given, and what it ignores; data: the pairs -> the token ids NeMo RL trains; trainer: TRL's
+DPOTrainer with NeMo RL's optimizer, scheduler and batching; checkpoints: NeMo RL's `step_N`
+layout, retention and resume; metrics: NeMo RL's metric names in `metrics.jsonl`, and the
+progress bar.
 """

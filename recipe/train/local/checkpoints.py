@@ -16,27 +16,21 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
 import yaml
 from transformers import TrainerCallback
 
-STEP = re.compile(r"step_(\d+)")
+from recipe.run_files import step_folders
+
 INFO = "training_info.json"
 
 
 def steps(checkpoint_dir: Path) -> list[tuple[int, Path]]:
     """Complete checkpoints, oldest first."""
-    if not checkpoint_dir.is_dir():
-        return []
-    found = []
-    for path in checkpoint_dir.iterdir():
-        match = STEP.fullmatch(path.name)
-        if match and (path / INFO).is_file() and (path / "trainer_state.json").is_file():
-            found.append((int(match.group(1)), path))
-    return sorted(found)
+    return [(step, path) for step, path in step_folders(checkpoint_dir)
+            if (path / INFO).is_file() and (path / "trainer_state.json").is_file()]
 
 
 def latest(checkpoint_dir: Path) -> Path | None:

@@ -1,9 +1,7 @@
 """Pair files as NeMo RL reads them -> the token ids TRL's DPOTrainer trains on, cut NeMo RL's way.
 
-NeMo RL's PreferenceDataset record (`context`, two ranked `completions`) maps onto TRL's
-conversational format: `prompt` = the context messages, `chosen` = the lower-ranked completion's
-messages, `rejected` = the other. A BinaryPreferenceDataset record (`prompt`, `chosen`,
-`rejected` under configurable keys) becomes the prompt's turns and two assistant answers.
+The pairs are read as conversations by recipe.train.prepared.read_pairs (prompt, chosen and
+rejected messages: TRL's conversational format); this module tokenizes them.
 
 The tokens trained are NeMo RL's (v0.7.0 `get_formatted_message_log` + `only_unmask_final`): each
 message's tokens are the text the chat template adds for it, the first with the BOS token and the
@@ -17,65 +15,8 @@ hold the pair and it is refused (gym-dpo's prepare never writes such pairs: it c
 
 from __future__ import annotations
 
-import json
-from typing import Iterator
-
 from recipe.errors import RecipeError
-from recipe.train.local.settings import Dataset
-
-
-def _messages(value, role: str) -> list[dict]:
-    if isinstance(value, str):
-        return [{"role": role, "content": value}]
-    if isinstance(value, list) and all(isinstance(m, dict) for m in value):
-        return [_message(m) for m in value]
-    raise ValueError(f"expected a string or a list of messages, got {type(value).__name__}")
-
-
-def _message(message: dict) -> dict:
-    """A chat message with the keys chat templates read (content always a string)."""
-    out = {"role": message["role"], "content": message.get("content") or ""}
-    if message.get("tool_calls"):
-        out["tool_calls"] = message["tool_calls"]
-    if message.get("tool_call_id"):
-        out["tool_call_id"] = message["tool_call_id"]
-    return out
-
-
-def to_trl(record: dict, dataset: Dataset) -> dict:
-    """One pair as {"prompt": [...], "chosen": [...], "rejected": [...]} (message lists), the
-    completions' shared earlier messages moved to the prompt: `chosen`/`rejected` hold one
-    message each, the one NeMo RL trains."""
-    if dataset.name == "PreferenceDataset":
-        completions = sorted(record["completions"], key=lambda c: c["rank"])
-        if len(completions) != 2 or completions[0]["rank"] == completions[1]["rank"]:
-            raise ValueError("a PreferenceDataset record needs two completions of different rank")
-        prompt = _messages(record["context"], "user")
-        chosen = _messages(completions[0]["completion"], "assistant")
-        rejected = _messages(completions[1]["completion"], "assistant")
-    else:
-        prompt = _messages(record[dataset.prompt_key], "user")
-        chosen = _messages(record[dataset.chosen_key], "assistant")
-        rejected = _messages(record[dataset.rejected_key], "assistant")
-    if not chosen or not rejected:
-        raise ValueError("a completion holds no message")
-    if chosen[:-1] != rejected[:-1]:
-        raise ValueError("the two completions differ before their final message: NeMo RL conditions each "
-                         "final message on its own earlier ones, which TRL's one prompt per pair cannot "
-                         "hold (prepare the pairs again with gym-dpo: it cuts them where they part)")
-    return {"prompt": prompt + chosen[:-1], "chosen": chosen[-1:], "rejected": rejected[-1:]}
-
-
-def read_pairs(dataset: Dataset) -> Iterator[dict]:
-    with open(dataset.path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                yield to_trl(json.loads(line), dataset)
-            except (ValueError, KeyError, TypeError) as exc:
-                raise RecipeError(f"{dataset.path}:{number}: not a {dataset.name} record "
-                                  f"({type(exc).__name__}: {exc})") from None
+from recipe.train.prepared import Dataset, read_pairs
 
 
 def _after(before: str, rendered: str) -> str:

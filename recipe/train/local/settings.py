@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recipe.errors import RecipeError
 from recipe.train import nemo_rl_loader
+from recipe.train.prepared import Dataset, dataset_entry
 
 # Every key the runner reads. Without the parent config each must be in the file itself.
 READ = (
@@ -60,18 +61,6 @@ IGNORED = {
     "data.max_input_seq_length": "TRL truncates pairs over max_total_sequence_length where NeMo RL "
                                  "masks them (see `gym-dpo stage=preflight`)",
 }
-SUPPORTED_DATASETS = ("PreferenceDataset", "BinaryPreferenceDataset")
-
-
-@dataclass
-class Dataset:
-    """One `data.train` / `data.validation` entry (after `data.default` filled its gaps)."""
-
-    name: str
-    path: Path
-    prompt_key: str = "prompt"
-    chosen_key: str = "chosen"
-    rejected_key: str = "rejected"
 
 
 @dataclass
@@ -204,26 +193,6 @@ def ignored_keys(config: dict) -> dict[str, list[str]]:
             reason = "not used by the CPU runner"
         found.setdefault(reason, []).append(key)
     return found
-
-
-def dataset_entry(data: dict, split: str, config_path: Path) -> Dataset | None:
-    """`data.<split>` of a NeMo RL config (gaps filled from `data.default`), or None if absent."""
-    entry = data.get(split)
-    if entry is None:
-        return None
-    merged = {**(data.get("default") or {}), **entry}
-    name = merged.get("dataset_name")
-    if name not in SUPPORTED_DATASETS:
-        raise RecipeError(f"{config_path}: data.{split}.dataset_name={name!r}: the CPU runner reads "
-                          f"local {' or '.join(SUPPORTED_DATASETS)} files only (no downloads)")
-    if not merged.get("data_path"):
-        raise RecipeError(f"{config_path}: data.{split}.data_path is not set")
-    path = Path(str(merged["data_path"])).expanduser()
-    if not path.is_file():
-        raise RecipeError(f"data.{split}.data_path={path}: no such file (the CPU runner reads local "
-                          "files only)")
-    keys = {k: merged[k] for k in ("prompt_key", "chosen_key", "rejected_key") if merged.get(k)}
-    return Dataset(name, path, **keys)
 
 
 def _positive(config_path: Path, key: str, value, minimum: int = 1) -> int:
