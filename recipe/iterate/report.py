@@ -151,7 +151,8 @@ def dry_run_lines(plan: plan_mod.Plan) -> list[str]:
         artifact = engine.served(Path(str(policy(k))), state.round_dir(run_dir, k) / "serve", plan.serving)
         server = serving.server_argv(plan.serving, artifact, "PORT", name, plan.sampler, host=where.bind_host,
                                      install=False)
-        server, _ = where.wrap(server, None, name=f"serve-{name}", gpus=where.serving_gpus)
+        server, _ = where.wrap(server, None, name=f"serve-{name}", gpus=where.serving_gpus,
+                               node_file=state.round_dir(run_dir, k) / "logs" / ".serve.node")
         gym = gym_mod.Gym(plan.gym, plan.serving, run_dir / "gym", "http://HOST:PORT/v1", name, tools,
                           head_port="PORT", sampler=plan.sampler)
         return [f"# {what}: serve policy {k} ({plan.serving.name}, {where.describe()}), NeMo Gym",

@@ -475,3 +475,75 @@ def test_the_cpu_build_of_vllm_differs_from_the_gpu_path_in_the_device_only(tmp_
     assert a[3:] == b[3:] + ["--gpu-memory-utilization", "0.85"]
     assert gpu.fingerprint()["sampling"] == cpu.fingerprint()["sampling"]
     assert OmegaConf.to_container(gpu.serving.nemo_gym_model) == OmegaConf.to_container(cpu.serving.nemo_gym_model)
+
+
+# -- checked before the first collection ----------------------------------------------------------
+def gpu_choices(launcher: str) -> dict:
+    return {"model": "qwen2.5-1.5b", "launcher": launcher, "dpo": "default", "data_prep": "same_prompt",
+            "container": "nemo_rl"}
+
+
+def test_the_micro_batch_follows_the_gpus_and_a_batch_they_cannot_split_is_refused_at_plan_time(tmp_path):
+    """8 GPUs with the loop's global batch 8 and micro batch 8 were refused by the train stage
+    only after round 1's collection and prepare; now the micro batch is derived (8 / 8 ranks) and
+    a batch the GPUs cannot split fails before anything runs."""
+    common = ["model=qwen2.5-1.5b", "serving=vllm"]
+    p = build_plan(f"run_dir={tmp_path}", *common, "launcher=multi_gpu", choices=gpu_choices("multi_gpu"),
+                   task=common + ["launcher=multi_gpu"])
+    argv = p.train_argv(tmp_path, tmp_path, "m")
+    assert "policy.train_micro_batch_size=1" in argv and "policy.train_global_batch_size=8" in argv
+    cpu = build_plan(f"run_dir={tmp_path}")
+    assert "policy.train_micro_batch_size=8" in cpu.train_argv(tmp_path, tmp_path, "m")  # one pass on the CPU
+    with pytest.raises(RecipeError, match="cannot be split over the 16 data-parallel ranks"):
+        build_plan(f"run_dir={tmp_path}", *common, "launcher=slurm", "launcher.nodes=2",
+                   choices=gpu_choices("slurm"), task=common + ["launcher=slurm", "launcher.nodes=2"])
+    # a micro batch the user gave is kept, and checked
+    given = ["iterate.train.policy.train_micro_batch_size=4"]
+    with pytest.raises(RecipeError, match="found before any collection(.|\n)*4 x 8"):
+        build_plan(f"run_dir={tmp_path}", *common, "launcher=multi_gpu", *given,
+                   choices=gpu_choices("multi_gpu"), task=common + ["launcher=multi_gpu", *given])
+    fine = build_plan(f"run_dir={tmp_path}", *common, "launcher=multi_gpu", "policy.train_micro_batch_size=1",
+                      "iterate.train.policy.train_global_batch_size=16", choices=gpu_choices("multi_gpu"),
+                      task=common + ["launcher=multi_gpu", "policy.train_micro_batch_size=1"])
+    assert fine.train_argv(tmp_path, tmp_path, "m")[-1] == "policy.train_micro_batch_size=1"
+
+
+def test_the_iterate_stage_refuses_an_impossible_batch_before_any_collection(tmp_path, monkeypatch):
+    from recipe.iterate import stage
+
+    os.chdir(REPO)
+    task = ["model=qwen2.5-1.5b", "launcher=multi_gpu", "iterate.train.policy.train_global_batch_size=12",
+            "serving=vllm"]
+    cfg = compose_cfg(f"run_dir={tmp_path}", *task)
+    monkeypatch.setattr(plan, "_choices", lambda: (gpu_choices("multi_gpu"), task))
+    with pytest.raises(RecipeError, match="train_global_batch_size=12 cannot be split over the 8"):
+        stage.run(cfg)
+    assert not (tmp_path / "round_0").exists() and not (tmp_path / "plan.json").exists()
+
+
+# -- launcher=slurm and executor=docker in the loop -----------------------------------------------
+def test_slurm_waits_for_the_job_and_converts_and_serves_in_a_slurm_step_in_the_image(tmp_path):
+    common = ["model=qwen2.5-1.5b", "serving=vllm", "launcher=slurm", "launcher.gpus_per_node=2",
+              "launcher.partition=batch", "launcher.container=/shared/nemo-rl.sqsh", "launcher.hf_cache=/shared/hf"]
+    p = build_plan(f"run_dir={tmp_path}", *common, "launcher.wait=false", choices=gpu_choices("slurm"),
+                   task=common + ["launcher.wait=false"])
+    assert p.train_argv(tmp_path, tmp_path, "m")[-1] == "launcher.wait=true"  # the job's end, not sbatch's
+    text = "\n".join(report.dry_run_lines(p))
+    srun = ("srun --job-name=gym-dpo-dcp-to-hf-1 --nodes=1 --ntasks=1 --time=04:00:00 --kill-on-bad-exit=1 "
+            f"--partition=batch --container-image=/shared/nemo-rl.sqsh --container-mounts={tmp_path}:{tmp_path},"
+            "/shared/hf:/shared/hf --no-container-mount-home --container-workdir=/opt/nemo-rl bash -c")
+    assert srun in text and "cd /opt/nemo-rl\nexec uv run python examples/converters/convert_dcp_to_hf.py" in text
+    serve = [line for line in text.splitlines() if "--gpus-per-node=2" in line]
+    assert serve and all(line.startswith("srun --job-name=gym-dpo-serve-policy-round-") for line in serve)
+    assert "--host 0.0.0.0" in text and "SLURMD_NODENAME" in text
+    where = p.place
+    node = tmp_path / "node"
+    assert where.address(node) is None  # the step has not started
+    node.write_text("localhost\n")
+    assert where.address(node) == "127.0.0.1"
+
+
+def test_executor_docker_is_refused_at_plan_time_with_one_message(tmp_path):
+    common = ["model=qwen2.5-1.5b", "serving=vllm", "launcher=single_gpu", "launcher.executor=docker"]
+    with pytest.raises(RecipeError, match="executor=docker is not supported(.|\n)*inside the NeMo RL container"):
+        build_plan(f"run_dir={tmp_path}", *common, choices=gpu_choices("single_gpu"), task=common)
