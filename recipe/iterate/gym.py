@@ -10,7 +10,7 @@
 - Ray's token auth kept on with a per-session random token in the environment only
   (`RAY_AUTH_TOKEN`: Ray reads it before any file, so it writes none), on loopback
   (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`), without usage stats;
-- uv on the local Python 3.12 (`UV_PYTHON_DOWNLOADS=never`), the server venvs and uv's cache in
+- uv on the local Python (>= 3.12, `UV_PYTHON_DOWNLOADS=never`), the server venvs and uv's cache in
   the shared cache (`skip_venv_if_present`: built once, ~30 s to start after that);
 - the head server on a free port, given to both commands.
 """
@@ -64,7 +64,7 @@ class Gym:
         home.mkdir(parents=True, exist_ok=True)
         if self.ray_tmp is None:  # short: Ray's socket paths must stay under ~107 characters
             self.ray_tmp = Path(tempfile.mkdtemp(prefix="gym-dpo-ray-"))
-        path = os.pathsep.join([str(self.tools.bin), str(self.tools.python312.parent),
+        path = os.pathsep.join([str(self.tools.bin), str(self.tools.python.parent),
                                 os.environ.get("PATH", "/usr/bin:/bin")])
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "VIRTUAL_ENV", "PYTHON"))}
         env.update(HOME=str(home), PATH=path, UV_PYTHON_DOWNLOADS="never", RAY_TMPDIR=str(self.ray_tmp),

@@ -547,3 +547,19 @@ def test_executor_docker_is_refused_at_plan_time_with_one_message(tmp_path):
     common = ["model=qwen2.5-1.5b", "serving=vllm", "launcher=single_gpu", "launcher.executor=docker"]
     with pytest.raises(RecipeError, match="executor=docker is not supported(.|\n)*inside the NeMo RL container"):
         build_plan(f"run_dir={tmp_path}", *common, choices=gpu_choices("single_gpu"), task=common)
+
+
+def test_nemo_gym_takes_any_python_it_supports(tmp_path):
+    """NeMo Gym 0.4.0 asks for Python >= 3.12; NeMo RL's image ships uv's 3.13."""
+    from recipe.iterate import setup
+
+    py313 = Path(os.environ.get("PYENV_ROOT", "/root/.pyenv")) / "versions" / "3.13.0" / "bin" / "python3.13"
+    fake = tmp_path / "python3.13"  # answers as a 3.13 would, wherever the test runs
+    fake.write_text(f"#!/bin/sh\nprintf '%s\\nTrue\\n' '{fake}'\n")
+    fake.chmod(0o755)
+    for python in ([py313] if py313.is_file() else []) + [fake]:
+        assert setup.find_python(str(python)) == python
+    with pytest.raises(RecipeError, match=r"is not a Python >= 3.12"):
+        setup.find_python(sys.executable if sys.version_info < (3, 12) else "/bin/false")
+    with pytest.raises(RecipeError, match="no such file"):
+        setup.find_python(str(tmp_path / "nope"))
