@@ -147,7 +147,8 @@ class Loop:
         console.console.print(f"round {k}: NeMo RL's converter on {steps[-1][1].name} ({self.plan.place.describe()}); "
                               f"log {log}", highlight=False, soft_wrap=True)
         try:
-            processes.run(argv, log, cwd=cwd, what="NeMo RL's convert_dcp_to_hf.py", echo=False)
+            env = {**os.environ, **{str(k): str(v) for k, v in (self.plan.it.dcp_to_hf.get("env") or {}).items()}}
+            processes.run(argv, log, cwd=cwd, env=env, what="NeMo RL's convert_dcp_to_hf.py", echo=False)
             if not whole_hf_folder(partial):
                 raise RecipeError(f"NeMo RL's converter exited 0 but {partial} lacks the weights, config.json or "
                                   f"the tokenizer (log: {log})")
