@@ -284,7 +284,7 @@ def check_batches(plan: Plan, derive_micro: bool) -> int | None:
     extra = (OmegaConf.to_container(train.nemo_rl_overrides, resolve=True) or {}).get("policy") or {}
     policy = nemo_rl._deep_merge(policy, extra)
     cluster = {"gpus_per_node": int(train.launcher.gpus_per_node), "num_nodes": int(train.launcher.nodes)}
-    ranks, problem = validate.data_parallel_ranks(policy, cluster)
+    ranks, _ = validate.data_parallel_ranks(policy, cluster)  # None: batch_problems names why
     if derive_micro and ranks is not None:
         global_batch = int(policy["train_global_batch_size"])
         if global_batch % ranks:

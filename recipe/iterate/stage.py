@@ -147,7 +147,7 @@ class Loop:
         console.console.print(f"round {k}: NeMo RL's converter on {steps[-1][1].name} ({self.plan.place.describe()}); "
                               f"log {log}", highlight=False, soft_wrap=True)
         try:
-            env = {**os.environ, **{str(k): str(v) for k, v in (self.plan.it.dcp_to_hf.get("env") or {}).items()}}
+            env = {**os.environ, **{str(key): str(value) for key, value in (self.plan.it.dcp_to_hf.get("env") or {}).items()}}
             processes.run(argv, log, cwd=cwd, env=env, what="NeMo RL's convert_dcp_to_hf.py", echo=False)
             if not whole_hf_folder(partial):
                 raise RecipeError(f"NeMo RL's converter exited 0 but {partial} lacks the weights, config.json or "
@@ -202,7 +202,7 @@ class Loop:
         rollouts = Path(state.record(self.plan.run_dir, k, "collect")["rollouts"])
         out = rd / "prepare"
         argv = self.plan.prepare_argv(rollouts, out)
-        console.console.print(f"round {k}: {plan_mod.shell(argv[2:])}", highlight=False, soft_wrap=True)
+        console.console.print(f"round {k}: {plan_mod.shell(argv[2:])}", markup=False, highlight=False, soft_wrap=True)
         processes.run(argv, rd / "logs" / "prepare.log", prefix="[prepare] ", what="gym-dpo stage=prepare")
         manifest = json.loads((out / "data" / "manifest.json").read_text())
         pairs = {"train": int(manifest["pairs"]["train"]), "val": int(manifest["pairs"]["val"])}
@@ -212,7 +212,7 @@ class Loop:
         rd = self.rd(k)
         pairs = state.record(self.plan.run_dir, k, "prepare")
         argv = self.plan.train_argv(Path(pairs["pairs_dir"]), rd / "train", self.policy(k - 1))
-        console.console.print(f"round {k}: {plan_mod.shell(argv[2:])}", highlight=False, soft_wrap=True)
+        console.console.print(f"round {k}: {plan_mod.shell(argv[2:])}", markup=False, highlight=False, soft_wrap=True)
         processes.run(argv, rd / "logs" / "train.log", prefix="[train] ", what="gym-dpo stage=train")
         return {"train_dir": str(rd / "train"), "metrics": report.train_metrics(rd / "train")}
 
