@@ -10,7 +10,7 @@
 - Ray's token auth kept on with a per-session random token in the environment only
   (`RAY_AUTH_TOKEN`: Ray reads it before any file, so it writes none), on loopback
   (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`), without usage stats;
-- uv on the local Python 3.12 (`UV_PYTHON_DOWNLOADS=never`), the server venvs and uv's cache in
+- uv on the local Python (>= 3.12, `UV_PYTHON_DOWNLOADS=never`), the server venvs and uv's cache in
   the shared cache (`skip_venv_if_present`: built once, ~30 s to start after that);
 - the head server on a free port, given to both commands.
 """
@@ -39,16 +39,23 @@ class Gym:
     """Commands and environment of one NeMo Gym session (ng_run + collections) in `work`."""
 
     def __init__(self, gym_cfg: DictConfig, serving_cfg: DictConfig, work: Path, base_url: str,
-                 model_name: str, tools: setup.NemoGym, head_port: int | str | None = None):
-        self.cfg, self.serving, self.work = gym_cfg, serving_cfg, work
+                 model_name: str, tools: setup.NemoGym, head_port: int | str | None = None,
+                 sampler: DictConfig | None = None):
+        self.cfg, self.serving, self.work, self.sampler = gym_cfg, serving_cfg, work, sampler
         self.base_url, self.model_name, self.tools = base_url, model_name, tools
         self.head_port = head_port or free_port()
         self.ray_tmp: Path | None = None
 
     def write_config(self) -> Path:
-        """Our one config file for NeMo Gym: the model server's settings for this engine."""
+        """Our one config file for NeMo Gym: the model server's settings for this engine, with the
+        pinned sampler in its `extra_body` (merged into every chat request it sends)."""
         self.work.mkdir(parents=True, exist_ok=True)
         settings = OmegaConf.to_container(self.serving.nemo_gym_model, resolve=True)
+        if self.sampler is not None:
+            from recipe.iterate import serving
+
+            extra = serving.load(str(self.serving.name)).sampler_request(self.sampler)
+            settings["extra_body"] = {**(settings.get("extra_body") or {}), **extra}
         path = self.work / POLICY_CONFIG
         path.write_text(yaml.safe_dump({"policy_model": {"responses_api_models": {"vllm_model": settings}}}))
         return path
@@ -58,7 +65,7 @@ class Gym:
         home.mkdir(parents=True, exist_ok=True)
         if self.ray_tmp is None:  # short: Ray's socket paths must stay under ~107 characters
             self.ray_tmp = Path(tempfile.mkdtemp(prefix="gym-dpo-ray-"))
-        path = os.pathsep.join([str(self.tools.bin), str(self.tools.python312.parent),
+        path = os.pathsep.join([str(self.tools.bin), str(self.tools.python.parent),
                                 os.environ.get("PATH", "/usr/bin:/bin")])
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "VIRTUAL_ENV", "PYTHON"))}
         env.update(HOME=str(home), PATH=path, UV_PYTHON_DOWNLOADS="never", RAY_TMPDIR=str(self.ray_tmp),
@@ -90,6 +97,7 @@ class Gym:
                 "+num_repeats_add_seed=true", f"+num_samples_in_parallel={sampling.parallel}",
                 f"++responses_create_params.temperature={sampling.temperature}",
                 f"++responses_create_params.max_output_tokens={sampling.max_output_tokens}",
+                *([f"++responses_create_params.top_p={float(self.sampler.top_p)}"] if self.sampler is not None else []),
                 *self.head_args()]
 
     def cleanup(self) -> None:

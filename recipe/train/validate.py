@@ -63,6 +63,29 @@ def _parallel_sizes(policy: dict) -> tuple[int, str]:
     return size, "dtensor TP*CP"
 
 
+def data_parallel_ranks(policy: dict, cluster: dict) -> tuple[int | None, str]:
+    """Data-parallel ranks of the run (GPUs / model-parallel size), or None with the reason."""
+    world = int(cluster["gpus_per_node"]) * int(cluster["num_nodes"])
+    parallel, how = _parallel_sizes(policy)
+    if world % parallel:
+        return None, (f"{world} GPUs (launcher.gpus_per_node x launcher.nodes) is not divisible by "
+                      f"the {how} size {parallel}")
+    return world // parallel, ""
+
+
+def batch_problems(policy: dict, cluster: dict) -> list[str]:
+    """The batch against the GPUs: what NeMo RL refuses at start (no pairs needed to know)."""
+    data_parallel, problem = data_parallel_ranks(policy, cluster)
+    if data_parallel is None:
+        return [problem]
+    global_batch, micro = policy["train_global_batch_size"], policy["train_micro_batch_size"]
+    if global_batch % (micro * data_parallel):
+        return [f"policy.train_global_batch_size={global_batch} is not a multiple of "
+                f"train_micro_batch_size x data-parallel ranks = {micro} x {data_parallel}: NeMo RL "
+                "refuses partial training batches"]
+    return []
+
+
 def consistency_problems(doc: dict, data: PreparedData) -> list[str]:
     policy, dpo, ckpt = doc["policy"], doc["dpo"], doc["checkpointing"]
     problems = []
@@ -73,18 +96,7 @@ def consistency_problems(doc: dict, data: PreparedData) -> list[str]:
             f"policy.train_global_batch_size={global_batch}: NeMo RL drops the partial batch and "
             f"would not train a single step. Lower it (e.g. policy.train_global_batch_size="
             f"{max(1, data.train_pairs)}) or prepare more pairs")
-    world = doc["cluster"]["gpus_per_node"] * doc["cluster"]["num_nodes"]
-    parallel, how = _parallel_sizes(policy)
-    if world % parallel:
-        problems.append(f"{world} GPUs (launcher.gpus_per_node x launcher.nodes) is not divisible by "
-                        f"the {how} size {parallel}")
-    else:
-        data_parallel = world // parallel
-        if global_batch % (micro * data_parallel):
-            problems.append(
-                f"policy.train_global_batch_size={global_batch} is not a multiple of "
-                f"train_micro_batch_size x data-parallel ranks = {micro} x {data_parallel}: NeMo RL "
-                "refuses partial training batches")
+    problems += batch_problems(policy, doc["cluster"])
     val_period = dpo["val_period"]
     if val_period > 0 and data.val_pairs == 0:
         problems.append(

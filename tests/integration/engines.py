@@ -7,6 +7,7 @@ Locally a test whose engine is missing skips with a one-line reason; in CI it fa
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -102,3 +103,33 @@ def slurm_cluster(nodes: int = 2) -> dict[str, str]:
         unavailable(f"the Slurm cluster has {len(set(usable))} usable node(s), the test needs {nodes}: "
                     f"{info.stdout.strip()}")
     return {"SLURM_CONF": conf}
+
+
+# -- NeMo RL's source -------------------------------------------------------------------------------
+NEMO_RL_SRC_ENV = "GYM_DPO_NEMO_RL_SRC"
+NEMO_RL_VERSION = "0.7.0"
+
+
+def nemo_rl_checkout() -> Path:
+    """A NeMo RL v0.7.0 source tree (`git worktree add DIR v0.7.0` of github.com/NVIDIA-NeMo/RL),
+    at $GYM_DPO_NEMO_RL_SRC (default ~/.cache/gym-dpo/nemo-rl-v0.7.0), or skip. It is skipped even
+    under GYM_DPO_REQUIRE_ENGINES=1: CI reaches PyPI and Debian only, and PyPI's `nemo-rl` is an
+    empty placeholder, so no CI machine can have it."""
+    path = Path(os.environ.get(NEMO_RL_SRC_ENV, "~/.cache/gym-dpo/nemo-rl-v0.7.0")).expanduser()
+    info = path / "nemo_rl" / "package_info.py"
+    converter = path / "examples" / "converters" / "convert_dcp_to_hf.py"
+    if not info.is_file() or not converter.is_file():
+        pytest.skip(f"no NeMo RL v{NEMO_RL_VERSION} checkout at {path} (set {NEMO_RL_SRC_ENV}); CI cannot "
+                    "fetch one (no GitHub, and PyPI's nemo-rl is an empty placeholder)")
+    text = info.read_text()
+    found = ".".join(re.findall(r"^(?:MAJOR|MINOR|PATCH) = (\d+)", text, re.MULTILINE))
+    if found != NEMO_RL_VERSION:
+        pytest.skip(f"{path} is NeMo RL {found}, not v{NEMO_RL_VERSION}")
+    return path.resolve()
+
+
+def converter_settings(checkout: Path) -> list[str]:
+    """NeMo RL's converter run from its checkout with this Python (torch, transformers, PyYAML:
+    all it imports), as `iterate.dcp_to_hf` overrides; the loop runs it in the checkout."""
+    return [f"iterate.dcp_to_hf.runner=[{sys.executable},examples/converters/convert_dcp_to_hf.py]",
+            f"+iterate.dcp_to_hf.env.PYTHONPATH={checkout}", "+iterate.dcp_to_hf.env.NO_VCS_VERSION=1"]

@@ -126,3 +126,8 @@ def test_image_version_label_and_compose_tag_follow_the_package_version():
     for secret in ("HF_TOKEN", "WANDB_API_KEY"):  # passed by name only
         assert f"    - {secret}\n" in compose and f"{secret}=" not in compose
     assert "ipc: host" in compose and "memlock: -1" in compose and "capabilities: [gpu]" in compose
+    # stage=iterate installs NeMo Gym and its server venvs under ~/.cache/gym-dpo: kept across `run --rm`
+    import yaml
+
+    volumes = yaml.safe_load(compose)["x-gym-dpo"]["volumes"]
+    assert "${GYM_DPO_CACHE:-~/.cache/gym-dpo}:/root/.cache/gym-dpo" in volumes

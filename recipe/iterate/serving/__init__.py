@@ -4,18 +4,25 @@ Each engine module gives:
 
     export(policy: Path, out: Path, cfg) -> Path     what the engine serves, made from a Hugging
                                                      Face folder (a GGUF file; the folder itself)
-    command(artifact: Path, port: int, name: str, cfg) -> list[str]
+    served(policy: Path, out: Path, cfg) -> Path     the path export() gives, made of nothing
+    command(artifact: Path, port: int, name: str, cfg, host="127.0.0.1", install=True) -> list[str]
+    sampler_request(sampler) -> dict                 the sampler in the engine's request names (NeMo
+                                                     Gym's vllm_model sends it with every request)
+    sampler_args(sampler) -> list[str]               the same sampler as the server's own defaults
     ready_path: str                                  GET it until it answers 200
     serves_hub_names: bool                           can it serve a hub id (a GPU run's base model)
 
-`serve()` starts the engine as a `processes.Service` on a free loopback port and yields its
-`/v1` base URL; NeMo Gym's `vllm_model` server talks to it (v0.4.0
-`responses_api_models/vllm_model`: `policy_base_url` ending in `/v1`).
+`serve()` starts the engine as a `processes.Service` where the plan's launcher computes
+(recipe.iterate.place: here on a free loopback port, or on a Slurm node) and yields its `/v1`
+base URL; NeMo Gym's `vllm_model` server talks to it (NeMo Gym 0.4.0
+responses_api_models/vllm_model). The command is written at the top of the server's log.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import shlex
 import socket
 import urllib.error
 import urllib.request
@@ -51,13 +58,43 @@ def answers(url: str) -> bool:
         return False
 
 
+def server_argv(cfg: DictConfig, artifact, port, name: str, sampler: DictConfig, host: str = "127.0.0.1",
+                install: bool = True) -> list[str]:
+    """The engine's command with the pinned sampler as its defaults (the dry run prints it too)."""
+    engine = load(str(cfg.name))
+    return [*engine.command(artifact, port, name, cfg, host=host, install=install), *engine.sampler_args(sampler)]
+
+
 @contextmanager
-def serve(cfg: DictConfig, artifact: Path, name: str, log_path: Path):
-    """Serve `artifact` as model `name` until the block ends; yields the base URL (…/v1)."""
+def serve(cfg: DictConfig, artifact: Path, name: str, log_path: Path, sampler: DictConfig, where=None):
+    """Serve `artifact` as model `name` until the block ends; yields the base URL (…/v1).
+    `where` (recipe.iterate.place): here by default."""
+    from recipe.iterate import place
+
+    where = where or place.Here()
     engine = load(str(cfg.name))
     port = int(cfg.port) if cfg.get("port") else free_port()
-    argv = engine.command(artifact, port, name, cfg)
-    probe = f"http://127.0.0.1:{port}{engine.ready_path}"
-    with Service(f"serve:{cfg.name}", argv, log_path, ready=lambda s: answers(probe),
-                 timeout=float(cfg.startup_timeout)):
-        yield f"http://127.0.0.1:{port}/v1"
+    argv = server_argv(cfg, artifact, port, name, sampler, host=where.bind_host)
+    env = {**os.environ, **{str(k): str(v) for k, v in (cfg.get("env") or {}).items()}}
+    node_file = log_path.with_name(f".{log_path.stem}.node")
+    node_file.unlink(missing_ok=True)
+    argv, cwd = where.wrap(argv, None, name=f"serve-{name}", gpus=where.serving_gpus, node_file=node_file)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log:
+        log.write(f"# {shlex.join(argv)}\n")
+    address: list[str] = []
+
+    def ready(service) -> bool:
+        if not address:
+            found = where.address(node_file)
+            if found is None:
+                return False
+            address.append(found)
+        return answers(f"http://{address[0]}:{port}{engine.ready_path}")
+
+    try:
+        with Service(f"serve:{cfg.name}", argv, log_path, cwd=cwd, env=env, ready=ready,
+                     timeout=float(cfg.startup_timeout)):
+            yield f"http://{address[0]}:{port}/v1"
+    finally:
+        node_file.unlink(missing_ok=True)

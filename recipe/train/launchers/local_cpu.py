@@ -28,7 +28,10 @@ def _workdir(plan: LaunchPlan) -> Path:
 
 
 def environment(plan: LaunchPlan) -> dict[str, str]:
-    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    from recipe.train.local import POLICY_DCP_ENV
+
+    # model/ is this profile's policy: no second copy of the weights in NeMo RL's form per step_N
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1", POLICY_DCP_ENV: "0"}
     if plan.launcher.get("threads"):
         env["OMP_NUM_THREADS"] = str(int(plan.launcher.threads))
     env.update({str(k): str(v) for k, v in (plan.launcher.env or {}).items()})

@@ -6,3 +6,6 @@ DPOTrainer with NeMo RL's optimizer, scheduler and batching; checkpoints: NeMo R
 layout, retention and resume; metrics: NeMo RL's metric names in `metrics.jsonl`, and the
 progress bar.
 """
+
+# "0": no NeMo RL policy/ (DCP weights, tokenizer) in each step_N (launcher=local_cpu reads model/)
+POLICY_DCP_ENV = "GYM_DPO_CHECKPOINT_POLICY_DCP"

@@ -7,6 +7,13 @@ needs); once it is complete we add NeMo RL's `training_info.json` (step, epoch, 
 the step's metrics) and `config.yaml`, then rename it to `step_N`. A `step_N` therefore always
 is a whole checkpoint; a crash mid-write leaves a `checkpoint-N` that is never resumed from.
 
+Standing in for NeMo RL's run_dpo.py (any launcher but local_cpu), a `step_N` also holds the
+policy as NeMo RL's DTensor worker saves it (v0.7.0 `nemo_rl/algorithms/dpo.py`,
+`nemo_rl/utils/native_checkpoint.py`): `policy/weights` a torch distributed checkpoint (DCP,
+`.metadata` at its root) of the state dict under the key `model`, and `policy/tokenizer`, so
+NeMo RL's own `examples/converters/convert_dcp_to_hf.py` reads it. launcher=local_cpu turns it
+off (`POLICY_DCP_ENV=0`): its users read `model/`, and the weights would be stored twice.
+
 Retention follows NeMo RL's CheckpointManager: the latest checkpoint is always kept; of the
 checkpoints at multiples of `save_period`, the `keep_top_k` best by `metric_name` (all of them
 when keep_top_k is null; by recency when there is no metric).
@@ -23,8 +30,25 @@ import yaml
 from transformers import TrainerCallback
 
 from recipe.run_files import step_folders
+from recipe.train.local import POLICY_DCP_ENV
 
 INFO = "training_info.json"
+
+
+def wants_policy_dcp() -> bool:
+    return os.environ.get(POLICY_DCP_ENV, "1") != "0"
+
+
+def write_policy(folder: Path, model, tokenizer) -> Path:
+    """`folder/policy/weights` (DCP of {"model": state dict}) and `folder/policy/tokenizer`."""
+    import torch.distributed.checkpoint as dcp
+
+    policy = folder / "policy"
+    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    dcp.save({"model": state}, checkpoint_id=str(policy / "weights"))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(policy / "tokenizer"))
+    return policy
 
 
 def steps(checkpoint_dir: Path) -> list[tuple[int, Path]]:
@@ -106,6 +130,8 @@ class NemoCheckpoints(TrainerCallback):
         if self.settings.metric_name and self.settings.metric_name not in info:
             self.log(f"step {step}: checkpoint has no {self.settings.metric_name} (no validation at this "
                      "step): it ranks last when keep_top_k picks the best")
+        if wants_policy_dcp():
+            write_policy(folder, kwargs["model"], kwargs.get("processing_class"))
         target = finalize(folder, step, info, self.settings.config)
         for path in retain(self.settings.checkpoint_dir, self.settings.save_period, self.settings.keep_top_k,
                            self.settings.metric_name, self.settings.higher_is_better):
