@@ -1,0 +1,273 @@
+"""Python workers (`Pool`, `Background`) are forked with SIGINT and SIGTERM blocked, and set their
+own disposition before anything else runs in them: they ignore Ctrl-C (the terminal sends it to
+the whole process group; the parent decides) and die quietly on SIGTERM. A signal that comes
+while a worker is being forked waits until the worker can take it, so none ever runs the
+parent's handler in a half-made child. Each worker has pipes of its own: no lock is shared
+between processes, so a worker that dies anywhere can block nobody, and the parent, which waits
+on the workers' pipes and their exit at once, turns a death into an error naming the worker.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import signal
+import traceback
+from collections import deque
+from multiprocessing.connection import wait as wait_any
+from multiprocessing.reduction import ForkingPickler as _ForkingPickler
+from typing import Any, Callable, Iterable, Iterator
+
+from recipe.errors import RecipeError
+from recipe.processes.signals import JOIN_TIMEOUT, SIGNALS, deferred, in_child
+
+PIPE_SAFE_BYTES = 16 << 10  # a task this small fits in a pipe (64 KiB on Linux) beside another
+
+
+def _context():
+    return multiprocessing.get_context("fork")
+
+
+def _fork(target: Callable, args: tuple, name: str) -> multiprocessing.Process:
+    """A daemon child running `target(*args)` after `in_child()`, forked with the signals blocked
+    (see the module docstring). The child's collections leave the parent's objects, and so the
+    pages it shares with them, alone (gc.freeze)."""
+    process = _context().Process(target=_child_main, args=(target, args), name=name, daemon=True)
+    gc.freeze()
+    with deferred():
+        try:
+            process.start()
+        finally:
+            gc.unfreeze()
+    return process
+
+
+def _child_main(target: Callable, args: tuple) -> None:
+    in_child()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+    target(*args)
+
+
+def _outcome(where: str, function: Callable, *args) -> tuple[bool, Any]:
+    """(True, result) or (False, the error to raise in the parent): a RecipeError as it was (bad
+    input, reported by the parent as its own), anything else as a RuntimeError with the child's
+    traceback (a bug: the parent shows where it happened)."""
+    try:
+        return True, function(*args)
+    except RecipeError as exc:
+        return False, exc
+    except BaseException:  # noqa: BLE001
+        name = getattr(function, "__qualname__", function)
+        return False, RuntimeError(f"{name} failed in a {where} ({multiprocessing.current_process().name}):\n"
+                                   f"{traceback.format_exc()}")
+
+
+def _died(process: multiprocessing.Process) -> RuntimeError:
+    process.join(JOIN_TIMEOUT)
+    code = process.exitcode
+    how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+    return RuntimeError(f"{process.name} died ({how})")
+
+
+def _stop(process: multiprocessing.Process) -> None:
+    if process.is_alive():
+        process.kill()
+    process.join(JOIN_TIMEOUT)
+
+
+def _worker_loop(tasks, results, parents, initializer, initargs) -> None:
+    for connection in parents:  # the parent's ends of other workers' pipes, inherited by the fork
+        connection.close()
+    ok, error = _outcome("worker process", initializer, *initargs) if initializer else (True, None)
+    while True:
+        try:
+            item = tasks.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        if item is None:
+            return
+        function, argument = item
+        try:
+            results.send(_outcome("worker process", function, argument) if ok else (False, error))
+        except (BrokenPipeError, OSError):
+            return
+
+
+class Pool:
+    """`workers` forked processes (or in-process calls when workers <= 1); `map` returns results
+    in the order of its items, with at most `ahead` items in flight so that memory stays bounded.
+    A worker's error is raised in the parent; a worker that dies is a RuntimeError naming it.
+
+    Tasks go to the worker with the fewest in flight, at most `depth` each, so a send never waits
+    for a busy worker (tasks are small: big inputs reach the workers through `initargs`, which a
+    fork hands over without copying). Used as a context manager, the pool is closed and joined on
+    success and killed on an error or a signal."""
+
+    def __init__(self, workers: int, initializer: Callable | None = None, initargs: tuple = (),
+                 ahead: int | None = None, depth: int = 2, name: str = "gym-dpo-worker"):
+        self.size = workers if workers > 1 else 0
+        self.ahead = ahead or 4 * max(workers, 1)
+        self.depth = depth
+        self._workers: list[tuple[multiprocessing.Process, Any, Any]] = []
+        if self.size == 0:
+            if initializer:
+                initializer(*initargs)
+            return
+        parents = []
+        try:
+            for index in range(self.size):
+                task_read, task_write = _context().Pipe(duplex=False)
+                result_read, result_write = _context().Pipe(duplex=False)
+                process = _fork(_worker_loop, (task_read, result_write, list(parents), initializer, initargs),
+                                f"{name}-{index + 1}")
+                task_read.close()
+                result_write.close()
+                parents += [task_write, result_read]
+                self._workers.append((process, task_write, result_read))
+        except BaseException:
+            self.kill()
+            raise
+
+    def map(self, function: Callable, items: Iterable) -> Iterator:
+        if self.size == 0:
+            yield from map(function, items)
+            return
+        source = iter(items)
+        order: deque = deque()                     # task numbers not yet yielded, in order
+        flight = [deque() for _ in self._workers]  # per worker: its task numbers, in order
+        results: dict[int, tuple[bool, Any]] = {}
+        payload = None                             # the next task, pickled, not yet sent
+        submitted, exhausted = 0, False
+        while True:
+            while not exhausted and len(order) < self.ahead:
+                if payload is None:
+                    try:
+                        payload = bytes(_ForkingPickler.dumps((function, next(source))))
+                    except StopIteration:
+                        exhausted = True
+                        break
+                worker = self._worker_for(flight, len(payload))
+                if worker is None:
+                    break
+                self._workers[worker][1].send_bytes(payload)
+                payload = None
+                flight[worker].append(submitted)
+                order.append(submitted)
+                submitted += 1
+            while order and order[0] in results:
+                ok, value = results.pop(order.popleft())
+                if not ok:
+                    raise value
+                yield value
+            if not order:
+                if exhausted:
+                    return
+                continue
+            self._receive(flight, results)
+
+    def _worker_for(self, flight: list[deque], size: int) -> int | None:
+        """The worker to send a task of `size` bytes to now, or None: the least busy one below
+        `depth`; a task bigger than a pipe holds only to an idle worker, which reads it at once (a
+        send that waited on a busy worker, itself waiting to hand us its result, would hang)."""
+        worker = min(range(self.size), key=lambda w: len(flight[w]))
+        if len(flight[worker]) >= self.depth or (size > PIPE_SAFE_BYTES and flight[worker]):
+            return None
+        return worker
+
+    def _receive(self, flight: list[deque], results: dict) -> None:
+        """Wait for any worker's next result (or death); store what came."""
+        busy = [w for w in range(self.size) if flight[w]]
+        waitables = {}
+        for w in busy:
+            process, _, result_read = self._workers[w]
+            waitables[result_read] = waitables[process.sentinel] = w
+        for ready in wait_any(list(waitables)):
+            w = waitables[ready]
+            process, _, result_read = self._workers[w]
+            if ready is result_read or result_read.poll():
+                try:
+                    results[flight[w].popleft()] = result_read.recv()
+                    continue
+                except (EOFError, OSError):
+                    pass
+            raise _died(process)
+
+    def close(self) -> None:
+        """Normal end: every worker is told to stop and joined (killed if it does not stop)."""
+        workers, self._workers = self._workers, []
+        for _, task_write, _ in workers:
+            try:
+                task_write.send(None)
+            except OSError:
+                pass
+        stuck = []
+        for process, task_write, result_read in workers:
+            process.join(JOIN_TIMEOUT)
+            if process.is_alive():
+                stuck.append(process.name)
+                _stop(process)
+            task_write.close()
+            result_read.close()
+        if stuck:
+            raise RuntimeError(f"{', '.join(stuck)} did not stop within {JOIN_TIMEOUT:.0f}s and was killed")
+
+    def kill(self) -> None:
+        """After an error or a signal: every worker is killed at once (nobody wants its work)."""
+        workers, self._workers = self._workers, []
+        for process, task_write, result_read in workers:
+            _stop(process)
+            task_write.close()
+            result_read.close()
+
+    def __enter__(self) -> "Pool":
+        return self
+
+    def __exit__(self, kind, value, trace) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.kill()
+
+
+def _background(function: Callable, args: tuple, nice: int, send) -> None:
+    if nice and hasattr(os, "nice"):
+        os.nice(nice)
+    outcome = _outcome("background process", function, *args)
+    try:
+        send.send(outcome)
+    except (BrokenPipeError, OSError):
+        pass
+    send.close()
+
+
+class Background:
+    """Work that need not hold up the stage, in a child process of its own: `Background(f, *args)`
+    starts `f(*args)` at once, `.result()` waits for what it returned (raising what it raised),
+    `.cancel()` stops it. With `nice=19` the child runs in the CPU time the stage leaves idle."""
+
+    def __init__(self, function: Callable, *args: Any, nice: int = 0):
+        self._receive, send = _context().Pipe(duplex=False)
+        name = f"gym-dpo-{getattr(function, '__name__', 'background')}"
+        self._process = _fork(_background, (function, args, nice, send), name)
+        send.close()  # the child holds the only writing end: its death reads as EOF here
+
+    def result(self) -> Any:
+        try:
+            ok, value = self._receive.recv()
+        except EOFError:
+            raise _died(self._process) from None
+        finally:
+            self._receive.close()
+        self._process.join(JOIN_TIMEOUT)
+        if not ok:
+            raise value
+        return value
+
+    def cancel(self) -> None:
+        """Stop the child if it still runs (nobody wants the result); a no-op after `result()`."""
+        _stop(self._process)
+        self._receive.close()
+
+
+# -- commands -----------------------------------------------------------------------------------
