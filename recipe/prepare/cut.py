@@ -8,7 +8,10 @@ share (assistant turns, tool calls with their results, environment turns) join t
 each completion is the assistant message where they first differ.
 
 Messages are compared by what the model and the environment said, not by what neither produced
-(tool call ids, `tool_call_id`s): `message_key`. Some pairs cannot be cut:
+(tool call ids, `tool_call_id`s), and a tool call's arguments as the JSON value they encode, not
+as the text the model wrote: `{"mass1": 1.0}` and `{"mass1":1}` call the tool with the same value
+(JSON has one number type; key order and spacing carry nothing), so they are the same turn
+(`message_key`). Arguments that are not JSON are compared as written. Some pairs cannot be cut:
 - the first difference is in what the environment returned (a tool result, a user turn), or one
   trajectory stops while the environment goes on in the other: from there the two do not share a
   context (`environment_diverged`);
@@ -36,11 +39,34 @@ FIRST_CALLS = 4    # the first message holds tool calls
 
 
 def message_key(message: dict) -> bytes:
-    """What two messages must share to be the same turn: everything but ids."""
+    """What two messages must share to be the same turn: everything but ids, a tool call's
+    arguments as a JSON value (`arguments_value`)."""
     if message["role"] == "assistant" and "tool_calls" in message:
-        calls = [(c["function"]["name"], c["function"]["arguments"]) for c in message["tool_calls"]]
-        return orjson.dumps(["assistant", message["content"], calls])
+        calls = [(c["function"]["name"], arguments_value(c["function"]["arguments"])) for c in message["tool_calls"]]
+        return orjson.dumps(["assistant", message["content"], calls], option=orjson.OPT_SORT_KEYS)
     return orjson.dumps([message["role"], message["content"]])
+
+
+def arguments_value(arguments) -> tuple[str, object]:
+    """A tool call's arguments in one canonical form: ("json", the value they encode), numbers of
+    equal value made equal (1.0 -> 1; keys are sorted where it is serialised), whether they come
+    as an object or as its JSON text; ("text", as written) when they are not JSON."""
+    if isinstance(arguments, str):
+        try:
+            arguments = orjson.loads(arguments)
+        except orjson.JSONDecodeError:
+            return "text", arguments
+    return "json", _canonical(arguments)
+
+
+def _canonical(value):
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53:
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _canonical(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_canonical(item) for item in value]
+    return value
 
 
 def message_hash(message: dict) -> int:

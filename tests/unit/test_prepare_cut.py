@@ -68,6 +68,29 @@ def test_divergence_at_a_tool_calls_arguments(tmp_path, prepare):
     assert pair["context"] == [{"role": "user", "content": "q"}]
 
 
+def test_arguments_equal_as_json_values_are_the_same_call(tmp_path, prepare):
+    """`{"mass1": 1.0, "mass2": 2}` and `{"mass2":2,"mass1":1}`: one call, so the pair parts at
+    the answer after it, not at the call (and gets no credit for what came later)."""
+    (pair,), manifest, _ = pairs_and_manifest(
+        tmp_path, prepare,
+        ([call("force", '{"mass1": 1.0, "mass2": 2}'), result("2 N"), say("F = 2 N")], 1.0),
+        ([call("force", '{"mass2":2,"mass1":1}', "c7"), result("2 N", "c7"), say("no idea")], 0.0))
+    assert [c[0]["content"] for c in completions(pair)] == ["F = 2 N", "no idea"]
+    assert [m["role"] for m in pair["context"]] == ["user", "assistant", "tool"]
+    assert manifest["cut"]["pairs_with_shared_turns"] == 1
+
+
+def test_what_counts_as_the_same_call():
+    def key(arguments, name="f"):
+        return cut.message_key({"role": "assistant", "content": "", "tool_calls": [
+            {"id": "x", "type": "function", "function": {"name": name, "arguments": arguments}}]})
+    assert key('{"a": 1.0, "b": [2.0, {"c": 3}]}') == key('{"b":[2,{"c":3}],"a":1}') == key({"a": 1, "b": [2, {"c": 3.0}]})
+    assert key('{"a": 1.5}') != key('{"a": 1}')            # another value
+    assert key('{"a": "1"}') != key('{"a": 1}')            # a string is not a number
+    assert key("tomorrow") != key('"tomorrow"') and key("tomorrow") == key("tomorrow")  # text vs a JSON string
+    assert key('{"a": 1}', name="g") != key('{"a": 1}')   # another tool
+
+
 def test_after_a_shared_tool_call_and_result_the_answers_are_the_completions(tmp_path, prepare):
     (pair,), manifest, _ = pairs_and_manifest(
         tmp_path, prepare, ([call(), result("20C"), say("It is 20C.")], 1.0), ([call(), result("20C"), say("Cold.")], 0.0))
@@ -209,8 +232,8 @@ def test_cut_on_messages():
     assert cut.cut([assistant("", ("f", {}))], "B", binary=True) == "tool_call_in_binary_format"
     assert cut.cut([{"role": "user", "content": "x"}, assistant("A")],
                    [{"role": "user", "content": "y"}, assistant("A")]) == "environment_diverged"
-    # the key ignores ids only: the model's argument order is what it wrote
-    assert cut.message_key(assistant("", ("f", {"a": 1, "b": 2}))) != cut.message_key(assistant("", ("f", {"b": 2, "a": 1})))
+    # the key ignores ids, and arguments are JSON values: their key order carries nothing
+    assert cut.message_key(assistant("", ("f", {"a": 1, "b": 2}))) == cut.message_key(assistant("", ("f", {"b": 2, "a": 1})))
 
 
 def test_what_the_records_settle_agrees_with_the_cut():
