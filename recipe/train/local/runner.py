@@ -196,6 +196,9 @@ def build_trainer(run: Run):
         max_grad_norm=settings.max_grad_norm or 0.0,
         beta=settings.beta, loss_type=loss_types, loss_weights=loss_weights,
         max_length=settings.max_total_sequence_length,
+        # the reference is the starting policy, frozen: its log-probs of every pair are the same in
+        # every epoch, so TRL computes them once, before the first step, not in every step
+        precompute_ref_log_probs=True, precompute_ref_batch_size=settings.train_micro_batch_size,
         logging_steps=1, eval_strategy="no", save_strategy="no",  # NemoLoop decides both
         dataloader_pin_memory=False, model_init_kwargs={"dtype": torch.float32},
     )
