@@ -17,14 +17,11 @@ cd "$(dirname "$0")/.."
 python -m pip install --quiet -e '.[test,local,docker,slurm,iterate]'
 
 if [ "$(id -u)" = 0 ] && [ "${GYM_DPO_SKIP_INFRA:-0}" != 1 ]; then
-    bash tests/infra/docker_up.sh
-    GYM_DPO_BASE_IMAGE=$(bash tests/infra/base_image.sh)
-    export GYM_DPO_BASE_IMAGE
-    eval "$(bash tests/infra/test_image.sh)"  # exports GYM_DPO_TEST_IMAGE, _CPU_IMAGE, _BASE_REF
-    bash tests/infra/iterate_up.sh           # NeMo Gym, llama-server, the SmolLM2 base (cached)
-    eval "$(bash tests/infra/slurm_up.sh)"   # exports SLURM_CONF
-    export GYM_DPO_REQUIRE_ENGINES=1
     trap 'bash tests/infra/slurm_down.sh' EXIT
+    # GYM_DPO_BASE_IMAGE, GYM_DPO_TEST_IMAGE, _CPU_IMAGE, _BASE_REF, SLURM_CONF, GYM_DPO_REQUIRE_ENGINES;
+    # a failed step stops the run here with its message (an assignment keeps its exit code)
+    engines=$(bash tests/infra/up.sh)
+    eval "$engines"
 fi
 
 python -m pytest "$@"
