@@ -22,9 +22,9 @@ from rich.console import Console
 from rich.table import Table
 
 from recipe.errors import RecipeError
-from recipe.prepare import buckets, pairing, stage, workers
-from recipe.prepare.settings import Settings, input_bytes
+from recipe.prepare import pairing, stage
 from recipe.prepare.pairing import report as pairing_report
+from recipe.prepare.settings import Settings
 
 CARRIED = ("normalize", "length_penalty", "min_gap")
 
@@ -70,20 +70,14 @@ def run(cfg: DictConfig) -> list[dict]:
     """Scan once, pair with every strategy, print one table; returns the pairing summaries."""
     settings = Settings.from_config(cfg)
     options = strategy_options(settings)
-    with tempfile.TemporaryDirectory(prefix="gym-dpo-compare-") as spill, workers.reading(settings) as pool:
-        spilled = buckets.Buckets(Path(spill), input_bytes(settings))
-        try:
-            scanned = stage.scan_inputs(settings, pool, spilled)
-            summaries = []
-            for name in pairing.STRATEGIES:
-                run_as = dataclasses.replace(settings, strategy=name, strategy_options=options[name])
-                paired = stage.pair_buckets(run_as, pool, scanned)
-                summaries.append(pairing_report.summarize(name, paired.pairs, paired.groups,
-                                                          settings.length_unit))
-        finally:
-            spilled.remove()
+    summaries = []
+    with tempfile.TemporaryDirectory(prefix="gym-dpo-compare-") as spill, \
+            stage.read_once(settings, Path(spill)) as (scanned, pair):
+        for name in pairing.STRATEGIES:
+            paired = pair(dataclasses.replace(settings, strategy=name, strategy_options=options[name]))
+            summaries.append(pairing_report.summarize(name, paired.pairs, paired.groups, settings.length_unit))
     shared = settings.strategy_options
-    caption = (f"{spilled.records:,} usable rollouts of {sum(scanned.lines_per_file):,} lines; "
+    caption = (f"{scanned.buckets.records:,} usable rollouts of {sum(scanned.lines_per_file):,} lines; "
                f"normalize={shared['normalize']}, length_penalty={shared['length_penalty']}, "
                f"min_gap={shared['min_gap']}.\nprompts covered: groups with a pair / all groups. "
                "gap: in score (normalised reward - length_penalty x characters).\nlength bias: "

@@ -12,8 +12,10 @@ import ctypes
 import os
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +134,20 @@ def _write_reject(files: writer.AtomicFiles, inputs: list[str]):
     return write
 
 
+@contextmanager
+def read_once(settings: Settings, folder: Path) -> Iterator[tuple[Scanned, Callable[[Settings], BucketPairs]]]:
+    """The inputs read and validated once, into record buckets in `folder` (removed at the end),
+    with the reading workers up: yields (scanned, pair), `pair(settings)` pairing those buckets
+    under `settings` (another strategy, say) as often as asked."""
+    spilled = buckets.Buckets(folder, input_bytes(settings))
+    try:
+        with workers.reading(settings) as pool:
+            scanned = scan_inputs(settings, pool, spilled)
+            yield scanned, lambda other: pair_buckets(other, pool, scanned)
+    finally:
+        spilled.remove()
+
+
 def outcome_counts(scanned: Scanned, paired: BucketPairs) -> dict:
     counts = {"lines": int(sum(scanned.lines_per_file)), "paired": paired.paired_lines,
               "unpaired": paired.unpaired, "rejected": scanned.rejected}
@@ -159,7 +175,7 @@ M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 
 def run(cfg: DictConfig) -> dict:
     """Run the prepare stage; returns the manifest it wrote."""
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     settings = Settings.from_config(cfg)
     # the inputs' sha256 (a core-second per 1.6 GB) at the lowest priority, in the time the
     # workers leave idle
@@ -212,7 +228,7 @@ def _run(cfg: DictConfig, settings: Settings, started: datetime, hashing: Backgr
         result["outputs"] = {name.removesuffix(".jsonl"): files.digest(name) for name in OUTPUTS}
         result["inputs"] = [manifest.input_entry(p, h) for p, h in zip(settings.inputs, hashing.result())]
         report_line = _report(drawing)
-        finished = datetime.now(timezone.utc)
+        finished = datetime.now(UTC)
         result["timestamps"] = {"started": started.isoformat(), "finished": finished.isoformat(),
                                 "seconds": round((finished - started).total_seconds(), 3)}
         with processes.deferred():  # the outputs, the report and the manifest land together, or none
