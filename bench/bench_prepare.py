@@ -164,7 +164,8 @@ def contenders(args, source: Path, out: Path) -> dict[str, list[str]]:
     found = {}
     if args.docs_script:
         script = docs_script(args.docs_script, out)
-        found["docs"] = [python, "-c", DOCS_SHIM, str(script), "--input", str(source), "--output", str(out / "docs.jsonl")]
+        found["docs"] = [python, "-c", DOCS_SHIM, str(script), "--input", str(source),
+                         "--output", str(out / "docs.jsonl")]
     for name, code in (("duckdb", DUCKDB), ("polars", POLARS)):
         try:
             __import__(name)

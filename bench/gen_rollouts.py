@@ -122,10 +122,11 @@ QUESTION_TAIL = " What is the result?"
 def build_task(task: int, rng: random.Random, ts: TextSource, b: Budget):
     r = rng.random()
     acc = 0.0
-    for name, share, tools, style in AGENTS:
-        acc += share
+    for agent in AGENTS:
+        acc += agent[1]
         if r < acc:
             break
+    name, _share, tools, style = agent
     user = ts.text(b.user) + QUESTION_TAIL
     messages = [{"role": "user", "content": user, "type": "message"}]
     if tools or rng.random() < 0.5:  # half of the plain tasks have a system prompt
@@ -275,7 +276,8 @@ def main(argv=None) -> int:
     ap.add_argument("out", help="output .jsonl path")
     ap.add_argument("--rollouts", type=int, default=1_000_000, help="rows to write (default 1000000)")
     ap.add_argument("--per-task", type=int, default=5, help="rollouts per task (default 5)")
-    ap.add_argument("--words", type=int, default=100, help="mean words of text per row: user turn, reasoning summary, tool output and "
+    ap.add_argument("--words", type=int, default=100,
+                    help="mean words of text per row: user turn, reasoning summary, tool output and "
                          "answer together (default 100)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--window", type=int, default=4096,

@@ -22,7 +22,7 @@ import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -216,7 +216,8 @@ def sections(data: RunData) -> list[Section]:
         out.append(Section("chosen_vs_rejected", "Chosen vs rejected reward", None, pair_note))
         out.append(Section("gap_histogram", "Reward gap", None, pair_note))
     if len(data.pairs_per_prompt):
-        out.append(_drawn("pairs_per_prompt", "Pairs per prompt", lambda: plots.pairs_per_prompt(data.pairs_per_prompt)))
+        out.append(_drawn("pairs_per_prompt", "Pairs per prompt",
+                          lambda: plots.pairs_per_prompt(data.pairs_per_prompt)))
     else:
         out.append(Section("pairs_per_prompt", "Pairs per prompt", None, f"no pairs in {data.data_dir}"))
     lengths = [v for split in (data.preflight or {}).get("splits", {}).values() for v in split.get("lengths", [])]
@@ -228,7 +229,8 @@ def sections(data: RunData) -> list[Section]:
                "token lengths come from stage=preflight (also run before every train stage)")
         out.append(Section("token_lengths", "Tokens per pair", None, why))
     if any("train:loss" in row for row in data.metrics):
-        out.append(_drawn("loss_curve", "Loss", lambda: plots.training_curves(data.metrics, "loss", "DPO loss", "loss")))
+        out.append(_drawn("loss_curve", "Loss",
+                          lambda: plots.training_curves(data.metrics, "loss", "DPO loss", "loss")))
         out.append(_drawn("accuracy_curve", "Preference accuracy", lambda: plots.training_curves(
             data.metrics, "accuracy", "Preference accuracy", "accuracy (chosen reward > rejected)")))
     else:
@@ -317,7 +319,7 @@ def render(data: RunData, parts: list[Section]) -> str:
             encoded = base64.b64encode(part.png or plots.png(part.figure)).decode("ascii")
             body = f"<img alt='{html.escape(part.title)}' src='data:image/png;base64,{encoded}'>"
         figures.append(f"<figure id='plot-{part.id}'><h3>{html.escape(part.title)}</h3>{body}</figure>")
-    written = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    written = datetime.now(UTC).isoformat(timespec="seconds")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>gym-dpo report</title>"
             f"<style>{STYLE}</style></head><body><h1>gym-dpo report</h1>"
             f"<p>Run folder <code>{html.escape(str(data.run_dir))}</code>, data <code>"

@@ -580,7 +580,7 @@ def main(argv=None):
                                   weather_rollouts, [WEATHER_TOOL])
     hand_rows = build_handmade_rows()
     entries = math_rows + weather_rows + hand_rows
-    specials = mutate_specials(entries)
+    mutate_specials(entries)
 
     for e in entries:
         e["line"] = dumps(e["row"])
@@ -643,10 +643,12 @@ def render_readme(stats, groups, ctx_of_group, ordered, nbytes):
     instr_rows = sum(1 for e in ordered if "row" in e and
                      e["row"]["responses_create_params"].get("instructions"))
 
-    pair_groups = [g for g, rs in groups.items() if len(rs) >= 2 and max(r for _, r, _ in rs) > min(r for _, r, _ in rs)]
-    tie_groups = [g for g, rs in groups.items() if len(rs) >= 2 and max(r for _, r, _ in rs) == min(r for _, r, _ in rs)]
+    pair_groups = [g for g, rs in groups.items()
+                   if len(rs) >= 2 and max(r for _, r, _ in rs) > min(r for _, r, _ in rs)]
+    tie_groups = [g for g, rs in groups.items()
+                  if len(rs) >= 2 and max(r for _, r, _ in rs) == min(r for _, r, _ in rs)]
     all_pairs = 0
-    for g, rs in groups.items():
+    for _g, rs in groups.items():
         for i in range(len(rs)):
             for j in range(i + 1, len(rs)):
                 if rs[i][1] != rs[j][1]:
@@ -727,13 +729,16 @@ date). Every number below is computed by that script from the lines it wrote.
 | rows that parse as a JSON object | {rows_parsed} |
 | rows to exclude (reasons below) | {excluded} |
 | **valid rows** | **{valid}** |
-| environment tasks (`agent_ref.name` + `_ng_task_index`) | {len(env_tasks)} ({n_math} math + {n_weather} weather), {ROLLOUTS_PER_TASK} rollouts each = {n_env_rows} lines |
+| environment tasks (`agent_ref.name` + `_ng_task_index`) | {len(env_tasks)} ({n_math} math + {n_weather} weather), \
+{ROLLOUTS_PER_TASK} rollouts each = {n_env_rows} lines |
 | hand-made rows (no `_ng_*` indices, no `agent_ref`) | {n_hand_rows} rows in {n_hand_ctx} contexts |
-| comparison groups with at least one valid row | {len(groups)} ({len(env_tasks)} tasks + {n_hand_ctx} hand-made contexts) |
+| comparison groups with at least one valid row | {len(groups)} \
+({len(env_tasks)} tasks + {n_hand_ctx} hand-made contexts) |
 | **groups that yield a best-vs-worst pair, `min_gap` 0** | **{len(pair_groups)}** (one pair each) |
 | groups where every valid reward is equal (no pair) | {len(tie_groups)}: {', '.join(tie_groups)} |
 | groups that yield a pair with gap ≥ 0.25 / ≥ 0.5 / ≥ 1.0 | {by_gap[0.25]} / {by_gap[0.5]} / {by_gap[1.0]} |
-| all pairs with different rewards (every chosen/rejected combination inside each group) | {all_pairs} |
+| all pairs with different rewards (every chosen/rejected combination inside each group) | \
+{all_pairs} |
 
 A group yields a pair when it has two valid rows with different rewards (equal ranks cannot be
 written: NeMo RL refuses them). Grouping is by `agent_ref.name` + `_ng_task_index` where present,
@@ -743,7 +748,8 @@ by the full context (instructions, system/developer and user turns) otherwise.
 
 | line | reason |
 |---|---|
-| {ln(stats['malformed_json'])} | malformed JSON: a row cut off mid-write (an extra copy of `{WEATHER_AGENT}` task 3, `_ng_rollout_index` {ROLLOUTS_PER_TASK}) |
+| {ln(stats['malformed_json'])} | malformed JSON: a row cut off mid-write \
+(an extra copy of `{WEATHER_AGENT}` task 3, `_ng_rollout_index` {ROLLOUTS_PER_TASK}) |
 | {ln(stats['not_an_object'])} | valid JSON but an array (`[{{...}}]`), not an object |
 
 ### Rows to exclude ({excluded}), each inside a task that still yields a pair
@@ -751,9 +757,12 @@ by the full context (instructions, system/developer and user turns) otherwise.
 | line | reason | where |
 |---|---|---|
 | {ln(stats['reward_not_number'])} | `reward` is `"high"` (not a number) | `{MATH_AGENT}` task {MATH_HIGH_TASK} |
-| {ln(stats['reward_null'])} | `reward` is `null` (judge not run; the row has `judge_error`) | `{MATH_AGENT}` task {MATH_NULL_TASK} |
-| {ln(stats['mask_sample'])} | `mask_sample: true` (its reward, 1.0, is the task's highest: it must not become the chosen answer) | `{WEATHER_AGENT}` task {WEATHER_MASK_TASK} |
-| {ln(stats['empty_assistant_text'])} | the assistant message's text is `""` (reward 0.0) | `{MATH_AGENT}` task {MATH_EMPTY_TASK} |
+| {ln(stats['reward_null'])} | `reward` is `null` (judge not run; the row has `judge_error`) | \
+`{MATH_AGENT}` task {MATH_NULL_TASK} |
+| {ln(stats['mask_sample'])} | `mask_sample: true` (its reward, 1.0, is the task's highest: \
+it must not become the chosen answer) | `{WEATHER_AGENT}` task {WEATHER_MASK_TASK} |
+| {ln(stats['empty_assistant_text'])} | the assistant message's text is `""` (reward 0.0) | \
+`{MATH_AGENT}` task {MATH_EMPTY_TASK} |
 
 All other weather rows carry `mask_sample: false` (must be kept).
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command (README, .ci/run): install the package with the extras the tests
-# use, bring up the real engines the integration tests drive, run pytest, tear Slurm down.
+# use, lint (ruff), bring up the real engines the integration tests drive, run pytest, tear Slurm down.
 #
 #   bash tests/run.sh                 # everything
 #   bash tests/run.sh tests/unit -q   # arguments go to pytest
@@ -15,6 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python -m pip install --quiet -e '.[test,local,docker,slurm,iterate]'
+python -m ruff check .   # the rule set is pyproject.toml's [tool.ruff]
 
 if [ "$(id -u)" = 0 ] && [ "${GYM_DPO_SKIP_INFRA:-0}" != 1 ]; then
     trap 'bash tests/infra/slurm_down.sh' EXIT

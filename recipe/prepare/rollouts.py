@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
-from typing import Any, Iterator
+from typing import Any
 
 import msgspec
 from msgspec import UNSET, Struct, UnsetType, field
@@ -97,7 +98,7 @@ _RESERVED = {"responses_create_params", "response", "output", "reward", "mask_sa
              "_ng_task_index", "agent_ref"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def rollout_type(group_by: str | None = None) -> type:
     """The typed view of a rollout; `group_by` adds the user's grouping field (any JSON value)."""
     fields = list(_BASE_FIELDS)
@@ -152,7 +153,7 @@ TOO_DEEP = ("too_deep", "nested deeper than the decoder follows (Python's recurs
             "1,000 levels)")
 
 
-@lru_cache(maxsize=None)
+@cache
 def schema(name: str) -> dict:
     text = resources.files("recipe.prepare").joinpath(f"schemas/{name}.schema.json").read_text()
     return json.loads(text)

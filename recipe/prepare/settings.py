@@ -37,7 +37,7 @@ class Settings:
         return "tokens" if self.scan.tokenizer else "characters"
 
     @classmethod
-    def from_config(cls, cfg: DictConfig) -> "Settings":
+    def from_config(cls, cfg: DictConfig) -> Settings:
         data, prep = cfg.data, cfg.data_prep
         if data.format not in ("preference", "binary"):
             raise RecipeError(f"data.format={data.format!r}: choose preference or binary")

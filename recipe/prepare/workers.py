@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from recipe.processes import Pool
 from recipe.prepare import buckets, rollouts, scan, writer
 from recipe.prepare.lines import LineSource
 from recipe.prepare.pairing import engine
 from recipe.prepare.settings import Settings, input_bytes
+from recipe.processes import Pool
 
 BUILD_BATCH = 512  # pairs a worker builds in one call
 PART_PAIRS = 8192  # pairs per work item of the writing phase

@@ -21,7 +21,6 @@ from recipe.prepare import chat, cut, rollouts
 from recipe.prepare.lines import LineSource
 from recipe.scratch import Scratch
 
-
 SIDE = [("file", "u2"), ("line", "u8"), ("offset", "u8"), ("nbytes", "u4"), ("reward", "f8"),
         ("length", "u4")]
 # One pair: where to re-read its two lines, and what the manifest and report need of it.

@@ -21,5 +21,6 @@ from recipe.processes.signals import (
     unblock,
 )
 
-__all__ = ["JOIN_TIMEOUT", "SIGNALS", "Background", "Interrupted", "Pool", "Service", "block", "check_services", "deferred", "hold",
+__all__ = ["JOIN_TIMEOUT", "SIGNALS", "Background", "Interrupted", "Pool", "Service", "block", "check_services",
+           "deferred", "hold",
            "in_child", "install", "run", "session_members", "signals_raise", "start", "stop_session", "unblock"]

@@ -16,8 +16,8 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from recipe.errors import RecipeError
 from recipe.processes.signals import JOIN_TIMEOUT
@@ -141,7 +141,7 @@ def run(argv: list, log_path: Path, *, cwd: Path | str | None = None, env: dict 
     return code
 
 
-_LIVE: list["Service"] = []  # the services of this process that are up, oldest first
+_LIVE: list[Service] = []  # the services of this process that are up, oldest first
 
 
 def check_services() -> None:
@@ -158,7 +158,7 @@ class Service:
     of the servers it runs stopped, say)."""
 
     def __init__(self, name: str, argv: list, log_path: Path, *, cwd: Path | str | None = None,
-                 env: dict | None = None, ready: Callable[["Service"], bool], timeout: float,
+                 env: dict | None = None, ready: Callable[[Service], bool], timeout: float,
                  echo: bool = False, explain: Callable[[list[str]], str | None] | None = None):
         self.name, self.argv, self.log_path, self.cwd, self.env = name, argv, log_path, cwd, env
         self.ready, self.timeout, self.echo, self.explain = ready, timeout, echo, explain
@@ -176,7 +176,7 @@ class Service:
             raise RecipeError(f"{self.name} exited with code {self.process.returncode}"
                               + (f": {cause}" if cause else "") + f" (log: {self.log_path})\n{self.tee.tail()}")
 
-    def __enter__(self) -> "Service":
+    def __enter__(self) -> Service:
         self.process, self.tee = start(self.argv, self.log_path, cwd=self.cwd, env=self.env,
                                        prefix=f"[{self.name}] ", echo=self.echo)
         try:

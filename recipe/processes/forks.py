@@ -15,9 +15,10 @@ import os
 import signal
 import traceback
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import wait as wait_any
 from multiprocessing.reduction import ForkingPickler as _ForkingPickler
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from recipe.errors import RecipeError
 from recipe.processes.signals import JOIN_TIMEOUT, SIGNALS, deferred, in_child
@@ -220,7 +221,7 @@ class Pool:
             task_write.close()
             result_read.close()
 
-    def __enter__(self) -> "Pool":
+    def __enter__(self) -> Pool:
         return self
 
     def __exit__(self, kind, value, trace) -> None:

@@ -23,7 +23,7 @@ import json
 import os
 import re
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -270,7 +270,7 @@ def run(cfg: DictConfig) -> Lock:
         lock.squashfs = squashfs_record(Path(str(squashfs)))
     elif earlier is not None and earlier.image == image:
         lock.squashfs = earlier.squashfs  # a new registry digest keeps the squashfs entry
-    lock.recorded_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    lock.recorded_at = datetime.now(UTC).isoformat(timespec="seconds")
     lock.gym_dpo_version = recipe.__version__
     path = lock_path(cfg)
     path.write_text(json.dumps(asdict(lock), indent=2) + "\n")

@@ -20,8 +20,8 @@ runner, recipe.train.local, reads `<run_dir>/nemo_rl_dpo.yaml` through it).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -55,7 +55,7 @@ def write_provenance(run_dir: Path, config_path: Path, data: PreparedData, image
     path = run_dir / "provenance.json"
     document = {
         "gym_dpo_version": recipe.__version__,
-        "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "run_dir": str(run_dir),
         "launcher": launcher,
         "nemo_rl_config": {"path": str(config_path),

@@ -31,7 +31,7 @@ def _tail(path: Path, lines: int) -> str:
     if not path.is_file():
         return ""
     with open(path, "rb") as handle:
-        return "\n".join(l.decode("utf-8", "replace").rstrip() for l in deque(handle, maxlen=lines))
+        return "\n".join(line.decode("utf-8", "replace").rstrip() for line in deque(handle, maxlen=lines))
 
 
 def run(cfg: DictConfig) -> int:

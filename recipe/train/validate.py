@@ -89,7 +89,7 @@ def batch_problems(policy: dict, cluster: dict) -> list[str]:
 def consistency_problems(doc: dict, data: PreparedData) -> list[str]:
     policy, dpo, ckpt = doc["policy"], doc["dpo"], doc["checkpointing"]
     problems = []
-    global_batch, micro = policy["train_global_batch_size"], policy["train_micro_batch_size"]
+    global_batch = policy["train_global_batch_size"]
     if data.train_pairs < global_batch:
         problems.append(
             f"{data.train_path} has {data.train_pairs} train pairs, fewer than "

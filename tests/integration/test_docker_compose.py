@@ -20,7 +20,6 @@ import tomllib
 import uuid
 
 import pytest
-
 from engines import INFRA, REPO, SAMPLE, build_test_images, gym_dpo_cli, run
 
 pytestmark = pytest.mark.integration

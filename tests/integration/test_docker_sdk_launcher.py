@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from engines import SAMPLE, build_test_images, gym_dpo_cli, run
 
 pytestmark = pytest.mark.integration

@@ -18,9 +18,8 @@ import time
 import urllib.request
 
 import pytest
-from omegaconf import OmegaConf
-
 from engines import REPO, slurm_cluster
+from omegaconf import OmegaConf
 
 pytestmark = pytest.mark.integration
 

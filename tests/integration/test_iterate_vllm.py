@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from engines import REPO, converter_settings, gym_dpo_cli, nemo_rl_checkout, run, unavailable
 from test_iterate_loop import ours
 

@@ -16,7 +16,6 @@ import json
 import sys
 
 import pytest
-
 from engines import REPO, SAMPLE, converter_settings, gym_dpo_cli, nemo_rl_checkout, run
 
 pytest.importorskip("trl")
@@ -65,6 +64,7 @@ def test_the_loop_exports_a_nemo_rl_checkpoint_with_nemo_rl_s_converter(tmp_path
     trained = AutoModelForCausalLM.from_pretrained(run_dir / "model")
     a, b = converted.state_dict(), trained.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert AutoTokenizer.from_pretrained(policy).chat_template == AutoTokenizer.from_pretrained(run_dir / "model").chat_template
+    assert (AutoTokenizer.from_pretrained(policy).chat_template
+            == AutoTokenizer.from_pretrained(run_dir / "model").chat_template)
     assert json.loads((policy / "config.json").read_text())["model_type"] == "llama"
     assert loop.step_export(1) == {"policy": str(policy), "artifact": str(policy)}  # vLLM serves the folder

@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from engines import INFRA, REPO, build_test_images, gym_dpo_cli, run, unavailable
 
 pytestmark = pytest.mark.integration

@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from engines import REPO, SAMPLE, gym_dpo_cli, run, slurm_cluster, unavailable
 
 pytestmark = pytest.mark.integration
@@ -118,7 +117,7 @@ def wait_for(job: str, timeout: float = 600) -> dict:
 
 
 def driver_line(log: Path) -> dict:
-    line = next(l for l in log.read_text().splitlines() if l.startswith("RAY_DPO_DRIVER {"))
+    line = next(candidate for candidate in log.read_text().splitlines() if candidate.startswith("RAY_DPO_DRIVER {"))
     return json.loads(line.split(" ", 1)[1])
 
 
@@ -223,7 +222,7 @@ def test_a_requeued_job_resumes_from_its_last_checkpoint(tmp_path, prepared, ray
     assert trained and int(trained.group(1)) == steps - step  # only the steps after it
     settings = json.loads((run_dir / "trl_settings.json").read_text())
     assert settings["resumed_from"] == resumed.group(1)
-    metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     trained_steps = [row["step"] for row in metrics if "train:loss" in row or "loss" in row]
     assert sorted(set(trained_steps)) == list(range(1, steps + 1))
     assert (checkpoints / f"step_{steps}").is_dir()

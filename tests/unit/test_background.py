@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from recipe.processes import Background
 from recipe.errors import RecipeError
+from recipe.processes import Background
 
 
 def niceness_and_sum(a, b):

@@ -7,11 +7,11 @@ import subprocess
 import sys
 
 import pytest
+from train_helpers import REPO, compose_config
 
 from recipe.errors import RecipeError
-from recipe.train import container
 from recipe.run_files import sha256_file
-from train_helpers import REPO, compose_config
+from recipe.train import container
 
 TAG = "nvcr.io/nvidia/nemo-rl:v0.7.0"
 D1, D2 = "sha256:" + "a" * 64, "sha256:" + "b" * 64
@@ -83,11 +83,12 @@ def test_baked_digest_inside_our_image():
 
 def test_the_dockerfile_pins_base_image_by_tag_and_digest():
     text = (REPO / "Dockerfile").read_text()
-    line = next(l for l in text.splitlines() if l.startswith("ARG BASE_IMAGE="))
+    line = next(candidate for candidate in text.splitlines() if candidate.startswith("ARG BASE_IMAGE="))
     reference = line.split("=", 1)[1]
     assert reference.startswith(TAG + "@sha256:")
     assert "FROM ${BASE_IMAGE}" in text and 'ENTRYPOINT ["gym-dpo"]' in text
-    assert "GYM_DPO_BASE_IMAGE" in text and "pip install" in text and "-e" not in text.split("pip install")[1].split("\n")[0]
+    assert ("GYM_DPO_BASE_IMAGE" in text and "pip install" in text
+            and "-e" not in text.split("pip install")[1].split("\n")[0])
 
 
 def test_lock_a_squashfs_file_keeps_the_registry_digest(tmp_path):

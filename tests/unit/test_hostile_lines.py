@@ -104,7 +104,8 @@ EDGE_ROWS = [
     _row(responses_create_params={"input": [{"role": "developer", "content": "dev"},
                                             {"role": "user", "content": [{"type": "input_text", "text": "hi"}]}]}),
     _row(responses_create_params={"input": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
-                                            {"role": "assistant", "content": "a1"}, {"role": "assistant", "content": "a2"},
+                                            {"role": "assistant", "content": "a1"},
+                                            {"role": "assistant", "content": "a2"},
                                             CALL, RESULT, {"role": "user", "content": "again"}]}),
     _row(responses_create_params={"input": [{"role": "assistant", "content": "prefill"}]}),
     _row(responses_create_params={"input": [{"type": "reasoning", "summary": []}]}),
@@ -120,8 +121,10 @@ RAW_LINES = [
     b"", b"   ", b"\r", b"[]", b"null", b"{", b"{}", b"not json",
     b'{"responses_create_params":{"input":"q"},"reward":1,"response":{"output":[{"role":"assistant","content":"a"}]}}',
     b'{"responses_create_params":{"input":"q"},"reward":1,"response":{"output":[{"role":"assistant","content":"a"}]}}\r',
-    b'  {"responses_create_params":{"input":"q"},"reward":1,"response":{"output":[{"role":"assistant","content":"a"}]}}  ',
-    b'{"responses_create_params":{"input":"q"},"reward":1,"response":{"output":[{"role":"assistant","content":"a"}]}} x',
+    b'  {"responses_create_params":{"input":"q"},"reward":1,"response":{"output":[{"role":"assistant","content":"a"}]}}'
+    b'  ',
+    b'{"responses_create_params":{"input":"q"},"reward":1,"response":{"output":[{"role":"assistant","content":"a"}]}}'
+    b' x',
     b'{"responses_create_params":{"input":"q"},"reward":1,"reward":2,"response":{"output":[{"role":"assistant","content":"a"}]}}',
     b'{"responses_create_params":{"input":"q"},"rew\\u0061rd":1,"response":{"output":[{"role":"assistant","content":"a"}]}}',
     b'{"responses_create_params":{"input":"q"},"reward":01,"response":{"output":[{"role":"assistant","content":"a"}]}}',
@@ -211,7 +214,8 @@ def read_lines(data: bytes, options: scan.ScanOptions) -> scan.ChunkResult:
 
 
 EDGE_LINES = [json.dumps(row, ensure_ascii=ascii).encode() for row in EDGE_ROWS for ascii in (True, False)] + RAW_LINES
-DEEP = [b'{"responses_create_params":{"input":"q"},"reward":1,"x":' + b"[" * n + b"]" * n + b"}" for n in (500, 990, 1000, 1030, 5000)]
+DEEP = [b'{"responses_create_params":{"input":"q"},"reward":1,"x":' + b"[" * n + b"]" * n + b"}"
+        for n in (500, 990, 1000, 1030, 5000)]
 
 
 @pytest.mark.parametrize("options", OPTIONS.values(), ids=OPTIONS.keys())
@@ -234,7 +238,8 @@ def test_the_decoder_and_the_schema_agree_on_every_edge_line(line):
 
 def test_the_named_hostile_cases(tmp_path, prepare):
     deep = b'{"responses_create_params":{"input":"q"},"reward":1,"x":' + b"[" * 1000 + b"]" * 1000 + b"}"
-    rows = [rollout(prompt="extreme", answer="high", reward=1e308), rollout(prompt="extreme", answer="low", reward=-1e308),
+    rows = [rollout(prompt="extreme", answer="high", reward=1e308),
+            rollout(prompt="extreme", answer="low", reward=-1e308),
             rollout(prompt="big index", answer="a", reward=1, task=2**71, agent="e"),
             rollout(prompt="big index", answer="b", reward=0, task=2**71, agent="e"),
             rollout(prompt="big index", answer="c", reward=0.5, task=2**71 + 1, agent="e"),
@@ -256,7 +261,8 @@ def test_the_named_hostile_cases(tmp_path, prepare):
     extreme = by_prompt["extreme"]
     assert (extreme["chosen_reward"], extreme["rejected_reward"], extreme["reward_gap"]) == (1e308, -1e308, None)
     assert by_prompt["big index"]["rejected_source"].endswith(":5")  # 2**71 groups apart from 2**71 + 1
-    assert by_prompt["zero"]["rejected_reward"] == 0.0 and b'"rejected_reward":0.0' in (out / "train.jsonl").read_bytes()
+    assert (by_prompt["zero"]["rejected_reward"] == 0.0
+            and b'"rejected_reward":0.0' in (out / "train.jsonl").read_bytes())
     assert manifest["rewards"]["gap"]["not_finite"] == 1
     for name in ("train.jsonl", "val.jsonl", "rejects.jsonl", "manifest.json"):
         text = (out / name).read_bytes()
@@ -298,14 +304,17 @@ def test_a_plot_the_data_cannot_draw_is_skipped_with_a_note():
 
 
 # -- the property test: mutated real rollout lines ----------------------------------------------
-BASE_LINES = [line for path in sorted((REFERENCE / "nemo-gym").glob("*.jsonl")) for line in path.read_bytes().splitlines()]
+BASE_LINES = [line for path in sorted((REFERENCE / "nemo-gym").glob("*.jsonl"))
+              for line in path.read_bytes().splitlines()]
 BASE_LINES += SAMPLE.read_bytes().splitlines()[:40] + EDGE_LINES[:40]
 TOKENS = [b'"', b"\\", b"\\u", b"\\ud83d", b"{", b"}", b"[", b"]", b",", b":", b"null", b"true", b"-0", b"1e308",
           b"1e400", b"NaN", b"-", b".", b"\xff", b"\xef\xbb\xbf", b"\xe3\x80\x80", b" ", b"\t", b"\x00", b"0" * 30]
 READ_KEYS = ["reward", "mask_sample", "_ng_task_index", "agent_ref", "output", "response", "responses_create_params"]
-TRICKY = [10**400, -(10**400), 2**71, 2**64, -0.0, 1e308, -1e308, 5e-324, 3.0, "", " ", "\ufeff", "\u3000", "\x1c", [], {}]
+TRICKY = [10**400, -(10**400), 2**71, 2**64, -0.0, 1e308, -1e308, 5e-324, 3.0,
+          "", " ", "\ufeff", "\u3000", "\x1c", [], {}]
 VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-                      | st.text(max_size=8) | st.sampled_from(TRICKY), lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                      | st.text(max_size=8) | st.sampled_from(TRICKY),
+                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
                           st.sampled_from(["type", "role", "content", "text", "name", "arguments", "output", "x"]),
                           inner, max_size=3), max_leaves=6)
 
@@ -381,7 +390,8 @@ def test_prepare_on_mutated_files_counts_add_up_and_writes_strict_json(tmp_path_
     twins = [line.replace(b'"reward": ', b'"reward": 0.5, "was": ', 1) for line in lines]
     path.write_bytes(b"\n".join(lines + twins + BASE_LINES[:10]) + b"\n")
     cfg = compose_config(f"data.input={path}", f"data.output_dir={folder / 'out'}", f"output_root={folder / 'runs'}",
-                         "data.workers=1", f"data.format={data_format}", f"data_prep={strategy}", "data.val_fraction=0.3")
+                         "data.workers=1", f"data.format={data_format}", f"data_prep={strategy}",
+                         "data.val_fraction=0.3")
     manifest = stage.run(cfg)
     counts = manifest["counts"]
     assert counts["lines"] == len(lines) * 2 + 10

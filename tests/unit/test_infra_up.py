@@ -53,7 +53,8 @@ def test_run_sh_stops_when_up_sh_fails(tmp_path):
     text = (REPO / "tests" / "run.sh").read_text()
     start = text.index("    engines=$(bash tests/infra/up.sh)")
     body = text[start:text.index("fi\n", start)]
-    script.write_text("set -euo pipefail\n" + body.replace("bash tests/infra/up.sh", "bash -c 'echo export X=1; exit 4'")
+    failing = body.replace("bash tests/infra/up.sh", "bash -c 'echo export X=1; exit 4'")
+    script.write_text("set -euo pipefail\n" + failing
                       + "echo reached pytest\n")
     result = subprocess.run(["bash", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 4 and "reached pytest" not in result.stdout

@@ -8,13 +8,13 @@ import sys
 import textwrap
 
 import pytest
+from train_helpers import compose_config, make_prepared, train_overrides
 
 from recipe.errors import RecipeError
 from recipe.train import launchers, stage
-from recipe.train.plan import build_plan
 from recipe.train.executors import docker_sdk
 from recipe.train.launchers import single_gpu
-from train_helpers import compose_config, make_prepared, train_overrides
+from recipe.train.plan import build_plan
 
 RUN_DPO = ["uv", "run", "python", "examples/run_dpo.py"]
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from train_helpers import make_prepared, reference_dpo
 
 from recipe.errors import RecipeError
 from recipe.train.local import checkpoints, metrics, settings
-from train_helpers import make_prepared, reference_dpo
 
 
 def child(tmp_path: Path, parent: str | None, **sections) -> Path:

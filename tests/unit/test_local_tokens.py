@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from train_helpers import make_prepared, preference_pair
 
 from recipe.errors import RecipeError
-from recipe.train import tiny_model
-from recipe.train import prepared
+from recipe.train import prepared, tiny_model
 from recipe.train.local import data
 from recipe.train.prepared import Dataset
-from train_helpers import make_prepared, preference_pair
 
 pytest.importorskip("trl")
 # TRL 1.16 still sets the argument transformers 5 renamed (the CPU runner filters it the same way)
@@ -43,7 +42,8 @@ def trainer_batch(tmp_path_factory):
     from recipe.train.local.trainer import NemoStyleDPOTrainer
 
     tmp = tmp_path_factory.mktemp("tokens")
-    pairs = [pair_with([{"role": "assistant", "content": "Oslo: 3°C."}], [{"role": "assistant", "content": "No idea."}]),
+    pairs = [pair_with([{"role": "assistant", "content": "Oslo: 3°C."}],
+                       [{"role": "assistant", "content": "No idea."}]),
              pair_with([*SHARED, {"role": "assistant", "content": "It is 3 degrees."}],
                        [*SHARED, {"role": "assistant", "content": "Cold, I guess."}])]
     folder = make_prepared(tmp / "data", train=pairs + [preference_pair(i) for i in range(4)])

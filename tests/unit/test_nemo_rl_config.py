@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 from omegaconf import OmegaConf
-
-from recipe.train import nemo_rl, tiny_model
-from recipe.train.plan import build_plan
 from train_helpers import REPO, compose_config, make_prepared, train_overrides
+
+from recipe.train import tiny_model
+from recipe.train.plan import build_plan
 
 CONFIGS = REPO / "configs"
 
@@ -81,8 +81,9 @@ def test_written_yaml_follows_nemo_rl_rules(tmp_path):
 
 def test_sft_average_log_probs_keeps_nemo_rls_link_unless_set(tmp_path):
     """Upstream ties it to preference_average_log_probs; an earlier gym-dpo wrote `false`."""
-    from recipe.train import nemo_rl_loader
     from train_helpers import fake_nemo_rl, reference_dpo
+
+    from recipe.train import nemo_rl_loader
 
     nemo_rl_dir = fake_nemo_rl(tmp_path / "c")
     doc, plan, _ = _write(tmp_path, f"container.nemo_rl_dir={nemo_rl_dir}")

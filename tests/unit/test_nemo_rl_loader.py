@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 from omegaconf import OmegaConf
+from train_helpers import REQUIRED_KEYS, compose_config, fake_nemo_rl, make_prepared, train_overrides
 
 from recipe.train import nemo_rl_loader as loader
 from recipe.train.plan import build_plan
-from train_helpers import (REQUIRED_KEYS, compose_config, fake_nemo_rl,
-                           make_prepared, train_overrides)
 
 
 def write(path, text):

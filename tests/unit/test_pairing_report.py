@@ -44,7 +44,8 @@ def test_no_pairs_is_a_report_too():
 
 
 def test_the_manifest_carries_the_pairing_report(tmp_path, prepare):
-    rows = [rollout(prompt="a", answer="a short one", reward=1.0), rollout(prompt="a", answer="a much longer one", reward=0.0),
+    rows = [rollout(prompt="a", answer="a short one", reward=1.0),
+            rollout(prompt="a", answer="a much longer one", reward=0.0),
             rollout(prompt="a", answer="mid length", reward=0.5), rollout(prompt="alone", answer="x", reward=1.0)]
     manifest, _ = prepare(write_jsonl(tmp_path / "r.jsonl", rows), "data_prep=all_pairs", "data.val_fraction=0")
     pairing = manifest["pairing"]

@@ -10,7 +10,7 @@ from recipe.errors import RecipeError
 from recipe.prepare import pairing
 from recipe.prepare.pairing import engine
 from recipe.prepare.settings import Settings
-from tests.conftest import records_of, compose_config, read_jsonl, rollout, write_jsonl
+from tests.conftest import compose_config, read_jsonl, records_of, rollout, write_jsonl
 
 
 def options(**overrides):

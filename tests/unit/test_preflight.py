@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from train_helpers import make_prepared, preference_pair
 
 from recipe.errors import RecipeError
 from recipe.train import preflight, tiny_model
-from train_helpers import make_prepared, preference_pair
 
 OPTIONS = dict(preflight.DEFAULTS)
 

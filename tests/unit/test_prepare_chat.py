@@ -34,7 +34,8 @@ def test_input_as_string_instructions_and_developer_role():
     row = rollout()
     row["responses_create_params"] = {"input": "hi", "instructions": "be brief"}
     assert convert(row)[0] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
-    row["responses_create_params"] = {"input": [message("developer", "rules", typed=False), message("user", "q", parts=True)]}
+    row["responses_create_params"] = {"input": [message("developer", "rules", typed=False),
+                                                message("user", "q", parts=True)]}
     assert convert(row)[0] == [{"role": "system", "content": "rules"}, {"role": "user", "content": "q"}]
     developer = scan.ScanOptions(chat=chat.ChatOptions(developer_role="developer"))
     assert convert(row, developer)[0][0] == {"role": "developer", "content": "rules"}

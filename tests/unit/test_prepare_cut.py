@@ -84,7 +84,8 @@ def test_what_counts_as_the_same_call():
     def key(arguments, name="f"):
         return cut.message_key({"role": "assistant", "content": "", "tool_calls": [
             {"id": "x", "type": "function", "function": {"name": name, "arguments": arguments}}]})
-    assert key('{"a": 1.0, "b": [2.0, {"c": 3}]}') == key('{"b":[2,{"c":3}],"a":1}') == key({"a": 1, "b": [2, {"c": 3.0}]})
+    same = key('{"a": 1.0, "b": [2.0, {"c": 3}]}')
+    assert same == key('{"b":[2,{"c":3}],"a":1}') == key({"a": 1, "b": [2, {"c": 3.0}]})
     assert key('{"a": 1.5}') != key('{"a": 1}')            # another value
     assert key('{"a": "1"}') != key('{"a": 1}')            # a string is not a number
     assert key("tomorrow") != key('"tomorrow"') and key("tomorrow") == key("tomorrow")  # text vs a JSON string
@@ -93,7 +94,8 @@ def test_what_counts_as_the_same_call():
 
 def test_after_a_shared_tool_call_and_result_the_answers_are_the_completions(tmp_path, prepare):
     (pair,), manifest, _ = pairs_and_manifest(
-        tmp_path, prepare, ([call(), result("20C"), say("It is 20C.")], 1.0), ([call(), result("20C"), say("Cold.")], 0.0))
+        tmp_path, prepare, ([call(), result("20C"), say("It is 20C.")], 1.0),
+        ([call(), result("20C"), say("Cold.")], 0.0))
     assert completions(pair) == [[{"role": "assistant", "content": "It is 20C."}],
                                  [{"role": "assistant", "content": "Cold."}]]
     assert pair["context"] == [
@@ -108,7 +110,8 @@ def test_after_a_user_simulator_turn(tmp_path, prepare):
     user = message("user", "I need a refund")
     (pair,), _, _ = pairs_and_manifest(tmp_path, prepare, ([say("Hello!"), user, say("Sure, done.")], 1.0),
                                        ([say("Hello!"), user, say("No.")], 0.0))
-    assert pair["context"][1:] == [{"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "I need a refund"}]
+    assert pair["context"][1:] == [{"role": "assistant", "content": "Hello!"},
+                                   {"role": "user", "content": "I need a refund"}]
     assert [c[0]["content"] for c in completions(pair)] == ["Sure, done.", "No."]
 
 
@@ -141,7 +144,8 @@ def test_equal_final_messages_after_an_environment_divergence_give_no_pair(tmp_p
 
 def test_trajectories_that_differ_only_after_the_models_last_turn_give_no_pair(tmp_path, prepare):
     pairs, manifest, rejects = pairs_and_manifest(
-        tmp_path, prepare, ([say("stand"), message("user", "you win")], 1.0), ([say("stand"), message("user", "you lose")], -1.0),
+        tmp_path, prepare, ([say("stand"), message("user", "you win")], 1.0),
+        ([say("stand"), message("user", "you lose")], -1.0),
         ([say("stand")], 0.0))
     assert pairs == []
     assert manifest["counts"]["unpaired"]["differs_after_last_turn"] == 3
@@ -233,7 +237,8 @@ def test_cut_on_messages():
     assert cut.cut([{"role": "user", "content": "x"}, assistant("A")],
                    [{"role": "user", "content": "y"}, assistant("A")]) == "environment_diverged"
     # the key ignores ids, and arguments are JSON values: their key order carries nothing
-    assert cut.message_key(assistant("", ("f", {"a": 1, "b": 2}))) == cut.message_key(assistant("", ("f", {"b": 2, "a": 1})))
+    assert (cut.message_key(assistant("", ("f", {"a": 1, "b": 2})))
+            == cut.message_key(assistant("", ("f", {"b": 2, "a": 1}))))
 
 
 def test_what_the_records_settle_agrees_with_the_cut():

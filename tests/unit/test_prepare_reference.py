@@ -45,7 +45,8 @@ def test_reference_file(name, prepare):
     assert outcomes(manifest) == EXPECTED[name]
     assert manifest["counts"]["lines"] == 5
     assert (out / "train.jsonl").read_bytes() == b"" and (out / "val.jsonl").read_bytes() == b""
-    assert len(read_jsonl(out / "rejects.jsonl")) == sum(v for k, v in EXPECTED[name].items() if k.startswith("rejected"))
+    assert len(read_jsonl(out / "rejects.jsonl")) == sum(v for k, v in EXPECTED[name].items()
+                                                          if k.startswith("rejected"))
 
 
 def test_reference_rollouts_convert_to_the_expected_shapes():

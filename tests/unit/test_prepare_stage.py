@@ -179,7 +179,7 @@ def test_every_bad_line_is_a_counted_reject_with_file_line_and_reason(tmp_path, 
     lines = good + [line for line, _ in BAD_LINES]
     path = tmp_path / "r.jsonl"
     path.write_bytes("\n".join(lines).encode() + b"\n" + json.dumps(rollout(answer="caf\u00e9")).encode()
-                     .replace("caf\\u00e9".encode(), b"caf\xe9") + b"\n")
+                     .replace(b"caf\\u00e9", b"caf\xe9") + b"\n")
     manifest, out = prepare(path, "data.val_fraction=0")
     rejects = read_jsonl(out / "rejects.jsonl")
     expected = [reason for _, reason in BAD_LINES] + ["not_utf8"]
@@ -274,7 +274,8 @@ def test_length_penalty_counts_tokens_with_a_local_tokenizer(tmp_path, prepare, 
     folder.mkdir()
     tokenizer.save(str(folder / "tokenizer.json"))
     one_long_word, five_short_words = "a" * 30, "b b b b b"  # 30 chars, 1 token / 9 chars, 5 tokens
-    rows = [rollout(prompt="q", answer=one_long_word, reward=1.0), rollout(prompt="q", answer=five_short_words, reward=1.0)]
+    rows = [rollout(prompt="q", answer=one_long_word, reward=1.0),
+            rollout(prompt="q", answer=five_short_words, reward=1.0)]
     path = write_jsonl(tmp_path / "r.jsonl", rows)
     penalty = ("data_prep.length_penalty=0.01", "data.val_fraction=0")
 

@@ -18,10 +18,10 @@ import itertools
 import pytest
 import yaml
 from omegaconf import OmegaConf
+from train_helpers import REPO, compose_config, make_prepared
 
 from recipe.errors import RecipeError
 from recipe.train import nemo_rl, prepared, tiny_model
-from train_helpers import REPO, compose_config, make_prepared
 
 CONFIGS = REPO / "configs"
 MODEL_FACTS = ("policy.model_name", "policy.tokenizer", "policy.max_total_sequence_length",

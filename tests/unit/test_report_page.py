@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
+from train_helpers import make_prepared, preference_pair
 
 from recipe.errors import RecipeError
-from train_helpers import make_prepared, preference_pair
 
 pytest.importorskip("matplotlib")
 from recipe import report_page  # noqa: E402
@@ -158,7 +158,8 @@ def test_continuous_rewards_are_binned(tmp_path):
 
 
 def test_stage_report_needs_a_run_folder(tmp_path):
-    cfg = OmegaConf.create({"run_dir": str(tmp_path / "nothing"), "data": {"output_dir": str(tmp_path / "nothing" / "data")}})
+    cfg = OmegaConf.create({"run_dir": str(tmp_path / "nothing"),
+                            "data": {"output_dir": str(tmp_path / "nothing" / "data")}})
     with pytest.raises(RecipeError, match="nothing to report"):
         report_page.run(cfg)
     run, data = make_run(tmp_path)

@@ -13,9 +13,9 @@ import sys
 
 import pytest
 import yaml
+from train_helpers import compose_config, make_prepared
 
 from recipe.train import run_folder
-from train_helpers import compose_config, make_prepared
 
 
 def cli(tmp_path, *args):

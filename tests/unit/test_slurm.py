@@ -14,13 +14,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from train_helpers import REPO, compose_config, make_prepared, train_overrides
 
 from recipe.errors import RecipeError
-from recipe.train import stage
-from recipe.train.plan import build_plan
-from recipe.train.launchers import slurm
 from recipe.run_files import sha256_file
-from train_helpers import REPO, compose_config, make_prepared, train_overrides
+from recipe.train import stage
+from recipe.train.launchers import slurm
+from recipe.train.plan import build_plan
 
 SCRIPT = REPO / "slurm" / "dpo.sub"
 D1 = "sha256:" + "d" * 64
@@ -46,8 +46,9 @@ def test_the_script_is_valid_bash_with_sbatch_headers():
 
 
 def test_sbatch_command(tmp_path):
-    plan = plan_for(tmp_path, "launcher.nodes=2", "policy.train_global_batch_size=16", "launcher.account=ACC", "launcher.partition=batch",
-                    "launcher.time=01:00:00", "launcher.gpus_per_node=8", 'launcher.sbatch_args=["--qos=high"]')
+    plan = plan_for(tmp_path, "launcher.nodes=2", "policy.train_global_batch_size=16", "launcher.account=ACC",
+                    "launcher.partition=batch", "launcher.time=01:00:00", "launcher.gpus_per_node=8",
+                    'launcher.sbatch_args=["--qos=high"]')
     argv = slurm.build_command(plan)
     run = tmp_path / "run"
     assert argv[0] == "sbatch" and argv[-2:] == [str(run / "slurm" / "dpo.sub"), str(run / "slurm" / "job.env")]
@@ -217,8 +218,10 @@ def fake_slurm(tmp_path):
     _exe(bin_dir / "scontrol", """\
         #!/bin/bash
         [[ "$1 $2" == "show hostnames" ]] && printf 'node1\\nnode2\\n'
-        [[ "$1 $2 $3" == "show node node1" ]] && echo "NodeName=node1 Arch=x86_64 NodeAddr=${FAKE_ADDR1:-127.0.0.2} NodeHostName=vm"
-        [[ "$1 $2 $3" == "show node node2" ]] && echo "NodeName=node2 Arch=x86_64 NodeAddr=${FAKE_ADDR2:-127.0.0.3} NodeHostName=vm"
+        [[ "$1 $2 $3" == "show node node1" ]] && echo "NodeName=node1 Arch=x86_64 \
+NodeAddr=${FAKE_ADDR1:-127.0.0.2} NodeHostName=vm"
+        [[ "$1 $2 $3" == "show node node2" ]] && echo "NodeName=node2 Arch=x86_64 \
+NodeAddr=${FAKE_ADDR2:-127.0.0.3} NodeHostName=vm"
         exit 0
         """)
     _exe(bin_dir / "getent", """\
@@ -242,7 +245,8 @@ def fake_slurm(tmp_path):
         """)
     _exe(bin_dir / "ray", f"""\
         #!/bin/bash
-        echo "ray $* nofile=$(ulimit -Sn) uv_run_env=${{RAY_ENABLE_UV_RUN_RUNTIME_ENV:-unset}} auth=$RAY_AUTH_MODE path=${{RAY_AUTH_TOKEN_PATH:-}} token=${{RAY_AUTH_TOKEN:-}}" >> {calls}
+        echo "ray $* nofile=$(ulimit -Sn) uv_run_env=${{RAY_ENABLE_UV_RUN_RUNTIME_ENV:-unset}} \
+auth=$RAY_AUTH_MODE path=${{RAY_AUTH_TOKEN_PATH:-}} token=${{RAY_AUTH_TOKEN:-}}" >> {calls}
         if [[ " $* " == *" --block "* ]]; then for _ in $(seq 300); do sleep 0.1; done; fi
         """)
     return bin_dir, module_dir, calls
@@ -281,14 +285,14 @@ def test_the_sbatch_script_runs_head_workers_and_driver(tmp_path, fake_slurm):
     assert "logs in " + str(logs) in result.stdout
     assert (logs / "driver.exit").read_text().strip() == "7"
     assert f"driver in {tmp_path}" in (logs / "driver.log").read_text()
-    head = next(l for l in log.splitlines() if l.startswith("srun") and "-w node1" in l)
+    head = next(line for line in log.splitlines() if line.startswith("srun") and "-w node1" in line)
     assert "--container-image=img#x:1" in head and f"--container-mounts={tmp_path}:{tmp_path}" in head
     assert "--nodes=1" in head
-    workers = next(l for l in log.splitlines() if l.startswith("srun") and "--exclude=node1" in l)
+    workers = next(line for line in log.splitlines() if line.startswith("srun") and "--exclude=node1" in line)
     assert "--nodes=1 --ntasks=1" in workers
-    head_ray = next(l for l in log.splitlines() if l.startswith("ray start --head"))
+    head_ray = next(line for line in log.splitlines() if line.startswith("ray start --head"))
     assert "--block" in head_ray and "--node-ip-address=127.0.0.2" in head_ray
-    worker_ray = next(l for l in log.splitlines() if l.startswith("ray start --address"))
+    worker_ray = next(line for line in log.splitlines() if line.startswith("ray start --address"))
     assert "--address=127.0.0.2:1200 --block" in worker_ray and "--node-ip-address=127.0.0.3" in worker_ray
     assert "all 2 Ray nodes joined, 1 GPU(s) each" in (logs / "head.log").read_text()
     # item 5: addresses from the Slurm node names (here: Slurm's NodeAddr), never `hostname -I`
@@ -321,14 +325,14 @@ def test_a_bare_metal_job_keeps_a_uv_run_setting_it_was_given(tmp_path, fake_slu
     result, logs, log = run_script(tmp_path, fake_slurm, command="exit 0", job={"CONTAINER": ""},
                                    env={"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "1"})
     assert result.returncode == 0, (logs / "batch.log").read_text()
-    assert " uv_run_env=1 " in next(l for l in log.splitlines() if l.startswith("ray start --head"))
+    assert " uv_run_env=1 " in next(line for line in log.splitlines() if line.startswith("ray start --head"))
 
 
 def test_the_ray_client_port_is_ours_when_ray_client_is_installed(tmp_path, fake_slurm):
     (fake_slurm[1] / "grpc.py").write_text("")  # `import grpc` works: Ray would open 10001
     result, logs, log = run_script(tmp_path, fake_slurm, command="exit 0")
     assert result.returncode == 0, (logs / "batch.log").read_text()
-    head_ray = next(l for l in log.splitlines() if l.startswith("ray start --head"))
+    head_ray = next(line for line in log.splitlines() if line.startswith("ray start --head"))
     assert "--ray-client-server-port=1201" in head_ray
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from train_helpers import make_prepared, preference_pair
 
 from recipe.errors import RecipeError
 from recipe.train import tiny_model
-from train_helpers import make_prepared, preference_pair
 
 pytest.importorskip("transformers")
 

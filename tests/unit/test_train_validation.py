@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from train_helpers import compose_config, make_prepared, preference_pair, train_overrides
 
 from recipe.errors import RecipeError
 from recipe.train import prepared, validate
 from recipe.train.plan import build_plan
-from train_helpers import compose_config, make_prepared, preference_pair, train_overrides
 
 
 def build(tmp_path, data, *overrides):

@@ -21,8 +21,8 @@ from __future__ import annotations
 import importlib
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

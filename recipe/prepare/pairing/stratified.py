@@ -16,4 +16,4 @@ KEEP = "seeded_sample"
 def select(group, options: dict) -> list[tuple[int, int]]:
     high = [i for i in range(len(group)) if group.rewards[i] >= options["high_threshold"]]
     low = [i for i in range(len(group)) if group.rewards[i] <= options["low_threshold"]]
-    return [(h, l) for h in high for l in low if group.can_pair(h, l, options["min_gap"])]
+    return [(h, lo) for h in high for lo in low if group.can_pair(h, lo, options["min_gap"])]
