@@ -1,0 +1,168 @@
+"""prepare, hundreds of times over, on the inputs whose write phase has little or nothing to do
+(a few rows, every group tied, one line, hostile lines), with its worker pools: it never hangs,
+never prints a traceback, and a SIGINT or SIGTERM at a random moment stops it with the exit code
+and one-line outcome the CLI prints, leaving no file and no process behind.
+
+The runs are in-process (the stage's own `run`, the CLI's signal handlers), so 200 of them fit
+in CI time; each has a bound (SIGALRM) that turns a hang into a failure naming the run. The CLI
+path itself is tests/integration/test_prepare_interrupts.py.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from recipe import processes
+from recipe.prepare import stage
+from tests.conftest import SAMPLE, compose_config, rollout, write_jsonl
+
+pytestmark = pytest.mark.integration
+RUNS = 200
+SIGNALLED = 60
+BOUND = 60  # seconds a run may take before it counts as hung (a normal one takes well under 1)
+
+
+class Hung(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("inputs")
+    rows = []
+    for line in SAMPLE.read_text().splitlines():  # the sample's usable rows (it holds hostile lines too)
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("reward"), (int, float)):
+            rows.append(row)
+    tied = [row | {"reward": 0.0} for row in rows]
+    hostile = ["", "not json", "[1, 2]", "{}", '{"reward": 1e999}', "{" * 5000, '{"reward": "1"}',
+               json.dumps(rollout(reward=None)),
+               json.dumps(rollout(prompt="\u0000\ud7ff", answer="\u2028", reward=1.0, task=1)),
+               json.dumps(rollout(reward=1.0, task=2)) + "  trailing"]
+    made = {"tiny": write_jsonl(folder / "tiny.jsonl", rows[:12]),
+            "tied": write_jsonl(folder / "tied.jsonl", tied),
+            "one_line": write_jsonl(folder / "one.jsonl", rows[:1])}
+    made["hostile"] = folder / "hostile.jsonl"
+    made["hostile"].write_text("\n".join(hostile) + "\n")
+    return made
+
+
+@pytest.fixture
+def cli_signals():
+    """The CLI's handlers (SIGINT/SIGTERM raise `Interrupted`) and SIGALRM as the hang bound."""
+    saved = {s: signal.getsignal(s) for s in (*processes.SIGNALS, signal.SIGALRM)}
+
+    def hung(signum, frame):
+        raise Hung()
+
+    processes.install()
+    signal.signal(signal.SIGALRM, hung)
+    yield
+    signal.alarm(0)
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def prepare(tmp_path: Path, source: Path, index: int):
+    out, runs = tmp_path / f"out{index}", tmp_path / f"runs{index}"
+    cfg = compose_config(f"data.input={source}", f"data.output_dir={out}", f"output_root={runs}", "data.workers=2",
+                         "data.val_fraction=0.5")
+    return out, runs, cfg
+
+
+def leftovers(*folders: Path) -> list[str]:
+    return [str(p) for folder in folders if folder.exists() for p in folder.rglob(".gym-dpo-*")]
+
+
+def no_children() -> list[psutil.Process]:
+    deadline = time.monotonic() + 10
+    while (alive := [c for c in psutil.Process().children(recursive=True) if c.status() != psutil.STATUS_ZOMBIE]) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return alive
+
+
+def test_hundreds_of_short_runs_never_hang_and_print_no_traceback(tmp_path, inputs, cli_signals, capfd):
+    names = sorted(inputs)
+    for index in range(RUNS):
+        name = names[index % len(names)]
+        out, runs, cfg = prepare(tmp_path, inputs[name], index)
+        signal.alarm(BOUND)
+        try:
+            result = stage.run(cfg)
+        except Hung:
+            pytest.fail(f"run {index} ({name}) did not end within {BOUND}s")
+        finally:
+            signal.alarm(0)
+        assert (out / "manifest.json").is_file() and result["pairs"]["train"] + result["pairs"]["val"] >= 0
+        assert not leftovers(out, runs), (index, name)
+        if name != "tiny":
+            assert result["pairs"]["train"] + result["pairs"]["val"] == 0, (index, name)
+        if index % 40 == 39:
+            err = capfd.readouterr().err
+            assert "Traceback" not in err, err[-3000:]
+    assert "Traceback" not in capfd.readouterr().err
+    assert not no_children()
+
+
+def test_a_signal_at_a_random_moment_stops_it_cleanly(tmp_path, inputs, cli_signals, capfd):
+    rng = random.Random(20261203)
+    names = sorted(inputs)
+    started = time.monotonic()
+    prepare_seconds = []
+    for index in range(6):  # how long a run takes here, to send signals inside that window
+        out, runs, cfg = prepare(tmp_path, inputs[names[index % len(names)]], 1000 + index)
+        began = time.monotonic()
+        stage.run(cfg)
+        prepare_seconds.append(time.monotonic() - began)
+    window = max(prepare_seconds)
+    outcomes = {"interrupted": 0, "finished": 0}
+    for index in range(SIGNALLED):
+        name = names[index % len(names)]
+        signum = rng.choice(processes.SIGNALS)
+        out, runs, cfg = prepare(tmp_path, inputs[name], index)
+        # to the main thread, as the CLI arranges it (every other thread blocks these signals): a
+        # signal os.kill()ed from this timer thread would be taken by the timer thread itself
+        timer = threading.Timer(rng.uniform(0, window), signal.pthread_kill, (threading.main_thread().ident, signum))
+        signal.alarm(BOUND)
+        caught = None
+        try:
+            try:
+                timer.start()
+                stage.run(cfg)
+            finally:
+                timer.join()  # a signal that comes after the run is caught here, like one during it
+                time.sleep(0.01)
+        except processes.Interrupted as exc:
+            caught = exc
+        except Hung:
+            pytest.fail(f"run {index} ({name}, {signal.Signals(signum).name}) did not end within {BOUND}s")
+        finally:
+            signal.alarm(0)
+        if caught is not None and caught.outcome != "stopped":  # stopped inside the stage
+            outcomes["interrupted"] += 1
+            assert caught.exit_code == 128 + signum
+            if caught.outcome == f"nothing was written to {out}":
+                assert not out.exists(), (index, name, list(out.iterdir()))
+            else:
+                assert caught.outcome == f"the pairs and manifest.json are in {out}"
+                assert (out / "manifest.json").is_file()
+        else:
+            outcomes["finished"] += 1
+            assert (out / "manifest.json").is_file()
+        assert not leftovers(out, runs), (index, name, signal.Signals(signum).name)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err[-3000:]
+    assert not no_children()
+    assert outcomes["interrupted"] >= SIGNALLED // 4, (outcomes, window, time.monotonic() - started)
