@@ -130,3 +130,55 @@ def training_curves(rows: list[dict], metric: str, title: str, ylabel: str) -> F
         axes.plot(*zip(*val), color=CHOSEN, marker="o", linestyle="--", label=f"val:validation-default_{metric}")
     axes.legend(fontsize=8)
     return figure
+
+
+def rounds_decomposition(rounds: list[int], series: dict[str, tuple[list, list]], chance: float | None) -> Figure:
+    """Per round: each measure's value with ± 1 SE bars (`series`: name -> (values, SEs), None
+    where a round has none), and the chance level of a letter prior as a line."""
+    figure, axes = _figure("Held-out eval per round (± 1 SE over questions)", "round", "share")
+    colors = iter([NEUTRAL, "#ef6c00", CHOSEN, LIMIT])
+    for offset, (name, (values, errors)) in zip(np.linspace(-0.08, 0.08, max(len(series), 1)), series.items()):
+        points = [(r + offset, v, e or 0.0) for r, v, e in zip(rounds, values, errors) if v is not None]
+        if points:
+            xs, ys, es = zip(*points)
+            axes.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=name, color=next(colors))
+    if chance is not None:
+        axes.axhline(chance, color=REJECTED, linestyle="--", linewidth=1, label=f"chance ({chance:.2f})")
+    axes.set_xticks(rounds)
+    axes.set_ylim(0, 1.02)
+    _legend(axes)
+    return figure
+
+
+def families_by_round(rounds: list[int], families: dict[str, list]) -> Figure:
+    """Accuracy among gradable replies of each task family, per round (None: no gradable reply)."""
+    figure, axes = _figure("Accuracy among gradable replies, per task family", "round", "accuracy")
+    for name, values in sorted(families.items()):
+        points = [(r, v) for r, v in zip(rounds, values) if v is not None]
+        if points:
+            xs, ys = zip(*points)
+            axes.plot(xs, ys, marker="o", label=name)
+    axes.set_xticks(rounds)
+    axes.set_ylim(0, 1.02)
+    _legend(axes, ncol=2)
+    return figure
+
+
+def response_tokens(rounds: list[int], eval_tokens: list, train_tokens: list) -> Figure:
+    """Mean response length per round: held-out eval, and the train rollouts each round collected."""
+    figure, axes = _figure("Mean response length", "round", "tokens")
+    for name, values, color in (("eval", eval_tokens, NEUTRAL), ("train rollouts", train_tokens, "#ef6c00")):
+        points = [(r, v) for r, v in zip(rounds, values) if v is not None]
+        if points:
+            xs, ys = zip(*points)
+            axes.plot(xs, ys, marker="o", label=name, color=color)
+    axes.set_xticks(rounds)
+    axes.set_ylim(bottom=0)
+    _legend(axes)
+    return figure
+
+
+def _legend(axes, ncol: int = 1) -> None:
+    """A legend when something was drawn (a round with no figure yet draws nothing)."""
+    if axes.get_legend_handles_labels()[1]:
+        axes.legend(fontsize="small", ncol=ncol)

@@ -7,8 +7,8 @@ import json
 import time
 from pathlib import Path
 
+from recipe.iterate import evaluation, page, serving, setup, state, stats
 from recipe.iterate import plan as plan_mod
-from recipe.iterate import serving, setup, state, stats
 
 EVAL_KEYS = ("n", "tasks", "mean", "se", "pass_rate", "pass_at_k", "mean_response_tokens",
              "mean_response_chars", "failures")
@@ -35,9 +35,67 @@ def train_metrics(train_dir: Path) -> dict:
     return keep
 
 
+DUPLICATES = ("reward", "reward_se", "n", "tasks", "mean_response_tokens")  # stats already has them
+
+
+def _collection(name: str, record: dict) -> tuple[dict, list[evaluation.Reply]]:
+    """A collection's decomposition (recipe.iterate.evaluation) from its rollouts and task file."""
+    rollouts = Path(record["rollouts"])
+    tasks_path = rollouts.parent.parent / "tasks" / f"{name}.jsonl"  # round_K/rollouts/ -> round_K/tasks/
+    rows = stats.read_rows(rollouts)
+    tasks = evaluation.read_tasks(tasks_path) if tasks_path.is_file() else []
+    items = evaluation.replies(rows, tasks)
+    found = evaluation.summarize(rows, tasks, evaluation.gym_metrics(rollouts))
+    return {key: value for key, value in found.items() if key not in DUPLICATES}, items
+
+
+def pair_kinds(pairs_dir: Path, rollouts: Path, items_by_line: dict[int, evaluation.Reply]) -> dict | None:
+    """What the round's pairs could teach: `skill` pairs have a gradable answer on both sides (a
+    right one against a wrong one), `format` pairs a gradable chosen against an ungradable
+    rejected, `other` the rest; None when the verifier says nothing of what it extracted."""
+    if not items_by_line or all(r.gradable is None for r in items_by_line.values()):
+        return None
+    kinds = dict.fromkeys(("skill", "format", "other"), 0)
+    for name in ("train.jsonl", "val.jsonl"):
+        path = pairs_dir / name
+        if not path.is_file():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            pair = json.loads(line)
+            sides = []
+            for key in ("chosen_source", "rejected_source"):
+                source, _, number = str(pair.get(key, "")).rpartition(":")
+                sides.append(items_by_line.get(int(number)) if number.isdigit() and Path(source) == rollouts else None)
+            chosen, rejected = sides
+            if chosen is None or rejected is None:
+                kinds["other"] += 1
+            elif chosen.gradable and rejected.gradable:
+                kinds["skill"] += 1
+            elif chosen.gradable and not rejected.gradable:
+                kinds["format"] += 1
+            else:
+                kinds["other"] += 1
+    return kinds
+
+
+def _by_line(rollouts: Path, tasks_path: Path) -> dict[int, evaluation.Reply]:
+    tasks = evaluation.read_tasks(tasks_path) if tasks_path.is_file() else []
+    found = {}
+    with open(rollouts, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                row = json.loads(line)
+                task = row.get(evaluation.TASK)
+                known = isinstance(task, int) and 0 <= task < len(tasks)
+                reply = evaluation.reply_of(row, tasks[task] if known else None)
+                if reply is not None:
+                    found[number] = reply
+    return found
+
+
 def summary(plan: plan_mod.Plan) -> dict:
     run_dir = plan.run_dir
-    rounds, base_rows = [], None
+    rounds, base = [], None
     for k in range(plan.rounds + 1):
         records = {s: state.record(run_dir, k, s) for s in state.steps(k)}
         entry = {"round": k, "done": all(records.values()),
@@ -48,23 +106,36 @@ def summary(plan: plan_mod.Plan) -> dict:
         if records.get("collect"):
             entry["train_rollouts"] = {key: records["collect"]["stats"].get(key)
                                        for key in ("n", "tasks", "mean", "failures", "mean_response_tokens")}
+            entry["train_rollouts"].update(_collection("train", records["collect"])[0])
         if records.get("prepare"):
-            entry["pairs"] = records["prepare"]["pairs"]
+            entry["pairs"] = dict(records["prepare"]["pairs"])
+            if records.get("collect"):
+                rollouts = Path(records["collect"]["rollouts"])
+                kinds = pair_kinds(Path(records["prepare"]["pairs_dir"]), rollouts,
+                                   _by_line(rollouts, state.round_dir(run_dir, k) / "tasks" / "train.jsonl"))
+                if kinds is not None:
+                    entry["pairs"]["kinds"] = kinds
         if records.get("train"):
             entry["train"] = records["train"].get("metrics", {})
+            if records["train"].get("skipped"):
+                entry["skipped"] = records["train"]["skipped"]
         if records.get("eval"):
             entry["eval"] = {key: records["eval"]["stats"].get(key) for key in EVAL_KEYS
                              if key in records["eval"]["stats"]}
-            rows = stats.read_rows(Path(records["eval"]["rollouts"]))
+            decomposition, items = _collection("eval", records["eval"])
+            entry["eval"].update(decomposition)
             if k == 0:
-                base_rows = rows
-            elif base_rows is not None:
-                entry["gain_vs_round_0"] = stats.paired_gain(base_rows, rows)
+                base = items
+            elif base is not None:
+                entry["gain_vs_round_0"] = evaluation.gains(base, items)
+                families = evaluation.family_gains(base, items)
+                if families:
+                    entry["gain_vs_round_0"]["families"] = families
         rounds.append(entry)
     return {"run_dir": str(run_dir), "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "model": {"preset": plan.model_preset, "name": plan.model_name},
             "environment": plan.gym.name, "serving": plan.serving.name, "launcher": plan.launcher,
-            "reference_model": "the round's starting policy (policy K-1), as the train stage makes it",
+            "reference_model": plan.reference_model_text(),
             "eval": {"tasks_file": str(plan.eval_tasks), "repeats": int(plan.it.eval.repeats),
                      "sampling": dict(plan.it.eval.sampling)},
             "rounds": rounds}
@@ -78,23 +149,59 @@ def _fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
+def _pm(value, se, digits: int = 3, signed: bool = False) -> str:
+    if value is None:
+        return "–"
+    text = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+    return text + (f" ± {se:.{digits}f}" if se is not None else "")
+
+
+def _gain(gain: dict | None) -> str:
+    return _pm(gain["gain"], gain["se"], signed=True) if gain else "–"
+
+
 def table_rows(doc: dict) -> list[list[str]]:
     rows = []
     for entry in doc["rounds"]:
-        ev, gain = entry.get("eval", {}), entry.get("gain_vs_round_0")
+        ev, gains = entry.get("eval", {}), entry.get("gain_vs_round_0") or {}
         pairs = entry.get("pairs")
+        kinds = (pairs or {}).get("kinds")
         rows.append([
-            str(entry["round"]), _fmt(ev.get("mean")), _fmt(ev.get("se")), _fmt(ev.get("n")),
-            _fmt(ev.get("pass_rate")),
-            f"{gain['gain']:+.3f} ± {_fmt(gain['se'])}" if gain else "–",
-            f"{pairs['train']} + {pairs['val']}" if pairs else "–",
-            _fmt(ev.get("mean_response_tokens"), 1), f"{entry['seconds'] / 60:.1f}",
+            str(entry["round"]), _pm(ev.get("mean"), ev.get("se")), _gain(gains.get("reward")),
+            _pm(ev.get("gradable_rate"), ev.get("gradable_rate_se")),
+            _pm(ev.get("accuracy_gradable"), ev.get("accuracy_gradable_se"))
+            + (f" ({ev['chance']:.2f})" if ev.get("chance") is not None else ""),
+            _gain(gains.get("accuracy_gradable")),
+            (f"{pairs['train']} + {pairs['val']}" + (f" ({kinds['skill']} skill)" if kinds else "")) if pairs
+            else (entry.get("skipped") and "none" or "–"),
+            _fmt(ev.get("mean_response_tokens"), 1), _fmt(ev.get("failures")), f"{entry['seconds'] / 60:.1f}",
         ])
     return rows
 
 
-HEADER = ["round", "eval mean", "SE", "n", "pass rate", "gain vs round 0 (± paired SE)",
-          "pairs (train + val)", "mean response tokens", "minutes"]
+HEADER = ["round", "eval reward ± SE", "gain vs round 0", "gradable rate", "accuracy among gradable (chance)",
+          "accuracy gain vs round 0", "pairs (train + val)", "mean response tokens", "failed", "minutes"]
+
+
+def family_rows(doc: dict) -> list[list[str]]:
+    """Per task family and round: reward, gradable rate, accuracy among gradable (± SE)."""
+    rows = []
+    for entry in doc["rounds"]:
+        for family, ev in sorted((entry.get("eval", {}).get("families") or {}).items()):
+            gain = ((entry.get("gain_vs_round_0") or {}).get("families") or {}).get(family) or {}
+            rows.append([family, str(entry["round"]), _pm(ev.get("reward"), ev.get("reward_se")),
+                         _pm(ev.get("gradable_rate"), ev.get("gradable_rate_se")),
+                         _pm(ev.get("accuracy_gradable"), ev.get("accuracy_gradable_se")),
+                         _gain(gain.get("accuracy_gradable")), _fmt(ev.get("n"))])
+    return sorted(rows, key=lambda row: (row[0], int(row[1])))
+
+
+FAMILY_HEADER = ["family", "round", "reward ± SE", "gradable rate", "accuracy among gradable",
+                 "accuracy gain vs round 0", "replies"]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
 def markdown(doc: dict) -> str:
@@ -102,31 +209,42 @@ def markdown(doc: dict) -> str:
              f"Model `{doc['model']['name']}` (model={doc['model']['preset']}), environment `{doc['environment']}`, "
              f"serving `{doc['serving']}`, launcher `{doc['launcher']}`. Eval: `{doc['eval']['tasks_file']}` x "
              f"{doc['eval']['repeats']} repeats, sampling {doc['eval']['sampling']}, the same seeds every round. "
-             "SE is over tasks; the gain's SE is that of the per-task differences (paired).", "",
-             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(row) + " |" for row in table_rows(doc)]
+             "Reward = gradable rate x accuracy among gradable replies (for 0/1 rewards): the first is the "
+             "answer's format, the second the task itself (chance: a letter prior alone). SE is over questions "
+             "(a task, or all rotations of an mcqa question); a gain's SE is paired (same tasks, same seeds).", ""]
+    lines += _table(HEADER, table_rows(doc))
+    families = family_rows(doc)
+    if families:
+        lines += ["", "## Per task family", ""] + _table(FAMILY_HEADER, families)
+    for entry in doc["rounds"]:
+        dist = entry.get("eval", {}).get("answer_distribution")
+        if dist and dist.get("extracted"):
+            lines.append("")
+            given = ", ".join(f"{a} {n}" for a, n in dist["extracted"].items())
+            lines.append(f"Round {entry['round']} answers given: {given}"
+                         + "; expected: " + ", ".join(f"{a} {n}" for a, n in dist["expected"].items()))
     return "\n".join(lines) + "\n"
 
 
 def write(plan: plan_mod.Plan) -> dict:
     doc = summary(plan)
     state.write_json(plan.run_dir / "iterate.json", doc)
-    (plan.run_dir / "iterate.md").write_text(markdown(doc))
+    tables = markdown(doc)
+    (plan.run_dir / "iterate.md").write_text(tables)
+    page.write(plan.run_dir, doc, tables)
     return doc
 
 
 def show(doc: dict, run_dir: Path) -> None:
-    from rich.table import Table
-
     from recipe.report import console
 
-    table = Table(title=f"iterate: {run_dir}")
-    for name in HEADER:
-        table.add_column(name, justify="right")
-    for row in table_rows(doc):
-        table.add_row(*row)
-    console.print(table)
-    console.print(f"wrote {run_dir / 'iterate.json'} and {run_dir / 'iterate.md'}", soft_wrap=True)
+    # the markdown table as it is in iterate.md: ten columns stay readable in a log or a narrow
+    # terminal, where a boxed table would wrap every cell
+    console.print(f"iterate: {run_dir}", soft_wrap=True, highlight=False)
+    for line in _table(HEADER, table_rows(doc)):
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
+    console.print(f"wrote {run_dir / 'iterate.json'}, {run_dir / 'iterate.md'} and {run_dir / page.FILENAME}",
+                  soft_wrap=True)
 
 
 def dry_run_lines(plan: plan_mod.Plan) -> list[str]:
@@ -174,7 +292,8 @@ def dry_run_lines(plan: plan_mod.Plan) -> list[str]:
             if plan.launcher != "local_cpu":
                 lines.append(f"# export: NeMo RL's DCP checkpoint -> Hugging Face folder, in {plan.nemo_rl_dir} "
                              f"({where.describe()}), then renamed to {plan.policy_folder(k)}")
-                argv, _ = where.wrap(plan.dcp_to_hf_argv(rd / "train" / "checkpoints" / "step_N", rd / ".policy.partial"),
+                convert = plan.dcp_to_hf_argv(rd / "train" / "checkpoints" / "step_N", rd / ".policy.partial")
+                argv, _ = where.wrap(convert,
                                      plan.nemo_rl_dir, name=f"dcp-to-hf-{k}")
                 lines.append(plan_mod.shell(argv))
         gym = gym_mod.Gym(plan.gym, plan.serving, run_dir / "gym", "http://HOST:PORT/v1",

@@ -106,7 +106,14 @@ class Loop:
         return Path(done["artifact"])
 
     # -- steps ------------------------------------------------------------------------------------
+    def skipped(self, k: int) -> str | None:
+        """Why round K did not train (its prepare made no training pair), or None."""
+        done = state.record(self.plan.run_dir, k, "train") if k > 0 else None
+        return done.get("skipped") if done else None
+
     def step_export(self, k: int) -> dict:
+        if self.skipped(k):  # the round's policy is the one it started from
+            return {"policy": self.policy(k - 1), "artifact": str(self.artifact(k - 1)), "same_as_round": k - 1}
         policy = self.policy(0) if k == 0 else str(self.trained_policy(k))
         engine = serving.load(str(self.plan.serving.name))
         if Path(policy).exists():
@@ -148,7 +155,8 @@ class Loop:
         console.console.print(f"round {k}: NeMo RL's converter on {steps[-1][1].name} ({self.plan.place.describe()}); "
                               f"log {log}", highlight=False, soft_wrap=True)
         try:
-            env = {**os.environ, **{str(key): str(value) for key, value in (self.plan.it.dcp_to_hf.get("env") or {}).items()}}
+            extra = self.plan.it.dcp_to_hf.get("env") or {}
+            env = {**os.environ, **{str(key): str(value) for key, value in extra.items()}}
             processes.run(argv, log, cwd=cwd, env=env, what="NeMo RL's convert_dcp_to_hf.py", echo=False)
             if not whole_hf_folder(partial):
                 raise RecipeError(f"NeMo RL's converter exited 0 but {partial} lacks the weights, config.json or "
@@ -194,6 +202,9 @@ class Loop:
                              self.plan.it.collect.sampling)
 
     def step_eval(self, k: int) -> dict:
+        if self.skipped(k):  # the same policy on the same tasks and seeds: round K-1's eval stands
+            before = state.record(self.plan.run_dir, k - 1, "eval")
+            return {"rollouts": before["rollouts"], "stats": before["stats"], "same_as_round": k - 1}
         tasks = self._task_file(self.plan.eval_tasks, self.rd(k) / "tasks" / "eval.jsonl", 0,
                                 self.plan.it.eval.tasks)
         return self._collect(k, k, tasks, "eval", int(self.plan.it.eval.repeats), self.plan.it.eval.sampling)
@@ -212,6 +223,12 @@ class Loop:
     def step_train(self, k: int) -> dict:
         rd = self.rd(k)
         pairs = state.record(self.plan.run_dir, k, "prepare")
+        if not pairs["pairs"]["train"]:
+            why = (f"prepare made no training pair of round {k}'s rollouts (no task had two different "
+                   "rewards; see its manifest.json)")
+            console.console.print(f"round {k}: {why}: round {k} does not train, its policy is policy {k - 1}, "
+                                  f"and round {k + 1} collects the next tasks", highlight=False, soft_wrap=True)
+            return {"skipped": why}
         argv = self.plan.train_argv(Path(pairs["pairs_dir"]), rd / "train", self.policy(k - 1))
         console.console.print(f"round {k}: {plan_mod.shell(argv[2:])}", markup=False, highlight=False, soft_wrap=True)
         processes.run(argv, rd / "logs" / "train.log", prefix="[train] ", what="gym-dpo stage=train")
@@ -222,7 +239,8 @@ class Loop:
         """A step redone after an earlier one was: its old outputs go (and its record)."""
         rd = self.rd(k)
         owned = {"collect": ["tasks/train.jsonl", "rollouts/train*"], "prepare": ["prepare"],
-                 "train": ["train"], "export": ["serve", "policy", ".policy.partial"], "eval": ["tasks/eval.jsonl", "rollouts/eval*"]}
+                 "train": ["train"], "export": ["serve", "policy", ".policy.partial"],
+                 "eval": ["tasks/eval.jsonl", "rollouts/eval*"]}
         for pattern in owned[step]:
             for path in rd.glob(pattern):
                 shutil.rmtree(path) if path.is_dir() else path.unlink()

@@ -83,14 +83,3 @@ def summarize(rows: list[dict], failures: int = 0) -> dict:
         stats["mean_response_tokens"] = _mean(tokens)
     stats["mean_response_chars"] = _mean([len(response_text(r)) for r in scored])
     return stats
-
-
-def paired_gain(before: list[dict], after: list[dict]) -> dict | None:
-    """after − before over the tasks both have: mean, se of the per-task differences, z."""
-    a, b = task_means(before), task_means(after)
-    common = sorted(set(a) & set(b))
-    if not common:
-        return None
-    diffs = [b[t] - a[t] for t in common]
-    gain, se = _mean(diffs), _se(diffs)
-    return {"gain": gain, "se": se, "z": gain / se if se else None, "tasks": len(common)}

@@ -1,15 +1,23 @@
 #!/usr/bin/env python3
-"""Write the bundled NeMo Gym task files for the iterate loop's embedded default (`gym=mcqa`).
+"""Write the bundled NeMo Gym task files of the iterate loop (`gym=math`, the default, and `gym=mcqa`).
 
-Four-option multiple-choice questions in the input layout of NeMo Gym's `mcqa` resource server
-(`responses_create_params`, `options`, `expected_answer`, `template_metadata.output_regex`):
-the server grades the letter after the last `Answer:` (reward 1 or 0), no judge needed. The
-questions are generated here from small word lists and arithmetic, so that a 135M instruct model
-knows many answers and what it mostly has to learn is to end with the answer line.
+`math_*.jsonl`: short arithmetic questions in the input layout of NeMo Gym's `math_with_judge`
+server with its judge off (its own `math_with_judge.yaml`): `responses_create_params`, `question`,
+`expected_answer`; the server grades with math-verify, which extracts the final expression of
+the reply (`\\boxed{}` or not) and compares it with the answer: reward 1 or 0, no judge. A 135M
+instruct model knows many of these answers and states them in free text: what it can learn is to
+be right more often, the task itself.
 
-Two files, with no question in both (the eval file is never trained on):
+`mcqa_*.jsonl`: four-option multiple-choice questions in the layout of NeMo Gym's `mcqa` server
+(`options`, `expected_answer`, `template_metadata.output_regex`: the letter after the last
+`Answer:`). Every question is there four times, its options rotated so that the right one is
+A, B, C and D once each (`metadata.question_id` names the question): a letter prior alone scores
+exactly chance, so the eval measures the question, not its layout.
 
-    python samples/gym/make_tasks.py            # rewrite mcqa_train.jsonl, mcqa_eval.jsonl
+Each family's questions are drawn once and split between train and eval files, so both have
+the same mix and no question is in both (the eval files are never trained on):
+
+    python samples/gym/make_tasks.py            # rewrite the four files
     python samples/gym/make_tasks.py --check    # exit 1 if the committed files differ
 """
 from __future__ import annotations
@@ -22,12 +30,14 @@ from pathlib import Path
 
 SEED = 20261201
 HERE = Path(__file__).resolve().parent
-SPLITS = {"mcqa_train.jsonl": (0.0, 0.85), "mcqa_eval.jsonl": (0.85, 1.0)}  # share of each family
+TRAIN_SHARE = 0.85                      # of each family's questions; the rest are held out
 LETTERS = "ABCD"
 INSTRUCTION = ("Answer the following multiple choice question. End your reply with a line of the "
                "form 'Answer: X', where X is the letter of the correct option.")
 # the last `Answer: X` of the reply (the server takes the rightmost match, case-insensitive)
 OUTPUT_REGEX = r"Answer\s*[:：]\s*\**\s*\(?([A-D])\)?(?![A-Za-z0-9])"
+# math_with_judge's own prompt style (its example.jsonl)
+MATH_INSTRUCTION = "Solve the following math problem. Make sure to put the answer (and only answer) inside \\boxed{}."
 
 CATEGORIES = {
     "an animal": ["dog", "cat", "horse", "lion", "tiger", "rabbit", "elephant", "sheep", "mouse",
@@ -113,46 +123,102 @@ def count_letters(rng: random.Random) -> tuple[str, str, list[str]]:
             [str(n) for n in _numbers_near(rng, answer, low=1)])
 
 
-FAMILIES = {arithmetic: 600, largest: 300, category: 300, opposite: 300, count_letters: 300}  # at most
+MCQA_FAMILIES = {arithmetic: 600, largest: 300, category: 300, opposite: 300, count_letters: 300}  # at most
 
 
-def task(rng: random.Random, question: str, answer: str, wrong: list[str], family: str) -> dict:
-    options = [answer] + wrong
-    rng.shuffle(options)
-    letter = LETTERS[options.index(answer)]
-    lines = [INSTRUCTION, "", question] + [f"{LETTERS[i]}: {text}" for i, text in enumerate(options)]
-    return {
-        "responses_create_params": {"input": [{"role": "user", "content": "\n".join(lines)}]},
-        "options": [{LETTERS[i]: text} for i, text in enumerate(options)],
-        "expected_answer": letter,
-        "template_metadata": {"output_regex": OUTPUT_REGEX},
-        "metadata": {"family": family, "question": question},
-    }
+def add_digits(rng: random.Random) -> tuple[str, str]:
+    a, b = rng.randint(1, 9), rng.randint(1, 9)
+    return f"What is {a} + {b}?", str(a + b)
+
+
+def add_tens(rng: random.Random) -> tuple[str, str]:
+    a, b = rng.randint(10, 49), rng.randint(1, 9)
+    return f"What is {a} + {b}?", str(a + b)
+
+
+def subtract(rng: random.Random) -> tuple[str, str]:
+    a = rng.randint(5, 20)
+    b = rng.randint(1, a)
+    return f"What is {a} - {b}?", str(a - b)
+
+
+def multiply(rng: random.Random) -> tuple[str, str]:
+    a, b = rng.randint(2, 9), rng.randint(2, 9)
+    return f"What is {a} x {b}?", str(a * b)
+
+
+def larger(rng: random.Random) -> tuple[str, str]:
+    a, b = rng.sample(range(1, 100), 2)
+    return f"Which number is larger: {a} or {b}?", str(max(a, b))
+
+
+MATH_FAMILIES = {add_digits: 81, add_tens: 360, subtract: 200, multiply: 64, larger: 300}  # at most (distinct)
+
+
+def math_task(question: str, answer: str, family: str) -> dict:
+    return {"responses_create_params": {"input": [{"role": "user", "content": f"{MATH_INSTRUCTION}\n\n{question}"}]},
+            "question": question, "expected_answer": answer, "metadata": {"family": family}}
+
+
+def mcqa_rows(question: str, answer: str, wrong: list[str], family: str, question_id: str,
+              rng: random.Random) -> list[dict]:
+    """The question four times, the right option at A, B, C and D in turn (the wrong ones keep
+    their shuffled order around it)."""
+    rng.shuffle(wrong)
+    rows = []
+    for position in range(len(LETTERS)):
+        options = wrong[:position] + [answer] + wrong[position:]
+        lines = [INSTRUCTION, "", question] + [f"{LETTERS[i]}: {text}" for i, text in enumerate(options)]
+        rows.append({
+            "responses_create_params": {"input": [{"role": "user", "content": "\n".join(lines)}]},
+            "options": [{LETTERS[i]: text} for i, text in enumerate(options)],
+            "expected_answer": LETTERS[position],
+            "template_metadata": {"output_regex": OUTPUT_REGEX},
+            "metadata": {"family": family, "question": question, "question_id": question_id},
+        })
+    return rows
+
+
+def _distinct(rng: random.Random, family, quota: int, key) -> list[tuple]:
+    """Up to `quota` distinct draws of `family` (a small family stops when it runs out)."""
+    seen, drawn, misses = set(), [], 0
+    while len(drawn) < quota and misses < 500:
+        item = family(rng)
+        if key(item) in seen:
+            misses += 1
+            continue
+        seen.add(key(item))
+        drawn.append(item)
+    return drawn
+
+
+def _split(pools: list[list[list[dict]]], rng: random.Random) -> tuple[str, str]:
+    """(train, eval) file contents: each family's questions split by TRAIN_SHARE, the rows of
+    each file shuffled (a question's rotations end up apart: `metadata.question_id` ties them)."""
+    contents = []
+    for start, stop in ((0.0, TRAIN_SHARE), (TRAIN_SHARE, 1.0)):
+        rows = [row for pool in pools for question in pool[int(start * len(pool)):int(stop * len(pool))]
+                for row in question]
+        rng.shuffle(rows)
+        contents.append("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    return contents[0], contents[1]
 
 
 def build() -> dict[str, str]:
-    """File name -> content. Each family's distinct questions are drawn once, then split between
-    the files by family, so both files have the same mix and no question is in both (held out
-    means unseen; for `largest` the question is its set of numbers)."""
+    """File name -> content."""
     rng = random.Random(SEED)
     pools = []
-    for family, quota in FAMILIES.items():
-        seen, rows, misses = set(), [], 0
-        while len(rows) < quota and misses < 500:  # a small family stops when it runs out
-            question, answer, wrong = family(rng)
-            key = (question, answer, tuple(sorted(wrong)) if family is largest else ())
-            if key in seen:
-                misses += 1
-                continue
-            seen.add(key)
-            rows.append(task(rng, question, answer, wrong, family.__name__))
-        pools.append(rows)
-    contents = {}
-    for name, (start, stop) in SPLITS.items():
-        rows = [row for pool in pools for row in pool[int(start * len(pool)):int(stop * len(pool))]]
-        rng.shuffle(rows)
-        contents[name] = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    return contents
+    for family, quota in MCQA_FAMILIES.items():
+        drawn = _distinct(rng, family, quota,
+                          lambda item, f=family: (item[0], item[1], tuple(sorted(item[2])) if f is largest else ()))
+        pools.append([mcqa_rows(q, a, list(w), family.__name__, f"{family.__name__}-{i}", rng)
+                      for i, (q, a, w) in enumerate(drawn)])
+    mcqa_train, mcqa_eval = _split(pools, rng)
+    pools = [[[math_task(q, a, family.__name__)] for q, a in _distinct(rng, family, quota, lambda item: item[0])]
+             for family, quota in MATH_FAMILIES.items()]
+    math_train, math_eval = _split(pools, rng)
+    return {"mcqa_train.jsonl": mcqa_train, "mcqa_eval.jsonl": mcqa_eval,
+            "math_train.jsonl": math_train, "math_eval.jsonl": math_eval}
 
 
 def main() -> int:

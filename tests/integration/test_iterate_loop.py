@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-
 from engines import REPO, gym_dpo_cli, run, unavailable
 
 pytestmark = pytest.mark.integration
 
-TINY = ["iterate.collect.tasks=32", "iterate.collect.repeats=6", "iterate.eval.tasks=8", "iterate.eval.repeats=2",
+TINY = ["gym=mcqa", "iterate.collect.tasks=32", "iterate.collect.repeats=6", "iterate.eval.tasks=8",
+        "iterate.eval.repeats=2",
         "iterate.collect.sampling.max_output_tokens=48", "iterate.eval.sampling.max_output_tokens=48",
         "iterate.train.policy.train_global_batch_size=2", "iterate.train.policy.train_micro_batch_size=2",
         "iterate.train.dpo.max_num_steps=1"]
@@ -81,9 +81,22 @@ def test_two_rounds_resume_and_leave_nothing_behind(tools, tmp_path):
     r0, r1 = doc["rounds"]
     assert r0["eval"] == base  # round 0 was not redone
     assert r1["done"] and r1["pairs"]["train"] >= 2 and r1["eval"]["n"] == 16
-    assert r1["gain_vs_round_0"]["tasks"] == 8 and r1["train"]["step"] == 1
+    questions = {json.loads(line)["metadata"]["question_id"]
+                 for line in (run_dir / "round_1" / "tasks" / "eval.jsonl").read_text().splitlines()}
+    assert r1["gain_vs_round_0"]["reward"]["tasks"] == len(questions) and r1["train"]["step"] == 1
+    # the decomposition: format (gradable rate) and skill (accuracy among gradable), per round
+    for entry in (r0, r1):
+        ev = entry["eval"]
+        assert 0 <= ev["gradable_rate"] <= 1 and ev["chance"] == pytest.approx(0.25)
+        assert ev["gym_metrics"] and set(ev["answer_distribution"]) == {"extracted", "expected", "distinct_extracted"}
+        assert set(ev["families"]) <= {"largest", "arithmetic", "category", "count_letters", "opposite"}
+    assert {"reward", "gradable_rate", "accuracy_gradable", "response_tokens_ratio"} <= set(r1["gain_vs_round_0"])
+    assert r1["train_rollouts"]["gradable_rate"] is not None
+    assert set(r1["pairs"]["kinds"]) == {"skill", "format", "other"}
+    assert sum(r1["pairs"]["kinds"].values()) == r1["pairs"]["train"] + r1["pairs"]["val"]
+    assert (run_dir / "iterate.html").read_text().count("<img") >= 2
     assert r1["policy"] == str(run_dir / "round_1" / "train" / "model")
-    assert (run_dir / "round_1" / "serve" / "policy-f32.gguf").stat().st_size > 100_000_000
+    assert (run_dir / "round_1" / "serve" / "policy-f16.gguf").stat().st_size > 100_000_000
     assert "| 1 |" in (run_dir / "iterate.md").read_text()
 
     # real NeMo Gym rows, from the served policy, graded by the mcqa server
@@ -130,7 +143,94 @@ def test_ctrl_c_with_the_servers_up_stops_everything(tools, tmp_path):
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 130, output
-    assert "interrupted by SIGINT" in output
+    said = [line for line in output.splitlines() if line.startswith("interrupted")]
+    assert said == [f"interrupted (SIGINT): every process the loop started was stopped; rerun the same command "
+                    f"(run_dir={run_dir}) to resume"], output
     assert not ours(run_dir)
     assert not (run_dir / "round_0" / "steps" / "eval.json").exists()
     assert not (run_dir / "round_0" / "rollouts" / "eval.jsonl").exists()  # no half-written rollouts
+
+
+def test_a_round_without_pairs_does_not_train_and_the_loop_goes_on(tools, tmp_path):
+    """One rollout per task: no task has two rewards to compare, so prepare makes no pair. The
+    round says so, keeps its starting policy (and round 0's eval: same policy, tasks and seeds),
+    and the next round collects the next tasks."""
+    run_dir = tmp_path / "run"
+    result = iterate(run_dir, "iterate.rounds=2", "iterate.collect.tasks=8", "iterate.collect.repeats=1")
+    said = result.stdout + result.stderr
+    assert said.count("prepare made no training pair") == 2, said
+    assert "round 1 does not train, its policy is policy 0, and round 2 collects the next tasks" in said
+    doc = json.loads((run_dir / "iterate.json").read_text())
+    r0, r1, r2 = doc["rounds"]
+    assert r1["done"] and r2["done"] and r1["pairs"]["train"] == 0 and "no training pair" in r1["skipped"]
+    assert r1["eval"] == r0["eval"] and r1["gain_vs_round_0"]["reward"]["gain"] == 0
+    assert not (run_dir / "round_1" / "train").exists() and not (run_dir / "round_1" / "serve").exists()
+    tasks = [(run_dir / f"round_{k}" / "tasks" / "train.jsonl").read_text().splitlines() for k in (1, 2)]
+    assert len(tasks[0]) == len(tasks[1]) == 8 and not set(tasks[0]) & set(tasks[1])
+    assert "| 1 |" in (run_dir / "iterate.md").read_text() and not ours(run_dir)
+
+
+def _start(run_dir: Path, *overrides: str) -> subprocess.Popen:
+    return subprocess.Popen([*gym_dpo_cli(), "stage=iterate", f"run_dir={run_dir}", *TINY, *overrides], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _kill_when(process: subprocess.Popen, log: Path, text: str, find) -> tuple[int, str]:
+    """Once `log` says `text`, SIGKILL the process `find()` names; the run's exit code and output."""
+    deadline = time.monotonic() + 900
+    try:
+        while process.poll() is None and time.monotonic() < deadline and not (
+                log.is_file() and text in log.read_text(errors="replace")):
+            time.sleep(0.2)
+        assert process.poll() is None, process.stdout.read()
+        os.kill(find(), signal.SIGKILL)
+        output, _ = process.communicate(timeout=240)  # ng_run notices a dead server within 60 s
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    return process.returncode, output
+
+
+def _process(run_dir: Path, program: str, cwd_ends: str | None = None) -> int:
+    for pid in (int(entry.split(":")[0]) for entry in ours(run_dir)):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue
+        if program in cmdline and (cwd_ends is None or cwd.endswith(cwd_ends)):
+            return pid
+    raise AssertionError(f"no {program} of {run_dir} running: {ours(run_dir)}")
+
+
+def test_the_policy_server_killed_during_collection_fails_the_step_and_a_rerun_finishes(tools, tmp_path):
+    run_dir = tmp_path / "run"
+    token = Path.home() / ".ray" / "auth_token"
+    had_token = token.exists()
+    process = _start(run_dir, "iterate.rounds=1")
+    code, output = _kill_when(process, run_dir / "round_1" / "logs" / "collect_train.log", "Collecting rollouts",
+                              lambda: _process(run_dir, "llama-server"))
+    assert code == 2, output
+    assert "the policy server (policy-round-0, serving=llama_cpp) stopped" in output
+    assert "Traceback" not in output and not ours(run_dir)
+    assert not (run_dir / "round_1" / "steps" / "collect.json").exists()
+    again = iterate(run_dir, "iterate.rounds=1")
+    said = again.stdout + again.stderr
+    assert "resuming" in said and "round 1, step collect" in said
+    doc = json.loads((run_dir / "iterate.json").read_text())
+    assert all(entry["done"] for entry in doc["rounds"]) and not ours(run_dir)
+    assert token.exists() == had_token
+
+
+def test_a_nemo_gym_server_killed_during_eval_fails_the_step_and_a_rerun_finishes(tools, tmp_path):
+    run_dir = tmp_path / "run"
+    process = _start(run_dir, "iterate.rounds=0")
+    code, output = _kill_when(process, run_dir / "round_0" / "logs" / "ng_run.log", "servers ready!",
+                              lambda: _process(run_dir, "app.py", "resources_servers/mcqa"))
+    assert code == 2, output
+    assert "ng_run exited with code" in output and "NeMo Gym's server mcqa stopped" in output
+    assert "Traceback" not in output.split("ng_run exited")[0] and not ours(run_dir)
+    assert not (run_dir / "round_0" / "rollouts" / "eval.jsonl").exists()
+    iterate(run_dir, "iterate.rounds=0")
+    doc = json.loads((run_dir / "iterate.json").read_text())
+    assert doc["rounds"][0]["done"] and doc["rounds"][0]["eval"]["n"] == 16 and not ours(run_dir)

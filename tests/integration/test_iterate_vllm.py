@@ -23,7 +23,7 @@ from test_iterate_loop import ours
 
 pytestmark = pytest.mark.integration
 
-TINY = ["serving=vllm_cpu", "iterate.collect.tasks=16", "iterate.collect.repeats=4", "iterate.eval.tasks=6",
+TINY = ["gym=mcqa", "serving=vllm_cpu", "iterate.collect.tasks=16", "iterate.collect.repeats=4", "iterate.eval.tasks=6",
         "iterate.eval.repeats=2", "iterate.collect.sampling.max_output_tokens=32",
         "iterate.eval.sampling.max_output_tokens=32", "iterate.train.policy.train_global_batch_size=2",
         "iterate.train.dpo.max_num_steps=1", "iterate.train.dpo.max_num_epochs=1"]
@@ -85,7 +85,9 @@ def test_round_1_trains_as_on_a_gpu_exports_with_nemo_rl_s_converter_and_vllm_se
     assert "resuming" in said and "round 1, step collect" in said
     doc = json.loads((run_dir / "iterate.json").read_text())
     r0, r1 = doc["rounds"]
-    assert r1["done"] and r1["train"]["step"] == 1 and r1["gain_vs_round_0"]["tasks"] == 6
+    questions = {json.loads(line)["metadata"]["question_id"]
+                 for line in (run_dir / "round_1" / "tasks" / "eval.jsonl").read_text().splitlines()}
+    assert r1["done"] and r1["train"]["step"] == 1 and r1["gain_vs_round_0"]["reward"]["tasks"] == len(questions)
     # NeMo RL's layout, NeMo RL's converter, its folder served as it is
     step = run_dir / "round_1" / "train" / "checkpoints" / "step_1"
     assert (step / "policy" / "weights" / ".metadata").is_file() and (step / "config.yaml").is_file()
