@@ -176,10 +176,14 @@ M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 def run(cfg: DictConfig) -> dict:
     """Run the prepare stage; returns the manifest it wrote."""
     started = datetime.now(UTC)
-    settings = Settings.from_config(cfg)
-    # the inputs' sha256 (a core-second per 1.6 GB) at the lowest priority, in the time the
-    # workers leave idle
-    hashing = Background(manifest.sha256_of_each, settings.inputs, nice=19)
+    try:
+        settings = Settings.from_config(cfg)
+        # the inputs' sha256 (a core-second per 1.6 GB) at the lowest priority, in the time the
+        # workers leave idle
+        hashing = Background(manifest.sha256_of_each, settings.inputs, nice=19)
+    except processes.Interrupted as exc:
+        exc.outcome = f"nothing was written to {cfg.data.output_dir}"
+        raise
     try:
         return _run(cfg, settings, started, hashing)
     finally:

@@ -36,11 +36,16 @@ def _fork(target: Callable, args: tuple, name: str) -> multiprocessing.Process:
     pages it shares with them, alone (gc.freeze)."""
     process = _context().Process(target=_child_main, args=(target, args), name=name, daemon=True)
     gc.freeze()
-    with deferred():
-        try:
-            process.start()
-        finally:
-            gc.unfreeze()
+    try:
+        with deferred():  # a signal noted while forking is raised at its end, with the child up:
+            try:
+                process.start()
+            finally:
+                gc.unfreeze()
+    except BaseException:
+        if process.pid is not None:  # ... which nobody else knows of: stop it here
+            _stop(process)
+        raise
     return process
 
 
