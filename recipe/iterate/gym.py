@@ -22,6 +22,7 @@ import re
 import secrets
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -136,6 +137,23 @@ def session(gym: Gym, log_path: Path, timeout: float = 900.0):
         gym.cleanup()
 
 
+SERVER_POLL = 65.0  # seconds: ng_run looks at its servers every 60 s once they are up
+
+
+def _blame_a_server(failed: RecipeError) -> None:
+    """A collection that failed because one of NeMo Gym's servers died (its agent answers 500)
+    fails with that server's name: ng_run says which within a minute; else the collection's own
+    error stands."""
+    deadline = time.monotonic() + SERVER_POLL
+    while time.monotonic() < deadline:
+        try:
+            processes.check_services()
+        except RecipeError as stopped:
+            raise stopped from failed
+        time.sleep(1.0)
+    raise failed
+
+
 def collect(gym: Gym, tasks: Path, out: Path, repeats: int, sampling: DictConfig, log_path: Path) -> Path:
     """`ng_collect_rollouts` into a partial folder, moved into place when it succeeded: `out` and
     its NeMo Gym sidecars (`_materialized_inputs`, `_aggregate_metrics`, `_failures`)."""
@@ -155,9 +173,12 @@ def collect(gym: Gym, tasks: Path, out: Path, repeats: int, sampling: DictConfig
                     bar.update(sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 20), b""))
                                - bar.n)
 
-        processes.run(gym.collect_argv(tasks, partial / out.name, repeats, sampling), log_path, cwd=gym.work,
-                      env=gym.environment(), prefix="[ng_collect_rollouts] ", echo=False,
-                      what="ng_collect_rollouts", watch=progress)
+        try:
+            processes.run(gym.collect_argv(tasks, partial / out.name, repeats, sampling), log_path, cwd=gym.work,
+                          env=gym.environment(), prefix="[ng_collect_rollouts] ", echo=False,
+                          what="ng_collect_rollouts", watch=progress)
+        except RecipeError as failed:
+            _blame_a_server(failed)
         progress()
     if not (partial / out.name).is_file():
         raise RecipeError(f"ng_collect_rollouts wrote no {out.name} (log: {log_path})")
