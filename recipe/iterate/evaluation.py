@@ -78,9 +78,14 @@ def read_tasks(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def task_of(row: dict, tasks: list[dict]) -> dict | None:
+    """The task a row ran (`_ng_task_index` into the collection's task file), if it names one."""
+    index = row.get(TASK)
+    return tasks[index] if isinstance(index, int) and 0 <= index < len(tasks) else None
+
+
 def replies(rows: list[dict], tasks: list[dict]) -> list[Reply]:
-    found = (reply_of(row, tasks[int(row[TASK])] if TASK in row and 0 <= int(row[TASK]) < len(tasks) else None)
-             for row in rows)
+    found = (reply_of(row, task_of(row, tasks)) for row in rows)
     return [r for r in found if r is not None]
 
 
@@ -186,7 +191,10 @@ def _most_common(counts: Counter, top: int) -> dict:
 
 def summarize(rows: list[dict], tasks: list[dict], gym_metrics: dict | None = None) -> dict:
     """A round's decomposition: overall, per task family, the answers given, NeMo Gym's metrics."""
-    items = replies(rows, tasks)
+    return summarize_replies(replies(rows, tasks), gym_metrics)
+
+
+def summarize_replies(items: list[Reply], gym_metrics: dict | None = None) -> dict:
     out = decompose(items)
     out["answer_distribution"] = answer_distribution(items)
     families = sorted({r.family for r in items if r.family is not None})

@@ -38,15 +38,16 @@ def train_metrics(train_dir: Path) -> dict:
 DUPLICATES = ("reward", "reward_se", "n", "tasks", "mean_response_tokens")  # stats already has them
 
 
-def _collection(name: str, record: dict) -> tuple[dict, list[evaluation.Reply]]:
-    """A collection's decomposition (recipe.iterate.evaluation) from its rollouts and task file."""
+def _collection(name: str, record: dict) -> tuple[dict, dict[int, evaluation.Reply]]:
+    """A collection's decomposition (recipe.iterate.evaluation) from its rollouts and task file,
+    and its replies by line number (what pairs name as their sources)."""
     rollouts = Path(record["rollouts"])
     tasks_path = rollouts.parent.parent / "tasks" / f"{name}.jsonl"  # round_K/rollouts/ -> round_K/tasks/
-    rows = stats.read_rows(rollouts)
     tasks = evaluation.read_tasks(tasks_path) if tasks_path.is_file() else []
-    items = evaluation.replies(rows, tasks)
-    found = evaluation.summarize(rows, tasks, evaluation.gym_metrics(rollouts))
-    return {key: value for key, value in found.items() if key not in DUPLICATES}, items
+    by_line = {number: reply for number, row in stats.read_numbered(rollouts)
+               if (reply := evaluation.reply_of(row, evaluation.task_of(row, tasks))) is not None}
+    found = evaluation.summarize_replies(list(by_line.values()), evaluation.gym_metrics(rollouts))
+    return {key: value for key, value in found.items() if key not in DUPLICATES}, by_line
 
 
 def pair_kinds(pairs_dir: Path, rollouts: Path, items_by_line: dict[int, evaluation.Reply]) -> dict | None:
@@ -78,21 +79,6 @@ def pair_kinds(pairs_dir: Path, rollouts: Path, items_by_line: dict[int, evaluat
     return kinds
 
 
-def _by_line(rollouts: Path, tasks_path: Path) -> dict[int, evaluation.Reply]:
-    tasks = evaluation.read_tasks(tasks_path) if tasks_path.is_file() else []
-    found = {}
-    with open(rollouts, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                row = json.loads(line)
-                task = row.get(evaluation.TASK)
-                known = isinstance(task, int) and 0 <= task < len(tasks)
-                reply = evaluation.reply_of(row, tasks[task] if known else None)
-                if reply is not None:
-                    found[number] = reply
-    return found
-
-
 def summary(plan: plan_mod.Plan) -> dict:
     run_dir = plan.run_dir
     rounds, base = [], None
@@ -106,13 +92,13 @@ def summary(plan: plan_mod.Plan) -> dict:
         if records.get("collect"):
             entry["train_rollouts"] = {key: records["collect"]["stats"].get(key)
                                        for key in ("n", "tasks", "mean", "failures", "mean_response_tokens")}
-            entry["train_rollouts"].update(_collection("train", records["collect"])[0])
+            decomposition, train_by_line = _collection("train", records["collect"])
+            entry["train_rollouts"].update(decomposition)
         if records.get("prepare"):
             entry["pairs"] = dict(records["prepare"]["pairs"])
             if records.get("collect"):
-                rollouts = Path(records["collect"]["rollouts"])
-                kinds = pair_kinds(Path(records["prepare"]["pairs_dir"]), rollouts,
-                                   _by_line(rollouts, state.round_dir(run_dir, k) / "tasks" / "train.jsonl"))
+                kinds = pair_kinds(Path(records["prepare"]["pairs_dir"]), Path(records["collect"]["rollouts"]),
+                                   train_by_line)
                 if kinds is not None:
                     entry["pairs"]["kinds"] = kinds
         if records.get("train"):
@@ -122,8 +108,9 @@ def summary(plan: plan_mod.Plan) -> dict:
         if records.get("eval"):
             entry["eval"] = {key: records["eval"]["stats"].get(key) for key in EVAL_KEYS
                              if key in records["eval"]["stats"]}
-            decomposition, items = _collection("eval", records["eval"])
+            decomposition, by_line = _collection("eval", records["eval"])
             entry["eval"].update(decomposition)
+            items = list(by_line.values())
             if k == 0:
                 base = items
             elif base is not None:

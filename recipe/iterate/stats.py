@@ -17,12 +17,17 @@ TASK = "_ng_task_index"
 
 
 def read_rows(path: Path) -> list[dict]:
+    return [row for _, row in read_numbered(path)]
+
+
+def read_numbered(path: Path) -> list[tuple[int, dict]]:
+    """(1-based line number, row) of every non-blank line; a bad line is named."""
     rows = []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    rows.append((number, json.loads(line)))
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"{path}:{number}: not JSON ({exc})") from None
     return rows
