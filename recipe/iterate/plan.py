@@ -116,9 +116,6 @@ class Plan:
         return [*runner, "--config", str(step_dir / "config.yaml"), "--dcp-ckpt-path",
                 str(step_dir / "policy" / "weights"), "--hf-ckpt-path", str(out)]
 
-    def reference_model_text(self) -> str:
-        return "the round's starting policy (policy K-1), as the train stage makes it"
-
     def policy_folder(self, k: int) -> Path:
         """Where round K (>= 1) leaves its policy as a Hugging Face folder: the CPU trainer's
         `train/model`, or NeMo RL's checkpoint converted into `policy/`."""

@@ -122,7 +122,7 @@ def summary(plan: plan_mod.Plan) -> dict:
     return {"run_dir": str(run_dir), "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "model": {"preset": plan.model_preset, "name": plan.model_name},
             "environment": plan.gym.name, "serving": plan.serving.name, "launcher": plan.launcher,
-            "reference_model": plan.reference_model_text(),
+            "reference_model": "the round's starting policy (policy K-1), as the train stage makes it",
             "eval": {"tasks_file": str(plan.eval_tasks), "repeats": int(plan.it.eval.repeats),
                      "sampling": dict(plan.it.eval.sampling)},
             "rounds": rounds}
