@@ -8,12 +8,17 @@ A verifier that grades an answer says what it extracted from the reply, and the 
 - `math_with_judge` (resources_servers/math_with_judge/app.py): `extracted_answer` is what
   math-verify parsed from the reply (`\\boxed{}` or the last expression), `null` when nothing;
 - `reasoning_gym` (resources_servers/reasoning_gym/app.py): `extracted_answer` is the text of the
-  last `<answer>` tag, else of `\\boxed{}`, else the whole reply, so every reply is gradable
-  there and its gradable rate says nothing of the format (a reply that is the bare answer is a
-  fair answer, so an extraction equal to the reply cannot be told from that fallback).
+  last `<answer>` tag, else of `\\boxed{}`, else the whole reply. There a reply is *gradable* when
+  the verifier found a tag (`gym.gradable: tagged`: the extraction is not the whole reply); the
+  rest is graded as a whole, and reasoning-gym's default `score_answer` gives such a reply partial
+  credit when it contains the answer (answer length / reply length), so ungradable replies earn
+  something there (`reward_ungradable`).
 So the reward splits into gradable rate x reward among gradable replies (the accuracy, for 0/1
-rewards) + what ungradable replies earn (0 on both). The format is the first factor; skill is
-the second, which a letter prior alone puts at chance (1 / options, when the task lists them).
+rewards) + what ungradable replies earn (0 for mcqa and math_with_judge). The format is the first
+factor; skill is the second, which a letter prior alone puts at chance (1 / options, when the task
+lists them). Beside them, *instruction adherence* is the share of replies that follow the answer
+format their prompt states (`gym.answer_format`, recipe.iterate.formats), whatever the verifier
+accepts.
 
 Uncertainty is over questions (a task's repeats share its prompt, and the bundled mcqa tasks
 ask each question four times with its options rotated: `metadata.question_id`): a rate over
@@ -30,9 +35,32 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from recipe.iterate import stats
+from recipe.iterate import formats, stats
 
 TASK = stats.TASK
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How an environment's rows are read (its gym config): where a task names its family, when a
+    reply counts as gradable, which answer format its prompts ask for."""
+    family_key: str = "metadata.family"   # a dotted path into the task row
+    gradable: str = "extracted"            # extracted | tagged | none
+    answer_format: str | None = None       # recipe.iterate.formats
+
+    @classmethod
+    def of(cls, cfg) -> Reading:
+        get = cfg.get if hasattr(cfg, "get") else (lambda key, default=None: getattr(cfg, key, default))
+        reading = cls(family_key=str(get("family_key") or "metadata.family"),
+                      gradable=str(get("gradable") or "extracted"), answer_format=get("answer_format"))
+        if reading.gradable not in GRADABLE:
+            raise ValueError(f"gradable={reading.gradable!r}: one of {', '.join(GRADABLE)}")
+        formats.check(reading.answer_format)  # a bad name fails here, before any collection
+        return reading
+
+
+GRADABLE = ("extracted", "tagged", "none")
+DEFAULT = Reading()
 
 
 @dataclass
@@ -45,32 +73,48 @@ class Reply:
     tokens: int | None
     family: str | None
     options: int | None          # options the task lists (chance = 1 / options)
+    follows: float | None = None  # share of its turns that follow the prompt's answer format
 
 
 def _text(value) -> str | None:
     return None if value is None else str(value).strip()
 
 
-def reply_of(row: dict, task: dict | None) -> Reply | None:
+def _path(mapping: dict, dotted: str):
+    value = mapping
+    for part in dotted.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def reply_of(row: dict, task: dict | None, reading: Reading = DEFAULT) -> Reply | None:
     """One scored rollout joined with its task (for the family, the options, the gold answer)."""
     reward = row.get("reward")
     if not isinstance(reward, (int, float)) or isinstance(reward, bool) or TASK not in row:
         return None
     task = task or {}
     gradable, extracted = None, None
-    if "extracted_answer" in row:
+    if "extracted_answer" in row and reading.gradable != "none":
         extracted = _text(row["extracted_answer"]) or None
         gradable = extracted is not None
+        if gradable and reading.gradable == "tagged":  # the verifier fell back to the whole reply
+            gradable = extracted != stats.response_text(row).strip()
     expected = _text(row.get("expected_answer", task.get("expected_answer", task.get("answer"))))
     tokens = ((row.get("response") or {}).get("usage") or {}).get("output_tokens")
     options = task.get("options")
     metadata = task.get("metadata") if isinstance(task.get("metadata"), dict) else {}
     cluster = metadata.get("question_id")
+    family = _path(task, reading.family_key)
+    follows = row.get(formats.FOLLOWS_KEY) if formats.FOLLOWS_KEY in row and reading.answer_format else None
+    if follows is None:
+        follows = formats.followed(reading.answer_format, row)
     return Reply(task=int(row[TASK]) if cluster is None else f"q:{cluster}", reward=float(reward),
                  gradable=gradable, extracted=extracted,
                  expected=expected, tokens=tokens if isinstance(tokens, int) else None,
-                 family=metadata.get("family"),
-                 options=len(options) if isinstance(options, list) and options else None)
+                 family=None if family is None else (family if isinstance(family, str) else str(family)),
+                 options=len(options) if isinstance(options, list) and options else None, follows=follows)
 
 
 def read_tasks(path: Path) -> list[dict]:
@@ -84,8 +128,8 @@ def task_of(row: dict, tasks: list[dict]) -> dict | None:
     return tasks[index] if isinstance(index, int) and 0 <= index < len(tasks) else None
 
 
-def replies(rows: list[dict], tasks: list[dict]) -> list[Reply]:
-    found = (reply_of(row, task_of(row, tasks)) for row in rows)
+def replies(rows: list[dict], tasks: list[dict], reading: Reading = DEFAULT) -> list[Reply]:
+    found = (reply_of(row, task_of(row, tasks), reading) for row in rows)
     return [r for r in found if r is not None]
 
 
@@ -145,10 +189,27 @@ def _gradable_reward(r: Reply) -> float:
     return r.reward if r.gradable else 0.0
 
 
+def _ungradable(r: Reply) -> float:
+    return 0.0 if r.gradable else 1.0
+
+
+def _ungradable_reward(r: Reply) -> float:
+    return 0.0 if r.gradable else r.reward
+
+
+def _follows(r: Reply) -> float:
+    return r.follows or 0.0
+
+
+def _has_format(r: Reply) -> float:
+    return 0.0 if r.follows is None else 1.0
+
+
 MEASURES = {  # name -> (numerator, denominator): every one is a ratio over replies
     "reward": (_reward, _one),
     "gradable_rate": (_gradable, _one),
     "accuracy_gradable": (_gradable_reward, _gradable),
+    "adherence": (_follows, _has_format),
 }
 
 
@@ -170,6 +231,12 @@ def decompose(items: list[Reply]) -> dict:
         out["chance"] = (sum(1 / r.options for r in with_options) / len(with_options)) if with_options else None
         if out["chance"] is not None and out["accuracy_gradable"] is not None and out["accuracy_gradable_se"]:
             out["accuracy_vs_chance_z"] = (out["accuracy_gradable"] - out["chance"]) / out["accuracy_gradable_se"]
+        earned = ratio(items, _ungradable_reward, _ungradable)
+        if earned and earned["value"]:  # a verifier that grades the whole reply (reasoning_gym)
+            out["reward_ungradable"], out["reward_ungradable_se"] = earned["value"], earned["se"]
+    adherence = ratio(items, _follows, _has_format)
+    if adherence:
+        out["adherence"], out["adherence_se"] = adherence["value"], adherence["se"]
     tokens = [r.tokens for r in items if r.tokens is not None]
     out["mean_response_tokens"] = sum(tokens) / len(tokens) if tokens else None
     return out
@@ -189,9 +256,10 @@ def _most_common(counts: Counter, top: int) -> dict:
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top])
 
 
-def summarize(rows: list[dict], tasks: list[dict], gym_metrics: dict | None = None) -> dict:
+def summarize(rows: list[dict], tasks: list[dict], gym_metrics: dict | None = None,
+              reading: Reading = DEFAULT) -> dict:
     """A round's decomposition: overall, per task family, the answers given, NeMo Gym's metrics."""
-    return summarize_replies(replies(rows, tasks), gym_metrics)
+    return summarize_replies(replies(rows, tasks, reading), gym_metrics)
 
 
 def summarize_replies(items: list[Reply], gym_metrics: dict | None = None) -> dict:
@@ -210,6 +278,8 @@ def gains(before: list[Reply], after: list[Reply]) -> dict:
     out = {name: paired_ratio_gain(before, after, *pair) for name, pair in MEASURES.items()}
     if not any(r.gradable is not None for r in after):
         del out["gradable_rate"], out["accuracy_gradable"]
+    if out.get("adherence") is None:
+        out.pop("adherence", None)
     lengths = [sum(x.tokens for x in group if x.tokens is not None) / max(1, sum(x.tokens is not None for x in group))
                for group in (before, after)]
     out["response_tokens_ratio"] = lengths[1] / lengths[0] if lengths[0] else None

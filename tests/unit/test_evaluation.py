@@ -161,3 +161,41 @@ def test_real_rows_of_each_bundled_environment(name):
         assert out["tasks"] == len({tasks[r["_ng_task_index"]]["metadata"]["question_id"] for r in rows})
     else:
         assert out["chance"] is None
+
+
+# -- environments read by their own rules, and instruction adherence ---------------------------------
+def test_tagged_gradable_tells_a_tag_from_the_whole_reply_fallback():
+    reading = evaluation.Reading(gradable="tagged")
+    tagged = row(0, 1.0, "7", text="so <answer>7</answer>")
+    fallback = row(0, 0.1, "The answer is 7.", text="The answer is 7.")  # reasoning_gym: the whole reply
+    items = evaluation.replies([tagged, fallback], [task()], reading)
+    assert [r.gradable for r in items] == [True, False]
+    out = evaluation.decompose(items)
+    assert out["gradable_rate"] == 0.5 and out["accuracy_gradable"] == 1.0
+    assert out["reward_ungradable"] == pytest.approx(0.1)  # partial credit outside the tag
+    assert evaluation.replies([tagged], [task()], evaluation.Reading(gradable="none"))[0].gradable is None
+
+
+def test_the_family_comes_from_the_environments_own_field():
+    rg = {"metadata": {"source_dataset": "leg_counting"}}
+    sokoban = {"num_boxes": 1}
+    assert evaluation.reply_of(row(0, 1.0, "A"), rg, evaluation.Reading("metadata.source_dataset")).family == \
+        "leg_counting"
+    assert evaluation.reply_of(row(0, 1.0, "A"), sokoban, evaluation.Reading("num_boxes")).family == "1"
+    assert evaluation.reply_of(row(0, 1.0, "A"), sokoban).family is None
+
+
+def test_adherence_is_the_share_of_replies_in_the_prompts_format_with_a_paired_gain():
+    reading = evaluation.Reading(answer_format="boxed")
+    before = [row(t, 1.0, "7", text="7") for t in range(4)]
+    after = [row(t, 1.0, "7", text="\\boxed{7}" if t < 3 else "7") for t in range(4)]
+    b, a = evaluation.replies(before, [task()] * 4, reading), evaluation.replies(after, [task()] * 4, reading)
+    assert evaluation.decompose(b)["adherence"] == 0.0 and evaluation.decompose(a)["adherence"] == 0.75
+    gain = evaluation.gains(b, a)["adherence"]
+    assert gain["gain"] == 0.75 and gain["tasks"] == 4 and gain["se"] > 0
+    assert "adherence" not in evaluation.decompose(evaluation.replies(before, [task()] * 4))  # no format stated
+
+
+def test_an_environment_with_unknown_rules_is_refused():
+    with pytest.raises(ValueError, match="gradable="):
+        evaluation.Reading.of({"gradable": "sometimes"})
