@@ -145,8 +145,32 @@ def rounds_decomposition(rounds: list[int], series: dict[str, tuple[list, list]]
     if chance is not None:
         axes.axhline(chance, color=REJECTED, linestyle="--", linewidth=1, label=f"chance ({chance:.2f})")
     axes.set_xticks(rounds)
-    axes.set_ylim(0, 1.02)
+    drawn = [v for values, _ in series.values() for v in values if v is not None]
+    if all(0.0 <= v <= 1.0 for v in drawn):  # shares; a reward on another scale keeps its own range
+        axes.set_ylim(0, 1.02)
     _legend(axes)
+    return figure
+
+
+def gain_heatmap(rows: list[str], rounds: list[int], gains: list[list], ses: list[list]) -> Figure:
+    """Paired gains over round 0 (`gains[i][j]`: row i, round j; None where there is none), each
+    cell coloured by gain / SE (blue up, red down, clipped at 4 SE) and labelled gain ± SE."""
+    height = max(2.4, 0.45 * len(rows) + 1.2)
+    figure = Figure(figsize=(max(4.8, 1.5 * len(rounds) + 3.2), height), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.set_title("Gain over round 0, in standard errors (paired)")
+    z = np.full((len(rows), len(rounds)), np.nan)
+    for i, (row_gains, row_ses) in enumerate(zip(gains, ses)):
+        for j, (gain, se) in enumerate(zip(row_gains, row_ses)):
+            if gain is not None:
+                z[i, j] = gain / se if se else (0.0 if gain == 0 else np.sign(gain) * 4)
+                label = f"{gain:+.3f}" + (f"\n± {se:.3f}" if se else "")
+                axes.text(j, i, label, ha="center", va="center", fontsize="small")
+    image = axes.imshow(np.ma.masked_invalid(z), cmap="RdBu", vmin=-4, vmax=4, aspect="auto")
+    figure.colorbar(image, ax=axes, label="gain / SE")
+    axes.set_xticks(range(len(rounds)), [f"round {r}" for r in rounds])
+    axes.set_yticks(range(len(rows)), rows)
     return figure
 
 

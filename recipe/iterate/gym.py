@@ -42,8 +42,9 @@ class Gym:
 
     def __init__(self, gym_cfg: DictConfig, serving_cfg: DictConfig, work: Path, base_url: str,
                  model_name: str, tools: setup.NemoGym, head_port: int | str | None = None,
-                 sampler: DictConfig | None = None):
+                 sampler: DictConfig | None = None, others: list[DictConfig] = ()):
         self.cfg, self.serving, self.work, self.sampler = gym_cfg, serving_cfg, work, sampler
+        self.others = [o for o in others if str(o.name) != str(gym_cfg.name)]  # cross-eval environments
         self.base_url, self.model_name, self.tools = base_url, model_name, tools
         self.head_port = head_port or free_port()
         self.ray_tmp: Path | None = None
@@ -85,16 +86,20 @@ class Gym:
         return ["++head_server.host=127.0.0.1", f"++head_server.port={self.head_port}"]
 
     def run_argv(self) -> list[str]:
-        paths = [str(p) for p in self.cfg.config_paths] + [
+        """ng_run with every environment of the run (the trained one and the cross-eval ones) in one
+        session: their resource servers and agents share the policy's model server."""
+        envs = [self.cfg, *self.others]
+        paths = list(dict.fromkeys(str(p) for env in envs for p in env.config_paths)) + [
             "responses_api_models/vllm_model/configs/vllm_model.yaml", str(self.work / POLICY_CONFIG)]
         return [str(self.tools.bin / "ng_run"), f"+config_paths=[{','.join(paths)}]",
                 f"+policy_base_url={self.base_url}", "+policy_api_key=dummy",
                 f"+policy_model_name={self.model_name}", f"+uv_venv_dir={self.tools.server_venvs}",
                 f"+uv_cache_dir={self.tools.uv_cache}", "+skip_venv_if_present=true", *self.head_args(),
-                *[str(o) for o in self.cfg.get("nemo_gym_overrides") or []]]
+                *dict.fromkeys(str(o) for env in envs for o in env.get("nemo_gym_overrides") or [])]
 
-    def collect_argv(self, tasks: Path, out: Path, repeats: int, sampling: DictConfig) -> list[str]:
-        return [str(self.tools.bin / "ng_collect_rollouts"), f"+agent_name={self.cfg.agent_name}",
+    def collect_argv(self, tasks: Path, out: Path, repeats: int, sampling: DictConfig,
+                     agent: str | None = None) -> list[str]:
+        return [str(self.tools.bin / "ng_collect_rollouts"), f"+agent_name={agent or self.cfg.agent_name}",
                 f"+input_jsonl_fpath={tasks}", f"+output_jsonl_fpath={out}", f"+num_repeats={repeats}",
                 "+num_repeats_add_seed=true", f"+num_samples_in_parallel={sampling.parallel}",
                 f"++responses_create_params.temperature={sampling.temperature}",
@@ -154,9 +159,11 @@ def _blame_a_server(failed: RecipeError) -> None:
     raise failed
 
 
-def collect(gym: Gym, tasks: Path, out: Path, repeats: int, sampling: DictConfig, log_path: Path) -> Path:
+def collect(gym: Gym, tasks: Path, out: Path, repeats: int, sampling: DictConfig, log_path: Path,
+            agent: str | None = None, finish=None) -> Path:
     """`ng_collect_rollouts` into a partial folder, moved into place when it succeeded: `out` and
-    its NeMo Gym sidecars (`_materialized_inputs`, `_aggregate_metrics`, `_failures`)."""
+    its NeMo Gym sidecars (`_materialized_inputs`, `_aggregate_metrics`, `_failures`). `finish`
+    (a function of the partial rollouts file) runs before the move: what is in place is whole."""
     partial = out.parent / f".partial-{out.stem}"
     if partial.exists():
         shutil.rmtree(partial)
@@ -174,7 +181,7 @@ def collect(gym: Gym, tasks: Path, out: Path, repeats: int, sampling: DictConfig
                                - bar.n)
 
         try:
-            processes.run(gym.collect_argv(tasks, partial / out.name, repeats, sampling), log_path, cwd=gym.work,
+            processes.run(gym.collect_argv(tasks, partial / out.name, repeats, sampling, agent), log_path, cwd=gym.work,
                           env=gym.environment(), prefix="[ng_collect_rollouts] ", echo=False,
                           what="ng_collect_rollouts", watch=progress)
         except RecipeError as failed:
@@ -182,6 +189,8 @@ def collect(gym: Gym, tasks: Path, out: Path, repeats: int, sampling: DictConfig
         progress()
     if not (partial / out.name).is_file():
         raise RecipeError(f"ng_collect_rollouts wrote no {out.name} (log: {log_path})")
+    if finish is not None:
+        finish(partial / out.name)
     for item in sorted(partial.iterdir()):
         os.replace(item, out.parent / item.name)
     partial.rmdir()

@@ -26,11 +26,16 @@ def figures(doc: dict) -> list[tuple[str, object]]:
     rounds = [entry["round"] for entry in doc["rounds"]]
     evals = [entry.get("eval", {}) for entry in doc["rounds"]]
     series = {"reward": ([e.get("mean") for e in evals], [e.get("se") for e in evals])}
+    if any(e.get("adherence") is not None for e in evals):
+        series["instruction adherence"] = _series(doc, "adherence")
     if any(e.get("gradable_rate") is not None for e in evals):
         series["gradable rate (format)"] = _series(doc, "gradable_rate")
         series["accuracy among gradable (skill)"] = _series(doc, "accuracy_gradable")
     chance = next((e["chance"] for e in evals if e.get("chance") is not None), None)
     out = [("Reward, format and skill per round", plots.rounds_decomposition(rounds, series, chance))]
+    heat = heatmap_data(doc)
+    if heat is not None:
+        out.append(("Where it trained and elsewhere: gains over round 0", plots.gain_heatmap(*heat)))
     names = sorted({f for e in evals for f in (e.get("families") or {})})
     if names:
         families = {f: [(e.get("families") or {}).get(f, {}).get("accuracy_gradable") for e in evals] for f in names}
@@ -39,6 +44,27 @@ def figures(doc: dict) -> list[tuple[str, object]]:
     out.append(("Mean response length", plots.response_tokens(rounds, [e.get("mean_response_tokens") for e in evals],
                                                               train)))
     return out
+
+
+MEASURES = (("reward", "reward"), ("adherence", "instruction adherence"))
+
+
+def heatmap_data(doc: dict) -> tuple | None:
+    """(rows, rounds, gains, SEs) of iterate.json's cross_eval: one row per suite and measure, one
+    column per trained round; None before round 1 has an eval."""
+    suites = (doc.get("cross_eval") or {}).values()
+    rounds = [entry["round"] for entry in doc["rounds"]
+              if entry["round"] > 0 and any(str(entry["round"]) in suite["rounds"] for suite in suites)]
+    rows, gains, ses = [], [], []
+    for name, suite in (doc.get("cross_eval") or {}).items():
+        for measure, label in MEASURES:
+            cells = [(suite["rounds"].get(str(k)) or {}).get(measure) for k in rounds]
+            if any(cells):
+                where = "trained here" if name == "eval" else name
+                rows.append(f"{suite['environment']} ({where}): {label}")
+                gains.append([c["gain"] if c else None for c in cells])
+                ses.append([c["se"] if c else None for c in cells])
+    return (rows, rounds, gains, ses) if rows and rounds else None
 
 
 def render(doc: dict, tables: str) -> str:

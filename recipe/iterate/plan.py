@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from recipe.errors import RecipeError
+from recipe.iterate import suites
 from recipe.run_files import sha256_file
 
 # command-line overrides of the iterate run that belong to a stage, by the key they start with
@@ -87,6 +88,22 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     launcher_cfg: DictConfig | None = None
     place: object = None          # recipe.iterate.place: where the converter and the server run
+    suites: list = field(default_factory=list)   # recipe.iterate.suites.Suite: the held-out collections
+    gyms: list[DictConfig] = field(default_factory=list)  # every environment NeMo Gym runs (gym first)
+
+    @property
+    def require_format(self) -> str | None:
+        """The answer format the train environment's reward requires (None: its verifier's own)."""
+        return suites.required(self.gym)
+
+    def suites_of(self, k: int) -> list:
+        """The held-out suites round K collects: the environment's eval every round; its probe and
+        the other environments' (cross-eval) in every round, or in round 0 and the last only."""
+        every = str(self.it.get("extra_eval_rounds", "last")) == "all"
+        return [s for s in self.suites if s.name == "eval" or every or k in (0, self.rounds)]
+
+    def collect_sampling(self) -> DictConfig:
+        return suites.env_sampling(self.it.collect.sampling, self.gym)
 
     @property
     def sampler(self) -> DictConfig:
@@ -146,6 +163,7 @@ class Plan:
         return {"eval_tasks": str(self.eval_tasks), "eval_tasks_sha256": sha256_file(self.eval_tasks),
                 "eval_tasks_limit": self.it.eval.tasks, "eval_repeats": int(self.it.eval.repeats),
                 "eval_sampling": OmegaConf.to_container(self.it.eval.sampling, resolve=True),
+                "suites": [suite.describe() for suite in self.suites],
                 "model_preset": self.model_preset, "model_name": self.model_name,
                 "serving": {"name": str(self.serving.name), "gguf_type": self.serving.get("gguf_type")},
                 "sampling": self.sampling(),
@@ -181,17 +199,11 @@ def _preset_model_name(preset: str) -> str:
     return str(cfg.policy.model_name)
 
 
-def _existing(path_text: str, what: str) -> Path:
-    path = Path(path_text).expanduser().absolute()
-    if not path.is_file():
-        raise RecipeError(f"{what}={path_text}: no such file (relative paths are from the folder "
-                          "gym-dpo runs in: the repository root for the bundled samples/gym/)")
-    return path
-
-
 def build(cfg: DictConfig) -> Plan:
     choices, task_overrides = _choices()
     it = cfg.iterate
+    if str(it.get("extra_eval_rounds", "last")) not in ("last", "all"):
+        raise RecipeError(f"iterate.extra_eval_rounds={it.extra_eval_rounds}: last (round 0 and the last round) or all")
     if int(it.rounds) < 0:
         raise RecipeError(f"iterate.rounds={it.rounds}: give 0 (evaluate the base model only) or more")
     notes = []
@@ -238,11 +250,12 @@ def build(cfg: DictConfig) -> Plan:
     plan = Plan(run_dir=run_dir, rounds=int(it.rounds),
                 model_preset=preset, model_name=model_name, base_source=base_source,
                 launcher=str(cfg.launcher.name), gym=gym, serving=cfg.serving, it=it,
-                train_tasks=_existing(str(gym.train_tasks), "gym.train_tasks"),
-                eval_tasks=_existing(str(gym.eval_tasks), "gym.eval_tasks"), groups=groups,
+                train_tasks=suites.existing(str(gym.train_tasks), "gym.train_tasks"),
+                eval_tasks=suites.existing(str(gym.eval_tasks), "gym.eval_tasks"), groups=groups,
                 train_overrides=train_overrides, prepare_overrides=prepare_overrides,
                 container=cfg.get("container"), notes=notes, launcher_cfg=cfg.launcher,
                 place=place.build(cfg, run_dir, model_name))
+    plan.suites, plan.gyms = suites.build(gym, it)
     micro_given = train_values.get("policy", {}).get("train_micro_batch_size") is not None or any(
         _key(o) == MICRO for o in forwarded(task_overrides, TRAIN_KEYS, TRAIN_GROUPS))
     micro = check_batches(plan, derive_micro=not micro_given)

@@ -38,14 +38,14 @@ def train_metrics(train_dir: Path) -> dict:
 DUPLICATES = ("reward", "reward_se", "n", "tasks", "mean_response_tokens")  # stats already has them
 
 
-def _collection(name: str, record: dict) -> tuple[dict, dict[int, evaluation.Reply]]:
+def _collection(name: str, record: dict, reading: evaluation.Reading) -> tuple[dict, dict[int, evaluation.Reply]]:
     """A collection's decomposition (recipe.iterate.evaluation) from its rollouts and task file,
     and its replies by line number (what pairs name as their sources)."""
     rollouts = Path(record["rollouts"])
     tasks_path = rollouts.parent.parent / "tasks" / f"{name}.jsonl"  # round_K/rollouts/ -> round_K/tasks/
     tasks = evaluation.read_tasks(tasks_path) if tasks_path.is_file() else []
     by_line = {number: reply for number, row in stats.read_numbered(rollouts)
-               if (reply := evaluation.reply_of(row, evaluation.task_of(row, tasks))) is not None}
+               if (reply := evaluation.reply_of(row, evaluation.task_of(row, tasks), reading)) is not None}
     found = evaluation.summarize_replies(list(by_line.values()), evaluation.gym_metrics(rollouts))
     return {key: value for key, value in found.items() if key not in DUPLICATES}, by_line
 
@@ -79,9 +79,24 @@ def pair_kinds(pairs_dir: Path, rollouts: Path, items_by_line: dict[int, evaluat
     return kinds
 
 
+def _suite_entry(suite, record: dict, base: list | None) -> tuple[dict, list]:
+    """One held-out suite's figures of a round, with its gains over round 0's same suite."""
+    entry = {key: record["stats"].get(key) for key in EVAL_KEYS if key in record["stats"]}
+    decomposition, by_line = _collection(suite.name, record, suite.reading)
+    entry.update(decomposition)
+    items = list(by_line.values())
+    if base is not None:
+        entry["gain_vs_round_0"] = evaluation.gains(base, items)
+        families = evaluation.family_gains(base, items)
+        if families:
+            entry["gain_vs_round_0"]["families"] = families
+    return entry, items
+
+
 def summary(plan: plan_mod.Plan) -> dict:
     run_dir = plan.run_dir
-    rounds, base = [], None
+    rounds, bases = [], {}
+    reading = plan.suites[0].reading if plan.suites else evaluation.DEFAULT
     for k in range(plan.rounds + 1):
         records = {s: state.record(run_dir, k, s) for s in state.steps(k)}
         entry = {"round": k, "done": all(records.values()),
@@ -92,7 +107,7 @@ def summary(plan: plan_mod.Plan) -> dict:
         if records.get("collect"):
             entry["train_rollouts"] = {key: records["collect"]["stats"].get(key)
                                        for key in ("n", "tasks", "mean", "failures", "mean_response_tokens")}
-            decomposition, train_by_line = _collection("train", records["collect"])
+            decomposition, train_by_line = _collection("train", records["collect"], reading)
             entry["train_rollouts"].update(decomposition)
         if records.get("prepare"):
             entry["pairs"] = dict(records["prepare"]["pairs"])
@@ -106,26 +121,47 @@ def summary(plan: plan_mod.Plan) -> dict:
             if records["train"].get("skipped"):
                 entry["skipped"] = records["train"]["skipped"]
         if records.get("eval"):
-            entry["eval"] = {key: records["eval"]["stats"].get(key) for key in EVAL_KEYS
-                             if key in records["eval"]["stats"]}
-            decomposition, by_line = _collection("eval", records["eval"])
-            entry["eval"].update(decomposition)
-            items = list(by_line.values())
-            if k == 0:
-                base = items
-            elif base is not None:
-                entry["gain_vs_round_0"] = evaluation.gains(base, items)
-                families = evaluation.family_gains(base, items)
-                if families:
-                    entry["gain_vs_round_0"]["families"] = families
+            found = {"eval": records["eval"], **(records["eval"].get("suites") or {})}
+            for suite in plan.suites:
+                if suite.name not in found:
+                    continue
+                figures, items = _suite_entry(suite, found[suite.name], bases.get(suite.name) if k else None)
+                if k == 0:
+                    bases[suite.name] = items
+                if suite.name == "eval":
+                    gain = figures.pop("gain_vs_round_0", None)
+                    entry["eval"] = figures
+                    if gain is not None:
+                        entry["gain_vs_round_0"] = gain
+                else:
+                    entry.setdefault("suites", {})[suite.name] = figures
         rounds.append(entry)
     return {"run_dir": str(run_dir), "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "model": {"preset": plan.model_preset, "name": plan.model_name},
             "environment": plan.gym.name, "serving": plan.serving.name, "launcher": plan.launcher,
             "reference_model": "the round's starting policy (policy K-1), as the train stage makes it",
+            "reward_requires_format": plan.require_format,
             "eval": {"tasks_file": str(plan.eval_tasks), "repeats": int(plan.it.eval.repeats),
                      "sampling": dict(plan.it.eval.sampling)},
+            "suites": [suite.describe() for suite in plan.suites],
+            "cross_eval": cross_eval(rounds, plan.suites),
             "rounds": rounds}
+
+
+def cross_eval(rounds: list[dict], suites: list) -> dict:
+    """Per held-out suite (where it trained, its probe, every other environment) and round: the
+    paired gains over round 0 of reward and instruction adherence (the heat-map's cells)."""
+    out = {}
+    for suite in suites:
+        per_round = {}
+        for entry in rounds:
+            found = entry if suite.name == "eval" else (entry.get("suites") or {}).get(suite.name)
+            gains = (found or {}).get("gain_vs_round_0") or {}
+            if gains:
+                per_round[str(entry["round"])] = {m: gains.get(m) for m in ("reward", "adherence", "accuracy_gradable")
+                                                  if gains.get(m) is not None}
+        out[suite.name] = {"environment": str(suite.gym.name), "kind": suite.kind, "rounds": per_round}
+    return out
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -155,6 +191,7 @@ def table_rows(doc: dict) -> list[list[str]]:
         kinds = (pairs or {}).get("kinds")
         rows.append([
             str(entry["round"]), _pm(ev.get("mean"), ev.get("se")), _gain(gains.get("reward")),
+            _pm(ev.get("adherence"), ev.get("adherence_se")),
             _pm(ev.get("gradable_rate"), ev.get("gradable_rate_se")),
             _pm(ev.get("accuracy_gradable"), ev.get("accuracy_gradable_se"))
             + (f" ({ev['chance']:.2f})" if ev.get("chance") is not None else ""),
@@ -166,7 +203,8 @@ def table_rows(doc: dict) -> list[list[str]]:
     return rows
 
 
-HEADER = ["round", "eval reward ± SE", "gain vs round 0", "gradable rate", "accuracy among gradable (chance)",
+HEADER = ["round", "eval reward ± SE", "gain vs round 0", "instruction adherence", "gradable rate",
+          "accuracy among gradable (chance)",
           "accuracy gain vs round 0", "pairs (train + val)", "mean response tokens", "failed", "minutes"]
 
 
@@ -181,6 +219,29 @@ def family_rows(doc: dict) -> list[list[str]]:
                          _pm(ev.get("accuracy_gradable"), ev.get("accuracy_gradable_se")),
                          _gain(gain.get("accuracy_gradable")), _fmt(ev.get("n"))])
     return sorted(rows, key=lambda row: (row[0], int(row[1])))
+
+
+def suite_rows(doc: dict) -> list[list[str]]:
+    """Per held-out suite other than the environment's eval (its probe, other environments) and
+    round: reward, its gain, adherence and its gain, gradable rate, accuracy among gradable."""
+    rows = []
+    for suite in doc.get("suites") or []:
+        if suite["name"] == "eval":
+            continue
+        for entry in doc["rounds"]:
+            ev = (entry.get("suites") or {}).get(suite["name"])
+            if ev is None:
+                continue
+            gains = ev.get("gain_vs_round_0") or {}
+            rows.append([suite["name"], str(entry["round"]), _pm(ev.get("mean"), ev.get("se")),
+                         _gain(gains.get("reward")), _pm(ev.get("adherence"), ev.get("adherence_se")),
+                         _gain(gains.get("adherence")), _pm(ev.get("gradable_rate"), ev.get("gradable_rate_se")),
+                         _pm(ev.get("accuracy_gradable"), ev.get("accuracy_gradable_se")), _fmt(ev.get("n"))])
+    return rows
+
+
+SUITE_HEADER = ["suite", "round", "reward ± SE", "gain vs round 0", "instruction adherence", "adherence gain",
+                "gradable rate", "accuracy among gradable", "replies"]
 
 
 FAMILY_HEADER = ["family", "round", "reward ± SE", "gradable rate", "accuracy among gradable",
@@ -200,6 +261,18 @@ def markdown(doc: dict) -> str:
              "answer's format, the second the task itself (chance: a letter prior alone). SE is over questions "
              "(a task, or all rotations of an mcqa question); a gain's SE is paired (same tasks, same seeds).", ""]
     lines += _table(HEADER, table_rows(doc))
+    others = suite_rows(doc)
+    if others:
+        lines += ["", "## Beyond the trained verifier: the probe in other words and the other environments", "",
+                  "The same policy of each round on held-out tasks it was not trained on the like of: `probe` asks "
+                  "the environment's questions in other words, `cross-<env>` are other environments' eval tasks. "
+                  "Gains are paired with round 0 on the same tasks and seeds."]
+        for suite in doc.get("suites") or []:
+            if suite["name"] != "eval":
+                lines.append(f"- `{suite['name']}`: `{suite['tasks_file']}` (first {suite['limit'] or 'all'} tasks) x "
+                             f"{suite['repeats']}, answer format {suite['answer_format'] or 'none stated'}"
+                             + (", reward requires it" if suite.get("reward_requires_format") else ""))
+        lines += [""] + _table(SUITE_HEADER, others)
     families = family_rows(doc)
     if families:
         lines += ["", "## Per task family", ""] + _table(FAMILY_HEADER, families)
@@ -259,7 +332,7 @@ def dry_run_lines(plan: plan_mod.Plan) -> list[str]:
         server, _ = where.wrap(server, None, name=f"serve-{name}", gpus=where.serving_gpus,
                                node_file=state.round_dir(run_dir, k) / "logs" / ".serve.node")
         gym = gym_mod.Gym(plan.gym, plan.serving, run_dir / "gym", "http://HOST:PORT/v1", name, tools,
-                          head_port="PORT", sampler=plan.sampler)
+                          head_port="PORT", sampler=plan.sampler, others=plan.gyms[1:])
         return [f"# {what}: serve policy {k} ({plan.serving.name}, {where.describe()}), NeMo Gym",
                 plan_mod.shell(server), plan_mod.shell(gym.run_argv())]
 
@@ -271,7 +344,9 @@ def dry_run_lines(plan: plan_mod.Plan) -> list[str]:
                               f"policy-round-{k - 1}", tools, head_port="PORT", sampler=plan.sampler)
             lines += serve_and_gym(k - 1, "collect")
             lines.append(plan_mod.shell(gym.collect_argv(rd / "tasks" / "train.jsonl", rd / "rollouts" / "train.jsonl",
-                                                         int(plan.it.collect.repeats), plan.it.collect.sampling)))
+                                                         int(plan.it.collect.repeats), plan.collect_sampling())))
+            if plan.require_format:
+                lines.append(f"# the reward requires the answer format {plan.require_format!r}")
             lines.append("# prepare")
             lines.append(plan_mod.shell(plan.prepare_argv(rd / "rollouts" / "train.jsonl", rd / "prepare")))
             lines.append("# train (reference model: the starting policy)")
@@ -286,6 +361,10 @@ def dry_run_lines(plan: plan_mod.Plan) -> list[str]:
         gym = gym_mod.Gym(plan.gym, plan.serving, run_dir / "gym", "http://HOST:PORT/v1",
                           f"policy-round-{k}", tools, head_port="PORT", sampler=plan.sampler)
         lines += serve_and_gym(k, "eval")
-        lines.append(plan_mod.shell(gym.collect_argv(rd / "tasks" / "eval.jsonl", rd / "rollouts" / "eval.jsonl",
-                                                     int(plan.it.eval.repeats), plan.it.eval.sampling)))
+        for suite in plan.suites_of(k):
+            lines.append(f"# held-out suite {suite.name}: {suite.tasks} (first {suite.limit or 'all'} tasks)"
+                         + (f", the reward requires {suite.require_format!r}" if suite.require_format else ""))
+            lines.append(plan_mod.shell(gym.collect_argv(rd / "tasks" / f"{suite.name}.jsonl",
+                                                         rd / "rollouts" / f"{suite.name}.jsonl", suite.repeats,
+                                                         suite.sampling, agent=str(suite.gym.agent_name))))
     return lines

@@ -14,6 +14,7 @@ stopped before prepare and training, and on success, failure, Ctrl-C or SIGTERM.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -24,9 +25,9 @@ from pathlib import Path
 from recipe import processes
 from recipe import report as console
 from recipe.errors import RecipeError
+from recipe.iterate import formats, report, serving, setup, state, stats
 from recipe.iterate import gym as gym_mod
 from recipe.iterate import plan as plan_mod
-from recipe.iterate import report, serving, setup, state, stats
 from recipe.run_files import step_folders
 
 POLICY_ALIAS = "policy-round-{k}"
@@ -60,9 +61,9 @@ class Servers:
             base_url = stack.enter_context(serving.serve(self.plan.serving, artifact, name, logs / "serve.log",
                                                          self.plan.sampler, self.plan.place))
             gym = gym_mod.Gym(self.plan.gym, self.plan.serving, self.plan.run_dir / "gym", base_url, name, tools,
-                              sampler=self.plan.sampler)
-            console.console.print(f"starting NeMo Gym (ng_run, {self.plan.gym.name}); log {logs / 'ng_run.log'}",
-                                  soft_wrap=True)
+                              sampler=self.plan.sampler, others=self.plan.gyms[1:])
+            envs = ", ".join(str(g.name) for g in self.plan.gyms)
+            console.console.print(f"starting NeMo Gym (ng_run, {envs}); log {logs / 'ng_run.log'}", soft_wrap=True)
             self.gym = stack.enter_context(gym_mod.session(gym, logs / "ng_run.log",
                                                            float(self.plan.it.nemo_gym_startup_timeout)))
         except BaseException:
@@ -76,6 +77,35 @@ class Servers:
             console.console.print("stopping the policy server and NeMo Gym")
             stack, self.stack, self.artifact, self.gym = self.stack, None, None, None
             stack.close()
+
+
+def no_pairs_reason(manifest_path: Path) -> str:
+    """Why prepare made no pair, in one line, with what would give some (from its manifest)."""
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return f"see {manifest_path}"
+    counts = manifest.get("counts") or {}
+    unpaired = counts.get("unpaired") or {}
+    usable = int(((manifest.get("rewards") or {}).get("usable_rollouts") or {}).get("count") or 0)
+    rejected = counts.get("rejected") or {}
+    if not usable:
+        top = ", ".join(f"{n} {reason}" for reason, n in sorted(rejected.items(), key=lambda i: -i[1]) if n)
+        return f"no usable rollout ({top or 'the file is empty'}; see rejects.jsonl beside {manifest_path.name})"
+    alone = int(unpaired.get("no_comparable_rollout") or 0)
+    if alone >= usable:
+        return ("no two rollouts of a task started alike (each began from another context: the environment's "
+                "reset is not seeded, so they part at the environment's turn, not the model's, and are no "
+                "preference); seeded resets would give pairs: a task field the environment's reset reads, as "
+                "grl_sokoban's `seed`")
+    parted = int(unpaired.get("environment_diverged") or 0)
+    if parted and parted >= int(unpaired.get("tie") or 0):
+        return (f"the rollouts of a task parted at the environment's turn, not the model's ({parted} rollouts): "
+                "what the environment said differed before the model's replies did; seeded environment turns "
+                "would give pairs")
+    return ("no task's rollouts got two different rewards (every task is too easy or too hard for the policy); "
+            "more repeats per task (iterate.collect.repeats), tasks nearer the policy's level, or a graded "
+            "reward would give pairs")
 
 
 class Loop:
@@ -167,20 +197,23 @@ class Loop:
                 shutil.rmtree(partial, ignore_errors=True)
         return out
 
-    def _collect(self, k_served: int, k: int, tasks: Path, name: str, repeats: int, sampling) -> dict:
+    def _collect(self, k_served: int, k: int, tasks: Path, name: str, repeats: int, sampling,
+                 agent: str | None = None, require: str | None = None) -> dict:
         logs = self.rd(k) / "logs"
         gym = self.servers.open(self.artifact(k_served), k_served, logs)
         out = self.rd(k) / "rollouts" / f"{name}.jsonl"
         console.console.print(f"round {k}: collecting {name} rollouts ({tasks.name} x {repeats}) with "
                               f"policy {k_served}", highlight=False, soft_wrap=True)
         started = time.monotonic()
-        gym_mod.collect(gym, tasks, out, repeats, sampling, logs / f"collect_{name}.log")
+        finish = None if require is None else functools.partial(formats.require_file, require)
+        gym_mod.collect(gym, tasks, out, repeats, sampling, logs / f"collect_{name}.log", agent=agent, finish=finish)
         rows = stats.read_rows(out)
         failures_path = out.with_name(f"{out.stem}_failures.jsonl")
         failures = len(stats.read_rows(failures_path)) if failures_path.is_file() else 0
         summary = stats.summarize(rows, failures)
         console.console.print(f"round {k}: {len(rows)} {name} rollouts in {time.monotonic() - started:.0f}s, "
                               f"mean reward {summary['mean'] if summary['mean'] is None else round(summary['mean'], 4)}"
+                              + (f" ({require} required)" if require else "")
                               + (f", {failures} failed" if failures else ""), highlight=False, soft_wrap=True)
         return {"rollouts": str(out), "stats": summary}
 
@@ -199,15 +232,25 @@ class Loop:
         tasks = self._task_file(self.plan.train_tasks, self.rd(k) / "tasks" / "train.jsonl",
                                 (k - 1) * int(per_round or 0), per_round)
         return self._collect(k - 1, k, tasks, "train", int(self.plan.it.collect.repeats),
-                             self.plan.it.collect.sampling)
+                             self.plan.collect_sampling(), require=self.plan.require_format)
 
     def step_eval(self, k: int) -> dict:
-        if self.skipped(k):  # the same policy on the same tasks and seeds: round K-1's eval stands
+        """Every held-out suite of the round, the same tasks and seeds every round. A round that did
+        not train keeps round K-1's collections (the same policy) and collects only what that lacks."""
+        kept = {}
+        if self.skipped(k):
             before = state.record(self.plan.run_dir, k - 1, "eval")
-            return {"rollouts": before["rollouts"], "stats": before["stats"], "same_as_round": k - 1}
-        tasks = self._task_file(self.plan.eval_tasks, self.rd(k) / "tasks" / "eval.jsonl", 0,
-                                self.plan.it.eval.tasks)
-        return self._collect(k, k, tasks, "eval", int(self.plan.it.eval.repeats), self.plan.it.eval.sampling)
+            kept = {"eval": {"rollouts": before["rollouts"], "stats": before["stats"]}, **before.get("suites", {})}
+        done = {}
+        for suite in self.plan.suites_of(k):
+            if suite.name in kept:
+                done[suite.name] = kept[suite.name]
+                continue
+            tasks = self._task_file(suite.tasks, self.rd(k) / "tasks" / f"{suite.name}.jsonl", 0, suite.limit)
+            done[suite.name] = self._collect(k, k, tasks, suite.name, suite.repeats, suite.sampling,
+                                             agent=str(suite.gym.agent_name), require=suite.require_format)
+        main = done.pop("eval")
+        return {**main, "suites": done, **({"same_as_round": k - 1} if kept else {})}
 
     def step_prepare(self, k: int) -> dict:
         rd = self.rd(k)
@@ -224,8 +267,8 @@ class Loop:
         rd = self.rd(k)
         pairs = state.record(self.plan.run_dir, k, "prepare")
         if not pairs["pairs"]["train"]:
-            why = (f"prepare made no training pair of round {k}'s rollouts (no task had two different "
-                   "rewards; see its manifest.json)")
+            why = f"prepare made no training pair of round {k}'s rollouts: " + no_pairs_reason(
+                Path(pairs["pairs_dir"]) / "manifest.json")
             console.console.print(f"round {k}: {why}: round {k} does not train, its policy is policy {k - 1}, "
                                   f"and round {k + 1} collects the next tasks", highlight=False, soft_wrap=True)
             return {"skipped": why}
@@ -238,9 +281,10 @@ class Loop:
     def clear(self, k: int, step: str) -> None:
         """A step redone after an earlier one was: its old outputs go (and its record)."""
         rd = self.rd(k)
+        suites = [suite.name for suite in self.plan.suites]
         owned = {"collect": ["tasks/train.jsonl", "rollouts/train*"], "prepare": ["prepare"],
                  "train": ["train"], "export": ["serve", "policy", ".policy.partial"],
-                 "eval": ["tasks/eval.jsonl", "rollouts/eval*"]}
+                 "eval": [f"{where}/{name}*" for name in suites for where in ("tasks", "rollouts")]}
         for pattern in owned[step]:
             for path in rd.glob(pattern):
                 shutil.rmtree(path) if path.is_dir() else path.unlink()

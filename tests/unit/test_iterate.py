@@ -254,8 +254,17 @@ def test_the_gpu_path_dry_run_lists_each_rounds_commands(tmp_path):
     assert "launcher=single_gpu" in text and "model=qwen2.5-1.5b" in text
     assert "policy.model_name=Qwen/Qwen2.5-1.5B-Instruct" in text  # round 1 starts from the base
     assert f"policy.model_name={tmp_path}/round_1/policy" in text  # round 2 from round 1's policy
-    assert text.count("ng_collect_rollouts") == 5  # eval x3, train collection x2
-    assert text.count("++responses_create_params.top_p=1.0") == 5
+    # eval x3, train collection x2; the probe and the two other environments in rounds 0 and 2 only
+    assert text.count("ng_collect_rollouts") == 5 + 2 + 2 * 2
+    assert text.count("++responses_create_params.top_p=1.0") == 11
+    for k, suites in ((0, ["eval", "probe", "cross-reasoning_gym", "cross-sokoban"]), (1, ["eval"]),
+                      (2, ["eval", "probe", "cross-reasoning_gym", "cross-sokoban"])):
+        block = text.split(f"## round {k}\n")[1].split("## round")[0]
+        assert [line.split()[3].rstrip(":") for line in block.splitlines()
+                if line.startswith("# held-out suite")] == suites
+    assert text.count("+agent_name=grl_sokoban_gymnasium_agent") == 2
+    # one ng_run serves every environment: the trained one's servers and the other two
+    assert "resources_servers/math_with_judge/configs/math_with_judge.yaml,resources_servers/reasoning_gym" in text
 
 
 def test_dry_run_stage_writes_the_commands_and_runs_nothing(tmp_path, capsys):
@@ -367,6 +376,24 @@ def test_the_bundled_tasks_are_generated_and_the_eval_file_is_held_out():
     assert all(q.startswith("Which number is the") for q, _ in same_question)  # only their option sets differ
     for r in train + held_out:  # what NeMo Gym's mcqa server grades with
         assert r["expected_answer"] in {k for o in r["options"] for k in o} and r["template_metadata"]["output_regex"]
+
+
+def test_the_math_eval_shares_no_question_with_train_up_to_commutation_and_asks_for_the_format():
+    read = lambda name: [json.loads(line) for line in (REPO / "samples" / "gym" / name).read_text().splitlines()]  # noqa: E731
+    train, held_out, probe = read("math_train.jsonl"), read("math_eval.jsonl"), read("math_probe.jsonl")
+
+    def question(r):
+        operation, a, b = r["metadata"]["operands"]
+        return (operation, *sorted((a, b))) if operation in ("+", "x", "max") else (operation, a, b)
+
+    assert not {question(r) for r in train} & {question(r) for r in held_out}   # "3 x 7" vs "7 x 3" too
+    assert len({question(r) for r in held_out}) == len(held_out)
+    for r in train + held_out:  # every prompt asks for \boxed{}, which the reward requires (configs/gym/math.yaml)
+        assert all("\\boxed{}" in m["content"] for m in r["responses_create_params"]["input"] if m["role"] == "user")
+    # the probe: the same held-out questions and answers, in other words and with no format line
+    asked = lambda rows: [(question(r), r["expected_answer"]) for r in rows]  # noqa: E731
+    assert asked(probe) == asked(held_out)
+    assert not any("boxed" in r["question"] or r["question"] == e["question"] for r, e in zip(probe, held_out))
 
 
 STAND_IN_CONVERTER = """import json, os, pathlib, sys
