@@ -2,11 +2,13 @@
 """Write the bundled NeMo Gym task files of the iterate loop (`gym=math`, the default, and `gym=mcqa`).
 
 `math_*.jsonl`: short arithmetic questions in the input layout of NeMo Gym's `math_with_judge`
-server with its judge off (its own `math_with_judge.yaml`): `responses_create_params`, `question`,
+server with its judge off (its own `math_with_judge.yaml`): `responses_create_params` (one worked
+example, then the question, each asking for the answer inside `\\boxed{}`), `question`,
 `expected_answer`; the server grades with math-verify, which extracts the final expression of
-the reply (`\\boxed{}` or not) and compares it with the answer: reward 1 or 0, no judge. A 135M
-instruct model knows many of these answers and states them in free text: what it can learn is to
-be right more often, the task itself.
+the reply and compares it with the answer (reward 1 or 0, no judge), and the loop requires the
+`\\boxed{}` the prompt asks for (configs/gym/math.yaml). No eval question is in train up to
+commutation ("3 x 7" and "7 x 3" are one question). `math_probe.jsonl` asks the eval questions in
+other words, with no format line: is a gain the arithmetic or the prompt?
 
 `mcqa_*.jsonl`: four-option multiple-choice questions in the layout of NeMo Gym's `mcqa` server
 (`options`, `expected_answer`, `template_metadata.output_regex`: the letter after the last
@@ -17,7 +19,7 @@ exactly chance, so the eval measures the question, not its layout.
 Each family's questions are drawn once and split between train and eval files, so both have
 the same mix and no question is in both (the eval files are never trained on):
 
-    python samples/gym/make_tasks.py            # rewrite the four files
+    python samples/gym/make_tasks.py            # rewrite the files
     python samples/gym/make_tasks.py --check    # exit 1 if the committed files differ
 """
 from __future__ import annotations
@@ -36,8 +38,20 @@ INSTRUCTION = ("Answer the following multiple choice question. End your reply wi
                "form 'Answer: X', where X is the letter of the correct option.")
 # the last `Answer: X` of the reply (the server takes the rightmost match, case-insensitive)
 OUTPUT_REGEX = r"Answer\s*[:：]\s*\**\s*\(?([A-D])\)?(?![A-Za-z0-9])"
-# math_with_judge's own prompt style (its example.jsonl)
-MATH_INSTRUCTION = "Solve the following math problem. Make sure to put the answer (and only answer) inside \\boxed{}."
+# The math prompt: one worked example (a question outside every family's range, its answer no
+# task's, so copying it never pays), then the question, each asking for the answer inside
+# \\boxed{}, which the reward requires (configs/gym/math.yaml). SmolLM2-135M-Instruct boxed 84% of
+# its replies this way in a probe, 0% with math_with_judge's own one-line instruction ("Make sure
+# to put the answer (and only answer) inside \\boxed{}"), 32% with an inline "for example
+# \\boxed{7}" (copying the 7): docs/iterate.md.
+BOXED = "Put the final answer inside \\boxed{}."
+EXAMPLE = ("What is 120 + 35?", "120 + 35 = 155, so the answer is \\boxed{155}.")
+
+
+def MATH_PROMPT(question: str) -> list[dict]:  # noqa: N802 (a constant's role: the prompt every math task has)
+    return [{"role": "user", "content": f"{EXAMPLE[0]} {BOXED}"}, {"role": "assistant", "content": EXAMPLE[1]},
+            {"role": "user", "content": f"{question} {BOXED}"}]
+
 
 CATEGORIES = {
     "an animal": ["dog", "cat", "horse", "lion", "tiger", "rabbit", "elephant", "sheep", "mouse",
@@ -126,38 +140,70 @@ def count_letters(rng: random.Random) -> tuple[str, str, list[str]]:
 MCQA_FAMILIES = {arithmetic: 600, largest: 300, category: 300, opposite: 300, count_letters: 300}  # at most
 
 
-def add_digits(rng: random.Random) -> tuple[str, str]:
+def add_digits(rng: random.Random) -> tuple[str, str, tuple]:
     a, b = rng.randint(1, 9), rng.randint(1, 9)
-    return f"What is {a} + {b}?", str(a + b)
+    return f"What is {a} + {b}?", str(a + b), ("+", a, b)
 
 
-def add_tens(rng: random.Random) -> tuple[str, str]:
+def add_tens(rng: random.Random) -> tuple[str, str, tuple]:
     a, b = rng.randint(10, 49), rng.randint(1, 9)
-    return f"What is {a} + {b}?", str(a + b)
+    return f"What is {a} + {b}?", str(a + b), ("+", a, b)
 
 
-def subtract(rng: random.Random) -> tuple[str, str]:
+def subtract(rng: random.Random) -> tuple[str, str, tuple]:
     a = rng.randint(5, 20)
     b = rng.randint(1, a)
-    return f"What is {a} - {b}?", str(a - b)
+    return f"What is {a} - {b}?", str(a - b), ("-", a, b)
 
 
-def multiply(rng: random.Random) -> tuple[str, str]:
+def multiply(rng: random.Random) -> tuple[str, str, tuple]:
     a, b = rng.randint(2, 9), rng.randint(2, 9)
-    return f"What is {a} x {b}?", str(a * b)
+    return f"What is {a} x {b}?", str(a * b), ("x", a, b)
 
 
-def larger(rng: random.Random) -> tuple[str, str]:
+def larger(rng: random.Random) -> tuple[str, str, tuple]:
     a, b = rng.sample(range(1, 100), 2)
-    return f"Which number is larger: {a} or {b}?", str(max(a, b))
+    return f"Which number is larger: {a} or {b}?", str(max(a, b)), ("max", a, b)
 
 
-MATH_FAMILIES = {add_digits: 81, add_tens: 360, subtract: 200, multiply: 64, larger: 300}  # at most (distinct)
+MATH_FAMILIES = {add_digits: 45, add_tens: 360, subtract: 200, multiply: 36, larger: 300}  # at most (distinct)
+COMMUTATIVE = {"+", "x", "max"}
 
 
-def math_task(question: str, answer: str, family: str) -> dict:
-    return {"responses_create_params": {"input": [{"role": "user", "content": f"{MATH_INSTRUCTION}\n\n{question}"}]},
-            "question": question, "expected_answer": answer, "metadata": {"family": family}}
+def same_question(item: tuple) -> tuple:
+    """A math question up to commutation: "3 x 7" and "7 x 3" are one question, never split
+    between the train and the eval file."""
+    operation, a, b = item[2]
+    return (operation, min(a, b), max(a, b)) if operation in COMMUTATIVE else (operation, a, b)
+
+
+# The probe in other words: the held-out questions asked as a person might, with no format line
+# (the probe's reward is the verifier's own, which grades the last expression of any reply).
+PROBE_TEMPLATES = {
+    "+": ["Add {a} and {b}. What do you get?", "What is the sum of {a} and {b}?",
+          "I have {a} apples and get {b} more. How many apples do I have now?"],
+    "-": ["Take {b} away from {a}. What is left?", "What is the difference between {a} and {b}?",
+          "There are {a} birds on a tree and {b} fly away. How many birds are left?"],
+    "x": ["What is the product of {a} and {b}?", "Multiply {a} by {b}.",
+          "There are {a} boxes with {b} pens in each. How many pens are there?"],
+    "max": ["Of {a} and {b}, which number is bigger?", "Tell me the greater of these two numbers: {a}, {b}.",
+            "Tom is {a} years old and Ann is {b}. How old is the older one?"],
+}
+
+
+def probe_task(task: dict, index: int) -> dict:
+    operation, a, b = task["metadata"]["operands"]
+    templates = PROBE_TEMPLATES[operation]
+    question = templates[index % len(templates)].format(a=a, b=b)
+    return {"responses_create_params": {"input": [{"role": "user", "content": question}]},
+            "question": question, "expected_answer": task["expected_answer"],
+            "metadata": {**task["metadata"], "template": index % len(templates)}}
+
+
+def math_task(question: str, answer: str, family: str, operands: tuple) -> dict:
+    return {"responses_create_params": {"input": MATH_PROMPT(question)},
+            "question": question, "expected_answer": answer,
+            "metadata": {"family": family, "operands": list(operands)}}
 
 
 def mcqa_rows(question: str, answer: str, wrong: list[str], family: str, question_id: str,
@@ -214,11 +260,15 @@ def build() -> dict[str, str]:
         pools.append([mcqa_rows(q, a, list(w), family.__name__, f"{family.__name__}-{i}", rng)
                       for i, (q, a, w) in enumerate(drawn)])
     mcqa_train, mcqa_eval = _split(pools, rng)
-    pools = [[[math_task(q, a, family.__name__)] for q, a in _distinct(rng, family, quota, lambda item: item[0])]
+    pools = [[[math_task(q, a, family.__name__, operands)]
+              for q, a, operands in _distinct(rng, family, quota, same_question)]
              for family, quota in MATH_FAMILIES.items()]
     math_train, math_eval = _split(pools, rng)
+    eval_tasks = [json.loads(line) for line in math_eval.splitlines()]
+    math_probe = "".join(json.dumps(probe_task(task, i), ensure_ascii=False) + "\n"
+                         for i, task in enumerate(eval_tasks))
     return {"mcqa_train.jsonl": mcqa_train, "mcqa_eval.jsonl": mcqa_eval,
-            "math_train.jsonl": math_train, "math_eval.jsonl": math_eval}
+            "math_train.jsonl": math_train, "math_eval.jsonl": math_eval, "math_probe.jsonl": math_probe}
 
 
 def main() -> int:
