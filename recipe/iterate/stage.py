@@ -26,7 +26,7 @@ from recipe import report as console
 from recipe.errors import RecipeError
 from recipe.iterate import gym as gym_mod
 from recipe.iterate import plan as plan_mod
-from recipe.iterate import report, serving, setup, state, stats
+from recipe.iterate import report, servers, serving, setup, state, stats
 from recipe.run_files import step_folders
 
 POLICY_ALIAS = "policy-round-{k}"
@@ -246,10 +246,18 @@ class Loop:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
         (rd / "steps" / f"{step}.json").unlink(missing_ok=True)
 
+    def nemo_gym_venvs(self) -> dict:
+        """NeMo Gym's venv and the environment's server venvs, built from the lock if missing, and
+        every package and version they hold (plan.json's `nemo_gym`)."""
+        tools = setup.nemo_gym(self.plan.it.get("nemo_gym_python"))
+        used = servers.ensure(tools, self.plan.gym, self.plan.serving, self.plan.run_dir / "gym",
+                              self.plan.run_dir / "logs" / "nemo_gym_venvs.log")
+        return servers.record(tools, used)
+
     def run(self) -> dict:
         plan = self.plan
         plan.run_dir.mkdir(parents=True, exist_ok=True)
-        changed = state.check_plan(plan.run_dir, plan.fingerprint())
+        changed = state.check_plan(plan.run_dir, {**plan.fingerprint(), "nemo_gym": self.nemo_gym_venvs()})
         if changed:
             raise RecipeError(f"{plan.run_dir} was started with other eval settings, so its rounds would not "
                               "compare; use a new run_dir, or the same settings:\n  " + "\n  ".join(changed))

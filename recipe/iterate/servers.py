@@ -1,0 +1,106 @@
+"""The server venvs `ng_run` builds for an environment, made before a loop starts and recorded.
+
+NeMo Gym builds them itself (`ng_run +dry_run=true`: its venv set-up for every server, one after
+another, then each server returns before serving), from the lock (`UV_CONSTRAINT`/`UV_EXCLUDE_NEWER`
+in the environment, recipe.iterate.gym). Each venv is then read and compared with the lock and
+stamped; one that is half-built (ng_run reuses any venv with a bin/python, `skip_venv_if_present`)
+or differs is removed and built again once. `record()` is what plan.json keeps: every package and
+version of every venv the run uses, read from the venvs themselves.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig
+
+from recipe import processes
+from recipe.errors import RecipeError
+from recipe.iterate import gym as gym_mod
+from recipe.iterate import lock, setup
+
+CHECKED = ".gym-dpo-checked"     # in a server venv: read and found equal to the lock
+MODEL_CONFIG = "responses_api_models/vllm_model/configs/vllm_model.yaml"   # what gym.Gym always adds
+BUILD_TIMEOUT = 1800.0           # seconds for ng_run to build every server venv of an environment
+
+
+def site_packages(venv: Path) -> Path:
+    found = sorted(venv.glob("lib/python3*/site-packages"))
+    if not found:
+        raise RecipeError(f"{venv} has no lib/python3*/site-packages: is NeMo Gym installed there?")
+    return found[-1]
+
+
+def needed(tools: setup.NemoGym, config_paths: list[str]) -> list[str]:
+    """The server folders (`resources_servers/mcqa`, ...) that ng_run starts for these config files
+    (NeMo Gym's own, relative to its install, or paths of the user's): each entry with an entrypoint."""
+    site, found = site_packages(tools.venv), []
+    for text in [*config_paths, MODEL_CONFIG]:
+        file = Path(text) if Path(text).is_absolute() or Path(text).is_file() else site / text
+        if not file.is_file():
+            raise RecipeError(f"NeMo Gym config {text} is neither a file here nor in {site}")
+        for servers in (yaml.safe_load(file.read_text()) or {}).values():
+            for kind, named in (servers.items() if isinstance(servers, dict) else []):
+                for name, cfg in (named.items() if isinstance(named, dict) else []):
+                    if isinstance(cfg, dict) and "entrypoint" in cfg and f"{kind}/{name}" not in found:
+                        found.append(f"{kind}/{name}")
+    return found
+
+
+def venv_of(tools: setup.NemoGym, server: str) -> Path:
+    """Where ng_run puts a server's venv (`+uv_venv_dir`/<kind>/<name>/.venv, NeMo Gym 0.4.0
+    nemo_gym/cli/setup_command.py)."""
+    return tools.server_venvs / server / ".venv"
+
+
+def _build(tools: setup.NemoGym, gym_cfg: DictConfig, serving_cfg: DictConfig, work: Path, log: Path) -> None:
+    gym = gym_mod.Gym(gym_cfg, serving_cfg, work, "http://127.0.0.1:9/v1", "venv-setup", tools)
+    gym.write_config()
+    deadline = time.monotonic() + BUILD_TIMEOUT
+
+    def bounded() -> None:
+        if time.monotonic() > deadline:
+            raise RecipeError(f"ng_run did not build the server venvs within {BUILD_TIMEOUT:.0f} s (log: {log})")
+
+    try:
+        processes.run([*gym.run_argv(), "+dry_run=true"], log, cwd=work, env=gym.environment(),
+                      prefix="[ng_run venvs] ", echo=False, what="ng_run +dry_run=true (server venvs)", watch=bounded)
+    finally:
+        gym.cleanup()
+
+
+def ensure(tools: setup.NemoGym, gym_cfg: DictConfig, serving_cfg: DictConfig, work: Path, log: Path) -> list[str]:
+    """Every server venv of this environment built from the lock and checked (built now if not);
+    the server folders."""
+    servers = needed(tools, [str(p) for p in gym_cfg.config_paths])
+    for attempt in (1, 2):
+        todo = [s for s in servers if not (venv_of(tools, s) / CHECKED).is_file()]
+        if not todo:
+            return servers
+        for server in todo:  # half-built, or built before the lock: ng_run would reuse it as it is
+            shutil.rmtree(venv_of(tools, server), ignore_errors=True)
+        print(f"[setup] building NeMo Gym's server venvs {', '.join(todo)} from {tools.lock.name} (ng_run; "
+              f"log {log})", flush=True)
+        _build(tools, gym_cfg, serving_cfg, work, log)
+        for server in todo:
+            python = venv_of(tools, server) / "bin" / "python"
+            try:
+                setup.check_venv(python, tools.lock, f"the venv of {server}")
+            except RecipeError:
+                if attempt == 2:
+                    raise
+                continue
+            (venv_of(tools, server) / CHECKED).write_text(lock.read(tools.lock).sha256() + "\n")
+    return servers
+
+
+def record(tools: setup.NemoGym, servers: list[str]) -> dict:
+    """For plan.json: the lock, and every package and version of NeMo Gym's venv and each server venv."""
+    locked = lock.read(tools.lock)
+    venvs = {"nemo-gym": lock.installed(tools.venv / "bin" / "python")}
+    venvs.update({server: lock.installed(venv_of(tools, server) / "bin" / "python") for server in servers})
+    return {"lock": tools.lock.name, "lock_sha256": locked.sha256(), "exclude_newer": locked.exclude_newer,
+            "venvs": venvs}
