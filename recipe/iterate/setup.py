@@ -349,6 +349,18 @@ def vllm_cpu(install: bool = True) -> Path:
     return python
 
 
+def missing(vllm: bool = False) -> list[str]:
+    """The tools `main` would install now (their folders), none when all are here and run."""
+    gym, llama = nemo_gym(install=False), llama_cpp(install=False)
+    base = cache_root() / "models" / "SmolLM2-135M-Instruct"
+    out = [] if (gym.venv / STAMP).is_file() else [str(gym.venv)]
+    out += [] if _runs([llama.server, "--version"]) else [str(llama.server.parents[2])]
+    out += [] if (base / STAMP).is_file() else [str(base)]
+    if vllm and not (vllm_cpu(install=False).parents[1] / STAMP).is_file():
+        out.append(str(vllm_cpu(install=False).parents[1]))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
