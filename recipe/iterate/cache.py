@@ -14,15 +14,18 @@ so a later host run is not locked out by root-owned files.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 from recipe.errors import RecipeError
 
+STAMP = ".complete"   # written last into a tool's folder: an interrupted install is redone, not trusted
 _PROBE = ("import json, os, platform, sys, sysconfig; print(json.dumps({'python': sys.executable, "
           "'python_version': platform.python_version(), 'platform': sysconfig.get_platform(), "
           "'libc': ' '.join(platform.libc_ver())}))")
@@ -140,3 +143,64 @@ def open_lock(path: Path) -> int:
 def logs() -> Path:
     """The install logs' folder (shared, the cache owner's)."""
     return shared_dir(root() / "logs")
+
+
+# -- installing into the cache -------------------------------------------------------------------
+_LOCK_DEPTH = 0
+
+
+def one_installer(function):
+    """Runs `function` holding the cache's install lock (`<cache>/.install.lock`, flock), unless
+    it is called with install=False: two setups at once (two loops, a loop and the test set-up)
+    would build into the same folders; the second waits, then finds the first one's stamp.
+    Re-entrant within a process; released when the outermost call returns."""
+    @functools.wraps(function)
+    def locked(*args, **kwargs):
+        global _LOCK_DEPTH
+        if kwargs.get("install", True) is False or _LOCK_DEPTH:
+            return function(*args, **kwargs)
+        path = root() / ".install.lock"
+        handle = open_lock(path)
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                say(f"waiting for another setup installing into {path.parent} (lock {path})")
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            _LOCK_DEPTH += 1
+            try:
+                return function(*args, **kwargs)
+            finally:
+                _LOCK_DEPTH -= 1
+        finally:
+            os.close(handle)
+    return locked
+
+
+def say(message: str) -> None:
+    print(f"[setup] {message}", flush=True)
+
+
+def run(argv: list, log: Path, what: str, env: dict | None = None, cwd: Path | None = None) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as handle:
+        hand_over(log)  # the cache's logs stay its owner's
+        code = subprocess.run([str(a) for a in argv], stdout=handle, stderr=subprocess.STDOUT, cwd=cwd,
+                              env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL).returncode
+    if code != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+        raise RecipeError(f"{what} failed (exit {code}; log {log}):\n{tail}")
+
+
+def runs(argv: list) -> bool:
+    try:
+        return subprocess.run([str(a) for a in argv], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def fresh(folder: Path) -> Path:
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    return folder

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from recipe import processes
 from recipe.errors import RecipeError
 from recipe.iterate import gym as gym_mod
-from recipe.iterate import lock, setup
+from recipe.iterate import gym_install, lock
 
 CHECKED = ".gym-dpo-checked"     # in a server venv: read and found equal to the lock
 MODEL_CONFIG = "responses_api_models/vllm_model/configs/vllm_model.yaml"   # what gym.Gym always adds
@@ -34,7 +34,7 @@ def site_packages(venv: Path) -> Path:
     return found[-1]
 
 
-def needed(tools: setup.NemoGym, config_paths: list[str]) -> list[str]:
+def needed(tools: gym_install.NemoGym, config_paths: list[str]) -> list[str]:
     """The server folders (`resources_servers/mcqa`, ...) that ng_run starts for these config files
     (NeMo Gym's own, relative to its install, or paths of the user's): each entry with an entrypoint."""
     site, found = site_packages(tools.venv), []
@@ -50,13 +50,13 @@ def needed(tools: setup.NemoGym, config_paths: list[str]) -> list[str]:
     return found
 
 
-def venv_of(tools: setup.NemoGym, server: str) -> Path:
+def venv_of(tools: gym_install.NemoGym, server: str) -> Path:
     """Where ng_run puts a server's venv (`+uv_venv_dir`/<kind>/<name>/.venv, NeMo Gym 0.4.0
     nemo_gym/cli/setup_command.py)."""
     return tools.server_venvs / server / ".venv"
 
 
-def _build(tools: setup.NemoGym, gym_cfg: DictConfig, serving_cfg: DictConfig, work: Path, log: Path) -> None:
+def _build(tools: gym_install.NemoGym, gym_cfg: DictConfig, serving_cfg: DictConfig, work: Path, log: Path) -> None:
     gym = gym_mod.Gym(gym_cfg, serving_cfg, work, "http://127.0.0.1:9/v1", "venv-setup", tools)
     gym.write_config()
     deadline = time.monotonic() + BUILD_TIMEOUT
@@ -72,7 +72,8 @@ def _build(tools: setup.NemoGym, gym_cfg: DictConfig, serving_cfg: DictConfig, w
         gym.cleanup()
 
 
-def ensure(tools: setup.NemoGym, gym_cfg: DictConfig, serving_cfg: DictConfig, work: Path, log: Path) -> list[str]:
+def ensure(tools: gym_install.NemoGym, gym_cfg: DictConfig, serving_cfg: DictConfig, work: Path,
+           log: Path) -> list[str]:
     """Every server venv of this environment built from the lock and checked (built now if not);
     the server folders."""
     servers = needed(tools, [str(p) for p in gym_cfg.config_paths])
@@ -88,7 +89,7 @@ def ensure(tools: setup.NemoGym, gym_cfg: DictConfig, serving_cfg: DictConfig, w
         for server in todo:
             python = venv_of(tools, server) / "bin" / "python"
             try:
-                setup.check_venv(python, tools.lock, f"the venv of {server}")
+                gym_install.check_venv(python, tools.lock, f"the venv of {server}")
             except RecipeError:
                 if attempt == 2:
                     raise
@@ -97,7 +98,7 @@ def ensure(tools: setup.NemoGym, gym_cfg: DictConfig, serving_cfg: DictConfig, w
     return servers
 
 
-def record(tools: setup.NemoGym, servers: list[str]) -> dict:
+def record(tools: gym_install.NemoGym, servers: list[str]) -> dict:
     """For plan.json: the lock, and every package and version of NeMo Gym's venv and each server venv."""
     locked = lock.read(tools.lock)
     venvs = {"nemo-gym": lock.installed(tools.venv / "bin" / "python")}

