@@ -204,3 +204,14 @@ def test_a_cache_the_user_cannot_write_is_an_error_that_says_what_to_do(open_tmp
                     {"GYM_DPO_CACHE": str(tmp_path / "gym-dpo")})
     assert said.startswith("RecipeError") and "belongs to uid 0" in said, said
     assert "sudo chown -R 4244" in said and "GYM_DPO_CACHE" in said
+
+
+def test_the_image_installs_nemo_gym_from_the_lock_where_setup_looks_for_it():
+    """The Dockerfile's NeMo Gym step: setup's own install (the lock of the image's Python) into
+    the folder GYM_DPO_NEMO_GYM_PREBUILT names, which setup uses at run time."""
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
+    prebuilt = re.search(rf"ENV {setup.PREBUILT}=(\S+)", text).group(1)
+    step = re.search(r"GYM_DPO_CACHE=(\S+) .*?-m recipe\.iterate\.setup\s*\\?\s*--only nemo-gym-venv", text, re.S)
+    assert step is not None and f"{step.group(1)}/iterate" == prebuilt
