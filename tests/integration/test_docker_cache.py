@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from engines import build_test_images, run
 
-from recipe.iterate import cache
+from recipe.iterate import cache, setup  # noqa: F401  (imported before the fork: the user cannot read root's Python)
 
 pytestmark = pytest.mark.integration
 
-USES_THE_CACHE = """import json, sys
+USES_THE_CACHE = """import json, os, sys
 from pathlib import Path
 from recipe.iterate import cache, setup
 setup._run(["true"], cache.logs() / "nemo-gym-install.log", "true")
@@ -27,7 +27,7 @@ setup._run(["true"], cache.logs() / "nemo-gym-install.log", "true")
 def installs():
     cache.shared_dir(cache.root() / "models")
 installs()
-print(json.dumps(cache.identity(Path(sys.executable))))
+print(json.dumps(cache.identity(Path(os.environ.get("PROBE_PYTHON", sys.executable)))))
 """
 
 
@@ -78,7 +78,9 @@ def test_a_container_run_leaves_the_users_cache_to_that_user():
         for made in ("iterate", "iterate/.install.lock", "iterate/logs", "iterate/logs/nemo-gym-install.log",
                      "iterate/models"):
             assert (host_cache / made).stat().st_uid == uid, made  # root's files handed to the owner
-        said = as_user(uid, USES_THE_CACHE, {"GYM_DPO_CACHE": str(host_cache)})  # the host user's next run
+        # the host user's next run (its interpreter one the user may run: this one lives in root's home)
+        said = as_user(uid, USES_THE_CACHE, {"GYM_DPO_CACHE": str(host_cache), "PROBE_PYTHON": "/usr/bin/python3"})
+        assert said.startswith("{"), said
         on_host = json.loads(said.splitlines()[-1])
         assert on_host["uid"] == uid and on_host["cache"] == str(host_cache / "iterate")
         # a venv made on one side is keyed by its interpreter, user and cache path: never the other's
