@@ -114,8 +114,8 @@ def nemo_gym(python: str | None = None, install: bool = True) -> NemoGym:
         return tools
     if (tools.venv / cache.STAMP).exists():
         cache.say(f"{tools.venv} cannot be used here ({why}): building it again")
-    cache.say(f"installing NeMo Gym {NEMO_GYM_VERSION} and uv {UV_VERSION} into {tools.venv} from {tools.lock.name} "
-         f"(Python {tools.python}; a few minutes, once)")
+    cache.say(f"installing NeMo Gym {NEMO_GYM_VERSION} and uv {UV_VERSION} into {tools.venv} from "
+              f"{tools.lock.name} (Python {tools.python}; a few minutes, once)")
     started = time.monotonic()
     cache.shared_dir(cache.root())
     cache.fresh(tools.venv)

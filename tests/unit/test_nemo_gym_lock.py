@@ -215,3 +215,21 @@ def test_the_image_installs_nemo_gym_from_the_lock_where_setup_looks_for_it():
     prebuilt = re.search(rf"ENV {setup.PREBUILT}=(\S+)", text).group(1)
     step = re.search(r"GYM_DPO_CACHE=(\S+) .*?-m recipe\.iterate\.setup\s*\\?\s*--only nemo-gym-venv", text, re.S)
     assert step is not None and f"{step.group(1)}/iterate" == prebuilt
+
+
+def test_the_lock_asks_for_what_ng_run_installs_in_each_server_venv(tmp_path, monkeypatch):
+    """From a wheel's server folders: requirements.txt without NeMo Gym's own `../..` line (ng_run
+    installs nemo-gym from the index instead), a pyproject's dependencies with nemo-gym pinned."""
+    import zipfile
+
+    wheel = tmp_path / "nemo_gym-0.4.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("resources_servers/a/requirements.txt", "-e nemo-gym[dev] @ ../../\nmath-verify==0.8.0\n\n")
+        archive.writestr("responses_api_models/m/pyproject.toml",
+                         '[project]\nname = "m"\ndependencies = ["nemo-gym[dev]", "tiktoken"]\n')
+    monkeypatch.setattr(lock, "SERVERS", ("resources_servers/a", "responses_api_models/m"))
+    assert lock._server_requirements(wheel) == ["math-verify==0.8.0", f"nemo-gym[dev]=={lock.NEMO_GYM_VERSION}",
+                                                "tiktoken"]
+    monkeypatch.setattr(lock, "SERVERS", ("resources_servers/gone",))
+    with pytest.raises(RecipeError, match="has no resources_servers/gone"):
+        lock._server_requirements(wheel)
