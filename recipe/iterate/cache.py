@@ -24,6 +24,7 @@ import subprocess
 from pathlib import Path
 
 from recipe.errors import RecipeError
+from recipe.iterate.lock import ask
 
 STAMP = ".complete"   # written last into a tool's folder: an interrupted install is redone, not trusted
 _PROBE = ("import json, os, platform, sys, sysconfig; print(json.dumps({'python': sys.executable, "
@@ -43,13 +44,8 @@ def identity(interpreter: Path, where: Path | None = None) -> dict:
     """What a venv made with `interpreter` in the cache folder `where` (default: root()) depends on:
     that interpreter (path and version), the platform and C library, the user, and where the folder
     is seen from."""
-    try:
-        done = subprocess.run([str(interpreter), "-I", "-c", _PROBE], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise RecipeError(f"{interpreter} does not run here: {exc}") from exc
-    if done.returncode != 0:
-        raise RecipeError(f"{interpreter} does not run here: {done.stderr.strip()[-300:]}")
-    return {**json.loads(done.stdout), "uid": os.geteuid(), "cache": str((where or root()).absolute())}
+    probe = ask(interpreter, _PROBE, "what it is", timeout=60)
+    return {**probe, "uid": os.geteuid(), "cache": str((where or root()).absolute())}
 
 
 def key(ident: dict) -> str:

@@ -100,6 +100,17 @@ def read(file: Path) -> Lock:
 
 
 # -- what a venv holds ----------------------------------------------------------------------------
+def ask(python: Path, code: str, what: str, timeout: float = 120) -> dict:
+    """The JSON that `code` prints, run by `python` (isolated mode: no user site, no PYTHON*)."""
+    try:
+        done = subprocess.run([str(python), "-I", "-c", code], capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RecipeError(f"{python} does not run here ({what}): {exc}") from exc
+    if done.returncode != 0:
+        raise RecipeError(f"{python} does not run here ({what}): {done.stderr.strip()[-500:]}")
+    return json.loads(done.stdout)
+
+
 _LIST = """import importlib.metadata as m, json, platform, sys
 out = {"python": platform.python_version(), "packages": {}, "local": set()}
 for d in m.distributions():
@@ -117,13 +128,7 @@ def installed(python: Path) -> dict:
     """{"python": X.Y.Z, "packages": {name: version}, "local": [names installed from a folder]}, read by
     the venv's own interpreter (what `pip freeze` lists, without the local projects' paths). A local
     project's build may leave an egg-info on the path too: its name counts as local only."""
-    try:
-        done = subprocess.run([str(python), "-I", "-c", _LIST], capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise RecipeError(f"{python} did not run: {exc}") from exc
-    if done.returncode != 0:
-        raise RecipeError(f"{python} could not list its packages: {done.stderr.strip()[-500:]}")
-    listed = json.loads(done.stdout)
+    listed = ask(python, _LIST, "listing its packages")
     listed["packages"] = dict(sorted(listed["packages"].items(), key=lambda item: canonicalize_name(item[0])))
     return listed
 
@@ -136,10 +141,7 @@ def marker_environment(python: Path) -> dict:
             "'platform_version': platform.version(), 'python_full_version': v, 'platform_python_implementation': "
             "platform.python_implementation(), 'python_version': '.'.join(v.split('.')[:2]), 'sys_platform': "
             "sys.platform}))")
-    done = subprocess.run([str(python), "-I", "-c", code], capture_output=True, text=True, timeout=60)
-    if done.returncode != 0:
-        raise RecipeError(f"{python} did not run: {done.stderr.strip()[-500:]}")
-    return json.loads(done.stdout)
+    return ask(python, code, "its marker values")
 
 
 def differences(listed: dict, lock: Lock, environment: dict) -> list[str]:

@@ -16,6 +16,7 @@ import pytest
 from engines import build_test_images, run
 
 from recipe.iterate import cache, setup  # noqa: F401  (imported before the fork: the user cannot read root's Python)
+from tests.conftest import as_user
 
 pytestmark = pytest.mark.integration
 
@@ -29,35 +30,6 @@ def installs():
 installs()
 print(json.dumps(cache.identity(Path(os.environ.get("PROBE_PYTHON", sys.executable)))))
 """
-
-
-def as_user(uid: int, code: str, env: dict) -> str:
-    """What `code` prints run as user `uid` (a forked child: this interpreter's folders are root's)."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        try:
-            os.environ.update(env)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            import contextlib
-            import io
-
-            out = io.StringIO()
-            with contextlib.redirect_stdout(out):
-                exec(code, {})
-            os.write(write, out.getvalue().encode())
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            os.write(write, f"{type(exc).__name__} {exc}".encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        said = pipe.read()
-    os.waitpid(pid, 0)
-    return said.strip()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a cache of another user, as a host user has")

@@ -14,6 +14,7 @@ import pytest
 
 from recipe.errors import RecipeError
 from recipe.iterate import cache, gym, lock, setup, state
+from tests.conftest import as_user
 
 LINUX = {"sys_platform": "linux", "platform_machine": "x86_64", "python_version": "3.12",
          "python_full_version": "3.12.1", "implementation_name": "cpython", "platform_python_implementation": "CPython",
@@ -144,36 +145,6 @@ def open_tmp():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _as_user(uid: int, code: str, env: dict) -> str:
-    """What `code` prints when run as user `uid` (a forked child of this process: another user
-    may not read this interpreter's folders), or the error it raised."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: become the user, run, report, exit
-        os.close(read)
-        try:
-            os.environ.update(env)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            import contextlib
-            import io
-
-            out = io.StringIO()
-            with contextlib.redirect_stdout(out):
-                exec(code, {})
-            os.write(write, out.getvalue().encode())
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            os.write(write, f"{type(exc).__name__} {exc}".encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        said = pipe.read()
-    os.waitpid(pid, 0)
-    return said.strip()
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: files made by root in another user's cache")
 def test_what_root_leaves_in_a_users_cache_does_not_lock_that_user_out(open_tmp):
     """The container (root) writes into the host user's cache (compose mounts it): the shared
@@ -193,14 +164,14 @@ def test_what_root_leaves_in_a_users_cache_does_not_lock_that_user_out(open_tmp)
     for made in ("gym-dpo", "gym-dpo/iterate", "gym-dpo/iterate/.install.lock", "gym-dpo/iterate/logs",
                  "gym-dpo/iterate/logs/nemo-gym-install.log", "gym-dpo/iterate/models"):
         assert (home / made).stat().st_uid == uid, made
-    assert _as_user(uid, code, env) == "ok"
+    assert as_user(uid, code, env) == "ok"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a cache that root made and another user cannot write")
 def test_a_cache_the_user_cannot_write_is_an_error_that_says_what_to_do(open_tmp):
     tmp_path = open_tmp
     (tmp_path / "gym-dpo" / "iterate").mkdir(parents=True)  # root's, as Docker makes a missing mount source
-    said = _as_user(4244, "from recipe.iterate import setup\n@setup._one_installer\ndef f(): pass\nf()",
+    said = as_user(4244, "from recipe.iterate import setup\n@setup._one_installer\ndef f(): pass\nf()",
                     {"GYM_DPO_CACHE": str(tmp_path / "gym-dpo")})
     assert said.startswith("RecipeError") and "belongs to uid 0" in said, said
     assert "sudo chown -R 4244" in said and "GYM_DPO_CACHE" in said
