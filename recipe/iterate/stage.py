@@ -259,8 +259,8 @@ class Loop:
         plan.run_dir.mkdir(parents=True, exist_ok=True)
         changed = state.check_plan(plan.run_dir, {**plan.fingerprint(), "nemo_gym": self.nemo_gym_venvs()})
         if changed:
-            raise RecipeError(f"{plan.run_dir} was started with other eval settings, so its rounds would not "
-                              "compare; use a new run_dir, or the same settings:\n  " + "\n  ".join(changed))
+            raise RecipeError(f"{plan.run_dir} was started with other eval settings or NeMo Gym venvs, so its rounds "
+                              "would not compare; use a new run_dir, or the same settings:\n  " + "\n  ".join(changed))
         todo = state.pending(plan.run_dir, plan.rounds)
         if not todo:
             console.console.print(f"all {plan.rounds} round(s) of {plan.run_dir} are done")
