@@ -19,8 +19,8 @@ from omegaconf import DictConfig
 
 from recipe import processes
 from recipe.errors import RecipeError
+from recipe.iterate import cache, gym_install, lock
 from recipe.iterate import gym as gym_mod
-from recipe.iterate import gym_install, lock
 
 CHECKED = ".gym-dpo-checked"     # in a server venv: read and found equal to the lock
 MODEL_CONFIG = "responses_api_models/vllm_model/configs/vllm_model.yaml"   # what gym.Gym always adds
@@ -39,7 +39,7 @@ def needed(tools: gym_install.NemoGym, config_paths: list[str]) -> list[str]:
     (NeMo Gym's own, relative to its install, or paths of the user's): each entry with an entrypoint."""
     site, found = site_packages(tools.venv), []
     for text in [*config_paths, MODEL_CONFIG]:
-        file = Path(text) if Path(text).is_absolute() or Path(text).is_file() else site / text
+        file = site / text if (site / text).is_file() else Path(text)
         if not file.is_file():
             raise RecipeError(f"NeMo Gym config {text} is neither a file here nor in {site}")
         for servers in (yaml.safe_load(file.read_text()) or {}).values():
@@ -72,6 +72,7 @@ def _build(tools: gym_install.NemoGym, gym_cfg: DictConfig, serving_cfg: DictCon
         gym.cleanup()
 
 
+@cache.one_installer  # two loops starting at once: the second waits, then finds the venvs checked
 def ensure(tools: gym_install.NemoGym, gym_cfg: DictConfig, serving_cfg: DictConfig, work: Path,
            log: Path) -> list[str]:
     """Every server venv of this environment built from the lock and checked (built now if not);
