@@ -78,7 +78,7 @@ def ensure(tools: gym_install.NemoGym, gym_cfg: DictConfig, serving_cfg: DictCon
     """Every server venv of this environment built from the lock and checked (built now if not);
     the server folders."""
     servers = needed(tools, [str(p) for p in gym_cfg.config_paths])
-    for attempt in (1, 2):
+    for attempt in (1, 2):  # once more when ng_run failed (Ray's start times out on a busy machine)
         todo = [s for s in servers if not (venv_of(tools, s) / CHECKED).is_file()]
         if not todo:
             return servers
@@ -86,14 +86,17 @@ def ensure(tools: gym_install.NemoGym, gym_cfg: DictConfig, serving_cfg: DictCon
             shutil.rmtree(venv_of(tools, server), ignore_errors=True)
         print(f"[setup] building NeMo Gym's server venvs {', '.join(todo)} from {tools.lock.name} (ng_run; "
               f"log {log})", flush=True)
-        _build(tools, gym_cfg, serving_cfg, work, log)
+        failed = None
+        try:
+            _build(tools, gym_cfg, serving_cfg, work, log)
+        except RecipeError as exc:
+            failed = exc
         for server in todo:
-            python = venv_of(tools, server) / "bin" / "python"
             try:
-                gym_install.check_venv(python, tools.lock, f"the venv of {server}")
-            except RecipeError:
+                gym_install.check_venv(venv_of(tools, server) / "bin" / "python", tools.lock, f"the venv of {server}")
+            except RecipeError as wrong:
                 if attempt == 2:
-                    raise
+                    raise (failed or wrong) from None
                 continue
             (venv_of(tools, server) / CHECKED).write_text(lock.read(tools.lock).sha256() + "\n")
     return servers

@@ -204,3 +204,41 @@ def test_the_lock_asks_for_what_ng_run_installs_in_each_server_venv(tmp_path, mo
     monkeypatch.setattr(lock, "SERVERS", ("resources_servers/gone",))
     with pytest.raises(RecipeError, match="has no resources_servers/gone"):
         lock._server_requirements(wheel)
+
+
+def test_server_venvs_are_built_once_more_when_ng_run_fails_then_checked_and_stamped(tmp_path, monkeypatch):
+    """ng_run's dry run starts Ray, whose start can time out on a busy machine: the build is tried
+    once more; a venv that differs from the lock or a second failure is an error."""
+    from omegaconf import OmegaConf
+
+    from recipe.iterate import gym_install, servers
+
+    monkeypatch.setenv("GYM_DPO_CACHE", str(tmp_path / "cache"))
+    tools = setup.NemoGym(tmp_path / "venv", Path("/usr/bin/python3.12"), tmp_path / "sv", tmp_path / "uv",
+                          lock.path("3.12"))
+    monkeypatch.setattr(servers, "needed", lambda tools, paths: ["resources_servers/x"])
+    builds = []
+
+    def build(tools, gym_cfg, serving_cfg, work, log, outcomes):
+        builds.append(1)
+        if outcomes[len(builds) - 1] == "ray timed out":
+            raise RecipeError("ng_run +dry_run=true (server venvs) exited with code 1: The current node timed out")
+        (servers.venv_of(tools, "resources_servers/x") / "bin").mkdir(parents=True)
+
+    def check(python, locked, what):
+        if not python.parent.is_dir():
+            raise RecipeError(f"{what}: {python} does not run here")
+
+    monkeypatch.setattr(gym_install, "check_venv", check)
+    cfg = OmegaConf.create({"config_paths": ["resources_servers/x/configs/x.yaml"]})
+    monkeypatch.setattr(servers, "_build", lambda *a: build(*a, outcomes=["ray timed out", "built"]))
+    assert servers.ensure(tools, cfg, None, tmp_path, tmp_path / "log") == ["resources_servers/x"]
+    assert len(builds) == 2 and (servers.venv_of(tools, "resources_servers/x") / servers.CHECKED).is_file()
+    assert servers.ensure(tools, cfg, None, tmp_path, tmp_path / "log") and len(builds) == 2  # checked: not built again
+
+    builds.clear()
+    monkeypatch.setattr(servers, "_build", lambda *a: build(*a, outcomes=["ray timed out"] * 2))
+    (servers.venv_of(tools, "resources_servers/x") / servers.CHECKED).unlink()
+    with pytest.raises(RecipeError, match="timed out"):
+        servers.ensure(tools, cfg, None, tmp_path, tmp_path / "log")
+    assert len(builds) == 2 and not servers.venv_of(tools, "resources_servers/x").exists()
