@@ -102,7 +102,7 @@ def nemo_gym(python: str | None = None, install: bool = True) -> NemoGym:
             root, name = cache.root(), f"nemo-gym-{NEMO_GYM_VERSION}-<python>-<key>"
             return NemoGym(root / name, Path(python or "python3.12"), root / f"{name}-servers", root / "uv-cache")
     interpreter = find_python(python)
-    if os.environ.get(PREBUILT):  # the image's, made from the same lock when the image was built
+    if os.environ.get(PREBUILT) and Path(os.environ[PREBUILT]).is_dir():  # the image's, made from the same lock
         tools, ident = _nemo_gym_place(interpreter, Path(os.environ[PREBUILT]))
         why = cache.venv_runs(tools.venv, ident, cache.STAMP, NEMO_GYM_IMPORTS)
         if why is None:
