@@ -37,6 +37,19 @@ RUN ${PYTHON} -m venv /opt/gym-dpo \
  && rm -rf /src/gym-dpo \
  && gym-dpo --help >/dev/null
 
+# NeMo Gym for stage=iterate, installed from the repository's lock for the image's Python (NeMo RL
+# v0.7.0's is 3.13.13: recipe/iterate/locks/nemo-gym-0.4.0-py3.13.txt) into a folder of the image.
+# At run time setup uses it where it was built (GYM_DPO_NEMO_GYM_PREBUILT) and builds the server
+# venvs into the mounted cache, from the same lock. NEMO_GYM=skip leaves it out (an image without
+# Python >= 3.12, such as the tests' stand-in; stage=iterate then installs it into the cache).
+ARG NEMO_GYM=lock
+ENV GYM_DPO_NEMO_GYM_PREBUILT=/opt/gym-dpo-tools/iterate
+RUN if [ "$NEMO_GYM" != skip ]; then \
+        GYM_DPO_CACHE=/opt/gym-dpo-tools PIP_NO_CACHE_DIR=1 /opt/gym-dpo/bin/python -m recipe.iterate.setup \
+            --only nemo-gym-venv \
+     && rm -rf /opt/gym-dpo-tools/iterate/uv-cache-* /opt/gym-dpo-tools/iterate/logs; \
+    fi
+
 # results/ (a mount) holds the run folders; container.lock.json sits beside it.
 WORKDIR /workspace
 ENTRYPOINT ["gym-dpo"]

@@ -111,3 +111,33 @@ def prepare(tmp_path):
         return stage.run(cfg), tmp_path / out
 
     return run
+
+
+def as_user(uid: int, code: str, env: dict) -> str:
+    """What `code` prints when run as user `uid` (a forked child of this process: another user
+    may not read this interpreter's folders), or the error it raised."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: become the user, run, report, exit
+        os.close(read)
+        try:
+            os.environ.update(env)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            import contextlib
+            import io
+
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                exec(code, {})
+            os.write(write, out.getvalue().encode())
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            os.write(write, f"{type(exc).__name__} {exc}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        said = pipe.read()
+    os.waitpid(pid, 0)
+    return said.strip()

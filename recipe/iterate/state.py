@@ -81,6 +81,16 @@ def check_plan(run_dir: Path, plan: dict) -> list[str]:
     if not path.is_file():
         write_json(path, plan)
         return []
-    old = json.loads(path.read_text())
-    return [f"{key}: {old.get(key)!r} then, {plan.get(key)!r} now" for key in sorted(set(old) | set(plan))
-            if old.get(key) != plan.get(key)]
+    return _differences(json.loads(path.read_text()), plan)
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Each key whose value differs, nested keys written a.b.c (a venv's package, not the whole venv)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        then, now = old.get(key), new.get(key)
+        if isinstance(then, dict) and isinstance(now, dict):
+            out += _differences(then, now, f"{prefix}{key}.")
+        elif then != now:
+            out.append(f"{prefix}{key}: {then!r} then, {now!r} now")
+    return out

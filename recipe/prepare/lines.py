@@ -21,6 +21,7 @@ class LineSource:
         self.options = options
         self._sides = msgspec.json.Decoder(rollouts.PairSide)
         self._outputs = msgspec.json.Decoder(rollouts.Output)
+        self._inputs = msgspec.json.Decoder(rollouts.Input)
         self.files = [open(path, "rb", buffering=0) for path in paths]  # closed with the process
         self.fds = tuple(handle.fileno() for handle in self.files)
 
@@ -29,10 +30,14 @@ class LineSource:
 
     def convert(self, file: int, offset: int, nbytes: int) -> tuple[list[dict], str | list[dict]]:
         """(context messages, output) of a usable rollout's line (what `scan.convert` gives)."""
-        side = self._sides.decode(self.line(file, offset, nbytes))
+        side = rollouts.from_episode(self._sides.decode(self.line(file, offset, nbytes)))
         request = side.responses_create_params
-        return (chat.context_of(request.input, request.instructions, self.options.chat),
+        params_input = request.input
+        if isinstance(params_input, msgspec.Raw):  # an episode's opening turns (`rollouts.from_episode`)
+            params_input = self._inputs.decode(params_input)
+        return (chat.context_of(params_input, request.instructions, self.options.chat),
                 scan.output_of(side, self.options))
 
     def output(self, file: int, offset: int, nbytes: int) -> str | list[dict]:
-        return scan.output_of(self._outputs.decode(self.line(file, offset, nbytes)), self.options)
+        return scan.output_of(rollouts.from_episode(self._outputs.decode(self.line(file, offset, nbytes))),
+                              self.options)

@@ -60,6 +60,13 @@ class AgentRef(Struct, gc=False):
     name: str | None = None
 
 
+class UserSim(Struct, gc=False):
+    """NeMo Gym 0.7.0's user-simulation episode (`nemo_user_sim`): the whole conversation, kept raw
+    (`from_episode` splits it into the request and the response)."""
+
+    conversation_messages: msgspec.Raw = msgspec.Raw(b"null")
+
+
 class Request(Struct, gc=False):
     """The request typed straight away: for lines the scan has validated already."""
 
@@ -70,9 +77,10 @@ class Request(Struct, gc=False):
 class PairSide(Struct, gc=False):
     """What a pair needs of a rollout the scan accepted: its request and its output."""
 
-    responses_create_params: Request
+    responses_create_params: Request | None = None   # None: an episode row (`from_episode` makes it)
     response: Response | None = None
     output: list[Item] | None = None
+    usersim_result: UserSim | None = None
 
 
 class Output(Struct, gc=False):
@@ -81,10 +89,11 @@ class Output(Struct, gc=False):
 
     response: Response | None = None
     output: list[Item] | None = None
+    usersim_result: UserSim | None = None
 
 
 _BASE_FIELDS = [
-    ("responses_create_params", Params),
+    ("responses_create_params", Params | None, None),  # None: an episode row (`from_episode`) or a reject
     ("response", Response | None, None),
     ("output", list[Item] | None, None),
     ("reward", float | None | UnsetType, UNSET),
@@ -92,10 +101,18 @@ _BASE_FIELDS = [
     # JSON Schema's "integer" takes 3.0 too: the decoder takes a float, `Reader.check_task_index` checks it
     ("task_index", int | float | None, field(default=None, name="_ng_task_index")),
     ("agent_ref", AgentRef | None, None),
+    # NeMo Gym 0.7.0: which environment server made the row (what groups it when agent_ref is absent),
+    # the result type it wrote, and a diagnosis that does not by itself mask the row
+    ("environment_server", str | None, field(default=None, name="_ng_environment_server")),
+    ("result_type", str | None, field(default=None, name="_ng_result_type")),
+    ("failure_kind", str | None, None),
+    ("failure_reason", str | None, None),
+    ("usersim_result", UserSim | None, None),
 ]
 
-_RESERVED = {"responses_create_params", "response", "output", "reward", "mask_sample",
-             "_ng_task_index", "agent_ref"}
+_RESERVED = {"responses_create_params", "response", "output", "reward", "mask_sample", "_ng_task_index",
+             "agent_ref", "_ng_environment_server", "_ng_result_type", "failure_kind", "failure_reason",
+             "usersim_result"}
 
 
 @cache
@@ -123,7 +140,9 @@ class Reader:
         the values msgspec skips unread included."""
         if not is_utf8(line):
             raise msgspec.DecodeError("the line is not UTF-8")
-        row = self.row_decoder.decode(line)
+        row = from_episode(self.row_decoder.decode(line))
+        if row.responses_create_params is None:
+            raise msgspec.ValidationError("Object missing required field `responses_create_params`")
         if not self.check_task_index(row):
             raise msgspec.ValidationError("Expected `int`, got `float` - at `$._ng_task_index`")
         return row, self.input_decoder.decode(row.responses_create_params.input)
@@ -137,6 +156,65 @@ class Reader:
                 return False
             row.task_index = int(row.task_index)
         return True
+
+
+_RAW_ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
+_ITEMS = msgspec.json.Decoder(list[Item])
+OPENING_ROLES = ("system", "developer", "user")
+
+
+def from_episode(row):
+    """A user-simulation episode (NeMo Gym 0.7.0's `nemo_user_sim`: no responses_create_params or
+    response, the conversation in `usersim_result.conversation_messages`) read as an agent row: its
+    opening system/user turns are the request (their bytes as written: the context's identity),
+    the rest, from the model's first turn on, the response. Any other row is returned as it is.
+    Raises msgspec.ValidationError when the conversation is not a list of items."""
+    episode = row.usersim_result
+    if getattr(row, "responses_create_params", None) is not None or episode is None \
+            or bytes(episode.conversation_messages) == b"null":
+        return row
+    items = _ITEMS.decode(episode.conversation_messages)
+    first = next((i for i, item in enumerate(items)
+                  if item.role not in OPENING_ROLES or item.type not in (None, "message")), len(items))
+    if "responses_create_params" in row.__struct_fields__:  # `Output` has no request
+        raws = _RAW_ITEMS.decode(episode.conversation_messages)
+        row.responses_create_params = Params(input=msgspec.Raw(b"[" + b",".join(map(bytes, raws[:first])) + b"]"))
+    row.response = Response(output=items[first:])
+    return row
+
+
+def explain_layout(obj: dict) -> tuple[str, str] | None:
+    """(reason, detail) for a row in none of the layouts gym-dpo reads (an agent row's request, a
+    user-simulation episode's conversation), naming the layout it is in and what it lacks; None
+    for a row in one of them (its errors are the schema's to explain)."""
+    episode = obj.get("usersim_result")
+    if "responses_create_params" in obj or (isinstance(episode, dict) and "conversation_messages" in episode):
+        return None
+    kind = obj.get("_ng_result_type")
+    named = f" ({kind} result)" if isinstance(kind, str) else ""
+    wanted = "no responses_create_params (agent rows) and no usersim_result.conversation_messages (episode rows)"
+    if "sample" in obj and any("/" in key for key in obj):
+        return "not_a_rollout", ("a reward-profiling summary (mean/reward, ..., sample: NeMo Gym's "
+                                 "*_reward_profiling layout), not a rollout: give prepare the rollouts file")
+    if "policy_response" in obj:
+        return "episode_no_prompt", (f"an episode row{named} with the reply (policy_response) but not the prompt "
+                                     f"it answers (NeMo Gym 0.7.0's bbq layout): {wanted}, so there is no context "
+                                     "to pair replies on")
+    if isinstance(episode, dict):
+        return "episode_no_conversation", f"an episode row{named} whose usersim_result has no conversation_messages"
+    keys = ", ".join(sorted(obj)[:8])
+    return "no_request", f"a row{named} with {wanted}; its keys: {keys}"
+
+
+def explain_steps(obj: dict) -> tuple[str, str] | None:
+    """(reason, detail) for a response whose output is a list of steps, each a list of items."""
+    response = obj.get("response")
+    output = response.get("output") if isinstance(response, dict) else None
+    if isinstance(output, list) and output and all(isinstance(step, list) for step in output):
+        return "steps_output", ("response.output is a list of steps, each a list of items repeating the "
+                                "conversation so far (NeMo Gym's aviary agent layout, the prompt inside it and "
+                                "responses_create_params.input empty): gym-dpo reads one list of items")
+    return None
 
 
 def is_utf8(data: bytes) -> bool:
@@ -184,6 +262,9 @@ def explain_invalid(line: bytes) -> tuple[str, str]:
         return "malformed_json", "a \\u escape is a lone surrogate, not a character"
     if not isinstance(obj, dict):
         return "not_an_object", f"the line is a JSON {type(obj).__name__}, not an object"
+    layout = explain_layout(obj) or explain_steps(obj)
+    if layout is not None:
+        return layout
     import jsonschema  # slow path only: importing it costs ~0.1 s
 
     validator = jsonschema.Draft202012Validator(schema("rollout"))

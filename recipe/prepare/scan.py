@@ -72,7 +72,8 @@ def checked_response(row, params_input, options: ScanOptions) -> str | list[dict
 def check_row(row) -> None:
     """What a row says about itself: masked, or no usable reward (`chat.Unusable`)."""
     if row.mask_sample:
-        raise chat.Unusable("mask_sample", "mask_sample is true: the environment says do not train on it")
+        why = f" ({row.failure_kind}: {row.failure_reason})" if getattr(row, "failure_kind", None) else ""
+        raise chat.Unusable("mask_sample", f"mask_sample is true: the environment says do not train on it{why}")
     if row.reward is msgspec.UNSET:
         raise chat.Unusable("reward_missing", "no reward key (the judge did not run)")
     if row.reward is None:
@@ -200,9 +201,9 @@ class LineReader:
 
     def accept(self, row, data: bytes, number: int, start: int, end: int, base: int = 0) -> None:
         """A decoded row (line `number`, at data[start:end]; `base` + start in the chunk)."""
-        params = row.responses_create_params
-        request = self._request(params.input, params.instructions)
         try:
+            params = rollouts.from_episode(row).responses_create_params
+            request = self._request(params.input, params.instructions) if params is not None else None
             if request is None or (type(row.task_index) is float and not self.rollouts.check_task_index(row)):
                 raise msgspec.ValidationError
             check_row(row)
@@ -218,7 +219,8 @@ class LineReader:
         except chat.Unusable as exc:
             self.reject(number, exc.reason, exc.detail)
             return
-        agent = row.agent_ref.name if row.agent_ref is not None else None
+        # NeMo Gym's own grouping: the agent, else (0.7.0's episode rows) the environment server
+        agent = row.agent_ref.name if row.agent_ref is not None else row.environment_server
         if self.options.group_by is None:
             task = (agent, row.task_index)
             keys = request.group_keys.get(task)

