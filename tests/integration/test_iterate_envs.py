@@ -1,7 +1,7 @@
 """Environments nobody here wrote, through the loop with the real tools (NeMo Gym 0.4.0's own
 servers, llama-server, SmolLM2): one added by a config file alone, outside the repository, and
-trained on while another is cross-evaluated in the same ng_run; a multi-turn game (grl_sokoban)
-whose rows hold several turns of the model. tests/infra/iterate_up.sh installs the tools."""
+trained on while another is cross-evaluated in the same ng_run; the bundled multi-turn one, whose
+rows hold two turns of the model. tests/infra/iterate_up.sh installs the tools."""
 
 from __future__ import annotations
 
@@ -41,8 +41,9 @@ def test_an_environment_added_by_a_config_file_alone(tools, tmp_path):  # noqa: 
         "gradable: none\nanswer_format: null\nnemo_gym_overrides: []\n")
     run_dir = tmp_path / "run"
     search = f"hydra.searchpath=[file://{tmp_path / 'my_configs'}]"
-    result = run([*gym_dpo_cli(), "stage=iterate", f"run_dir={run_dir}", search, "gym=follow_ups", "iterate.rounds=1", "iterate.collect.tasks=5", "iterate.collect.repeats=4",
-                  "iterate.cross_eval.environments=[mcqa]", "iterate.cross_eval.tasks=4", *SMALL],
+    result = run([*gym_dpo_cli(), "stage=iterate", f"run_dir={run_dir}", search, "gym=follow_ups", "iterate.rounds=1",
+                  "iterate.collect.tasks=5", "iterate.collect.repeats=4", "iterate.cross_eval.environments=[mcqa]",
+                  "iterate.cross_eval.tasks=4", *SMALL],
                  cwd=REPO, timeout=2400, check=False)
     said = result.stdout + result.stderr
     assert result.returncode == 0, said[-3000:]
@@ -58,29 +59,28 @@ def test_an_environment_added_by_a_config_file_alone(tools, tmp_path):  # noqa: 
     assert not ours(run_dir)
 
 
-def test_a_multi_turn_game_runs_through_the_loop(tools, tmp_path):  # noqa: F811
-    """grl_sokoban: the model moves, the environment answers with the board, several times an
-    episode; a level is replayed by its seed, so rollouts of a task start alike and are paired
-    where they part."""
+def test_a_multi_turn_environment_runs_through_the_loop(tools, tmp_path):  # noqa: F811
+    """gym=multi_turn: the policy answers, NeMo Gym's scripted user follows up, the policy answers
+    again; the rollouts of a task start alike, so they are paired where they part; every turn's
+    format is measured and required."""
     run_dir = tmp_path / "run"
-    result = run([*gym_dpo_cli(), "stage=iterate", f"run_dir={run_dir}", "gym=sokoban", "iterate.rounds=1",
-                  "iterate.collect.tasks=6", "iterate.collect.repeats=4", "iterate.eval.tasks=4",
-                  "iterate.cross_eval.environments=[]",
-                  "gym.nemo_gym_overrides=['++grl_sokoban_gymnasium_agent.responses_api_agents.gymnasium_agent.max_steps=3']",
-                  *SMALL], cwd=REPO, timeout=2400, check=False)
+    result = run([*gym_dpo_cli(), "stage=iterate", f"run_dir={run_dir}", "gym=multi_turn", "iterate.rounds=1",
+                  "iterate.collect.tasks=8", "iterate.collect.repeats=4", "iterate.eval.tasks=4",
+                  "iterate.cross_eval.environments=[]", *SMALL], cwd=REPO, timeout=2400, check=False)
     said = result.stdout + result.stderr
     assert result.returncode == 0, said[-3000:]
     doc = json.loads((run_dir / "iterate.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "round_1" / "rollouts" / "train.jsonl").read_text().splitlines()]
     turns = [sum(1 for item in r["response"]["output"] if item.get("role") == "assistant") for r in rows]
-    assert max(turns) >= 2 and max(turns) <= 3
-    first_boards = {}
-    for r in rows:  # the level comes from the task's seed: every rollout of a task starts on one board
-        board = next(i["content"] for i in r["responses_create_params"]["input"][::-1] if i.get("role") == "user")
-        first_boards.setdefault(r["_ng_task_index"], set()).add(json.dumps(board))
-    assert all(len(boards) == 1 for boards in first_boards.values())
+    assert len(rows) == 32 and min(turns) == 2  # the question, then the follow-up
+    assert all("gym_dpo_verifier_reward" in r for r in rows)  # the reward requires \boxed{} on every turn
+    for r in rows:
+        if r["gym_dpo_format_followed"] < 1:
+            assert r["reward"] == 0
     ev = doc["rounds"][0]["eval"]
-    assert 0 <= ev["adherence"] <= 1 and ev["n"] == 8  # the share of turns with an <action> tag
+    assert 0 <= ev["adherence"] <= 1 and ev["n"] == 16 and set(ev["families"]) <= {
+        "add_then_add", "add_then_subtract", "add_then_double", "multiply_then_add"}
+    assert doc["rounds"][0]["suites"]["probe"]["n"] == 4 * 2 and "adherence" not in doc["rounds"][0]["suites"]["probe"]
     manifest = json.loads((run_dir / "round_1" / "prepare" / "data" / "manifest.json").read_text())
-    assert manifest["counts"]["unpaired"]["no_comparable_rollout"] == 0  # seeded: never apart from the start
-    assert not ours(run_dir)
+    assert manifest["counts"]["unpaired"]["no_comparable_rollout"] == 0  # a task's rollouts start alike
+    assert doc["rounds"][1]["done"] and not ours(run_dir)

@@ -257,12 +257,12 @@ def test_the_gpu_path_dry_run_lists_each_rounds_commands(tmp_path):
     # eval x3, train collection x2; the probe and the two other environments in rounds 0 and 2 only
     assert text.count("ng_collect_rollouts") == 5 + 2 + 2 * 2
     assert text.count("++responses_create_params.top_p=1.0") == 11
-    for k, suites in ((0, ["eval", "probe", "cross-reasoning_gym", "cross-sokoban"]), (1, ["eval"]),
-                      (2, ["eval", "probe", "cross-reasoning_gym", "cross-sokoban"])):
+    for k, suites in ((0, ["eval", "probe", "cross-reasoning_gym", "cross-multi_turn"]), (1, ["eval"]),
+                      (2, ["eval", "probe", "cross-reasoning_gym", "cross-multi_turn"])):
         block = text.split(f"## round {k}\n")[1].split("## round")[0]
         assert [line.split()[3].rstrip(":") for line in block.splitlines()
                 if line.startswith("# held-out suite")] == suites
-    assert text.count("+agent_name=grl_sokoban_gymnasium_agent") == 2
+    assert text.count("+agent_name=example_multi_turn_gymnasium_agent") == 2
     # one ng_run serves every environment: the trained one's servers and the other two
     assert "resources_servers/math_with_judge/configs/math_with_judge.yaml,resources_servers/reasoning_gym" in text
 

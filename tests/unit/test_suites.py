@@ -22,14 +22,14 @@ REFERENCE = Path(os.environ.get("GYM_DPO_REFERENCE", REPO.parent / "shared" / "r
 
 def test_a_run_evaluates_its_environment_its_probe_and_the_other_environments(tmp_path):
     p = build_plan(f"run_dir={tmp_path}")
-    assert [s.name for s in p.suites] == ["eval", "probe", "cross-reasoning_gym", "cross-sokoban"]
-    assert [str(g.name) for g in p.gyms] == ["math", "reasoning_gym", "sokoban"]  # one ng_run for all three
+    assert [s.name for s in p.suites] == ["eval", "probe", "cross-reasoning_gym", "cross-multi_turn"]
+    assert [str(g.name) for g in p.gyms] == ["math", "reasoning_gym", "multi_turn"]  # one ng_run for all three
     by = {s.name: s for s in p.suites}
     assert p.require_format == "boxed" and by["eval"].require_format == "boxed"
     assert by["probe"].require_format is None and by["probe"].reading.answer_format is None
     assert by["cross-reasoning_gym"].reading.gradable == "tagged" and by["cross-reasoning_gym"].limit == 64
-    assert by["cross-sokoban"].sampling.max_output_tokens == 32 and by["cross-sokoban"].repeats == 2
-    assert by["cross-sokoban"].reading.answer_format == "action_tag"
+    assert by["cross-multi_turn"].require_format == "boxed" and by["cross-multi_turn"].repeats == 2
+    assert by["cross-multi_turn"].reading.gradable == "none"
     # the probe and the other environments: round 0 and the last round, unless asked for every round
     assert [s.name for s in p.suites_of(1)] == ["eval"] and len(p.suites_of(3)) == 4
     every = build_plan(f"run_dir={tmp_path}", "iterate.extra_eval_rounds=all")
@@ -43,6 +43,7 @@ def test_the_trained_environment_is_not_its_own_cross_eval_and_none_can_be_asked
                    "iterate.probe=false")
     assert [s.name for s in p.suites] == ["eval", "cross-math"] and p.require_format is None
     assert p.collect_sampling().max_output_tokens == 32  # the environment's own sampling for its turns
+    assert p.suites[0].reading.answer_format == "action_tag"
     alone = build_plan(f"run_dir={tmp_path}", "iterate.cross_eval.environments=[]")
     assert [s.name for s in alone.suites] == ["eval", "probe"] and len(alone.gyms) == 1
 
