@@ -12,8 +12,8 @@ environment's own generator from the NeMo Gym 0.4.0 install (recipe.iterate.setu
 - `sokoban_{train,eval}.jsonl` (`gym=sokoban`): NeMo Gym's resources_servers/grl_sokoban/
   generate_test_examples.py with its own --seed, kept to the levels in SOKOBAN_ROOMS.
 
-    python samples/gym/make_env_tasks.py            # rewrite the files (needs the server venvs: run
-                                                    # the loop once with the environment, or ng_run)
+    python samples/gym/make_env_tasks.py            # rewrite the files (NeMo Gym and the server venv
+                                                    # it needs are built from the lock when missing)
     python samples/gym/make_env_tasks.py --check    # exit 1 if the committed files differ
 """
 from __future__ import annotations
@@ -45,32 +45,37 @@ REASONING_GYM = [
 REASONING_GYM_SIZES = {"train": (120, 1000), "eval": (60, 50000)}
 
 SOKOBAN = {"train": (2000, 101), "eval": (400, 202)}  # (levels generated, --seed)
-SOKOBAN_ROOMS = {"max_cells": 30, "num_boxes": 1}       # the levels kept: small rooms, one box
+SOKOBAN_ROOMS = {"min_side": 5, "max_cells": 36, "num_boxes": 1}  # the levels kept: small rooms, one box
 SOKOBAN_KEEP = {"train": 600, "eval": 64}
 
 
-def nemo_gym_paths() -> tuple[Path, Path]:
-    """(NeMo Gym's installed package root, its server venvs), from the loop's own setup."""
+def nemo_gym_paths():
+    """(NeMo Gym's installed package root, its install), from the loop's own setup (installed
+    from the lock when missing)."""
     sys.path.insert(0, str(HERE.parents[1]))
-    from recipe.iterate import setup
+    from recipe.iterate import servers, setup
 
-    tools = setup.nemo_gym(install=False)
-    roots = sorted((tools.venv / "lib").glob("python3*/site-packages"))
-    if not roots or not (roots[0] / "resources_servers").is_dir():
-        raise SystemExit(f"NeMo Gym is not installed at {tools.venv}: run python -m recipe.iterate.setup")
-    return roots[0], tools.server_venvs
+    tools = setup.nemo_gym()
+    return servers.site_packages(tools.venv), tools
 
 
-def _server_python(venvs: Path, server: str) -> Path:
-    python = venvs / "resources_servers" / server / ".venv" / "bin" / "python"
-    if not python.is_file():
-        raise SystemExit(f"{python} is missing: NeMo Gym builds it the first time it runs the environment "
-                         f"(gym-dpo stage=iterate iterate.rounds=0 gym=... once)")
-    return python
+def _server_python(tools, server: str) -> Path:
+    """The Python of NeMo Gym's venv for `server`, built from the lock as the loop builds it."""
+    from omegaconf import OmegaConf
+
+    from recipe.iterate import servers, suites
+
+    gym = suites.gym_config(server)
+    serving = OmegaConf.create({"nemo_gym_model": {}})
+    for name in servers.ensure(tools, gym, serving, Path(tempfile.mkdtemp(prefix="gym-dpo-tasks-")),
+                               Path(tempfile.gettempdir()) / "gym-dpo-make-env-tasks.log"):
+        if name.startswith("resources_servers/"):
+            return servers.venv_of(tools, name) / "bin" / "python"
+    raise SystemExit(f"gym={server} starts no resource server")
 
 
-def reasoning_gym_files(root: Path, venvs: Path) -> dict[str, str]:
-    python = _server_python(venvs, "reasoning_gym")
+def reasoning_gym_files(root: Path, tools) -> dict[str, str]:
+    python = _server_python(tools, "reasoning_gym")
     script = root / "resources_servers" / "reasoning_gym" / "scripts" / "create_dataset.py"
     files = {}
     with tempfile.TemporaryDirectory() as scratch:
@@ -106,24 +111,50 @@ def reasoning_gym_files(root: Path, venvs: Path) -> dict[str, str]:
     return files
 
 
-def sokoban_files(root: Path) -> dict[str, str]:
+# A level whose first generation fails is generated again by grl_sokoban's reset from a seed made
+# with Python's salted str hash (another level in every server process; rooms of 4 x N fail often
+# and can recurse until RecursionError, which fails NeMo Gym's whole collection): kept are levels
+# that the environment's own reset builds at the first try.
+LEVEL_CHECK = """
+import json, sys
+from resources_servers.grl_sokoban import app
+from resources_servers.grl_sokoban.sokoban_env import sokoban_env as env_module
+made = []
+original = env_module.generate_room
+env_module.generate_room = lambda *a, **k: made.append(1) or original(*a, **k)
+for line in sys.stdin:
+    row = json.loads(line)
+    defaults = app.GrlSokobanResourcesServerConfig.model_fields["env_config"].default_factory()
+    config = dict(defaults, dim_room=tuple(row["dim_room"]), num_boxes=row["num_boxes"])
+    try:
+        env = env_module.SokobanEnv(config)  # gym-sokoban makes a first room in its constructor
+        made[:] = []
+        env.reset(seed=row["seed"])
+        print(len(made) == 1)
+    except (RuntimeError, RecursionError):
+        print(False)
+"""
+
+
+def sokoban_files(root: Path, tools) -> dict[str, str]:
     script = root / "resources_servers" / "grl_sokoban" / "generate_test_examples.py"
+    python = _server_python(tools, "sokoban")
     files, seen = {}, set()
     with tempfile.TemporaryDirectory() as scratch:
         for split, (count, seed) in SOKOBAN.items():
             out = Path(scratch) / f"{split}.jsonl"
             subprocess.run([sys.executable, str(script), "--num-examples", str(count), "--seed", str(seed),
                             "--output", str(out)], check=True, stdout=subprocess.DEVNULL, cwd=scratch)
-            kept = []
-            for line in out.read_text().splitlines():
-                row = json.loads(line)
-                rows_, cols = row["dim_room"]
-                level = (row["seed"], tuple(row["dim_room"]), row["num_boxes"])
-                if (rows_ * cols <= SOKOBAN_ROOMS["max_cells"] and row["num_boxes"] == SOKOBAN_ROOMS["num_boxes"]
-                        and level not in seen):  # a level is in one file only
-                    seen.add(level)
-                    kept.append(line + "\n")
-            files[f"sokoban_{split}.jsonl"] = "".join(kept[:SOKOBAN_KEEP[split]])
+            rows = [json.loads(line) for line in out.read_text().splitlines()]
+            rows = [r for r in rows if r["num_boxes"] == SOKOBAN_ROOMS["num_boxes"]
+                    and min(r["dim_room"]) >= SOKOBAN_ROOMS["min_side"]
+                    and r["dim_room"][0] * r["dim_room"][1] <= SOKOBAN_ROOMS["max_cells"]
+                    and (r["seed"], tuple(r["dim_room"])) not in seen]  # a level is in one file only
+            built = subprocess.run([str(python), "-c", LEVEL_CHECK], input="".join(json.dumps(r) + "\n" for r in rows),
+                                   capture_output=True, text=True, check=True, cwd=root).stdout.split()
+            kept = [r for r, ok in zip(rows, built) if ok == "True"][:SOKOBAN_KEEP[split]]
+            seen.update((r["seed"], tuple(r["dim_room"])) for r in kept)
+            files[f"sokoban_{split}.jsonl"] = "".join(json.dumps(r) + "\n" for r in kept)
     return files
 
 
@@ -132,12 +163,12 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if the files differ")
     parser.add_argument("--only", choices=["reasoning_gym", "sokoban"], help="one environment's files")
     args = parser.parse_args()
-    root, venvs = nemo_gym_paths()
+    root, tools = nemo_gym_paths()
     files = {}
     if args.only in (None, "sokoban"):
-        files.update(sokoban_files(root))
+        files.update(sokoban_files(root, tools))
     if args.only in (None, "reasoning_gym"):
-        files.update(reasoning_gym_files(root, venvs))
+        files.update(reasoning_gym_files(root, tools))
     stale = []
     for name, text in files.items():
         path = HERE / name
