@@ -269,7 +269,8 @@ def markdown(doc: dict) -> str:
                   "Gains are paired with round 0 on the same tasks and seeds."]
         for suite in doc.get("suites") or []:
             if suite["name"] != "eval":
-                lines.append(f"- `{suite['name']}`: `{suite['tasks_file']}` (first {suite['limit'] or 'all'} tasks) x "
+                which = f"first {suite['limit']} tasks" if suite["limit"] else "all tasks"
+                lines.append(f"- `{suite['name']}`: `{suite['tasks_file']}` ({which}) x "
                              f"{suite['repeats']}, answer format {suite['answer_format'] or 'none stated'}"
                              + (", reward requires it" if suite.get("reward_requires_format") else ""))
         lines += [""] + _table(SUITE_HEADER, others)
