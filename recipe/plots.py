@@ -136,7 +136,7 @@ def rounds_decomposition(rounds: list[int], series: dict[str, tuple[list, list]]
     """Per round: each measure's value with ± 1 SE bars (`series`: name -> (values, SEs), None
     where a round has none), and the chance level of a letter prior as a line."""
     figure, axes = _figure("Held-out eval per round (± 1 SE over questions)", "round", "share")
-    colors = iter([NEUTRAL, "#ef6c00", CHOSEN, LIMIT])
+    colors = iter([NEUTRAL, "#ef6c00", CHOSEN, LIMIT, "#00838f", "#5d4037", "#9e9d24"])
     for offset, (name, (values, errors)) in zip(np.linspace(-0.08, 0.08, max(len(series), 1)), series.items()):
         points = [(r + offset, v, e or 0.0) for r, v, e in zip(rounds, values, errors) if v is not None]
         if points:

@@ -74,6 +74,7 @@ class Reply:
     family: str | None
     options: int | None          # options the task lists (chance = 1 / options)
     follows: float | None = None  # share of its turns that follow the prompt's answer format
+    stated_right: bool | None = None  # the answer stated in that format is the expected one
 
 
 def _text(value) -> str | None:
@@ -110,11 +111,15 @@ def reply_of(row: dict, task: dict | None, reading: Reading = DEFAULT) -> Reply 
     follows = row.get(formats.FOLLOWS_KEY) if formats.FOLLOWS_KEY in row and reading.answer_format else None
     if follows is None:
         follows = formats.followed(reading.answer_format, row)
+    stated_right = None
+    if expected is not None and reading.answer_format in formats.STATED:
+        stated_right = formats.same_answer(formats.stated(reading.answer_format, row), expected)
     return Reply(task=int(row[TASK]) if cluster is None else f"q:{cluster}", reward=float(reward),
                  gradable=gradable, extracted=extracted,
                  expected=expected, tokens=tokens if isinstance(tokens, int) else None,
                  family=None if family is None else (family if isinstance(family, str) else str(family)),
-                 options=len(options) if isinstance(options, list) and options else None, follows=follows)
+                 options=len(options) if isinstance(options, list) and options else None, follows=follows,
+                 stated_right=stated_right)
 
 
 def read_tasks(path: Path) -> list[dict]:
@@ -205,11 +210,20 @@ def _has_format(r: Reply) -> float:
     return 0.0 if r.follows is None else 1.0
 
 
+def _stated_right(r: Reply) -> float:
+    return 1.0 if r.stated_right else 0.0
+
+
+def _states(r: Reply) -> float:
+    return 0.0 if r.stated_right is None else 1.0
+
+
 MEASURES = {  # name -> (numerator, denominator): every one is a ratio over replies
     "reward": (_reward, _one),
     "gradable_rate": (_gradable, _one),
     "accuracy_gradable": (_gradable_reward, _gradable),
     "adherence": (_follows, _has_format),
+    "stated_right": (_stated_right, _states),
 }
 
 
@@ -237,6 +251,9 @@ def decompose(items: list[Reply]) -> dict:
     adherence = ratio(items, _follows, _has_format)
     if adherence:
         out["adherence"], out["adherence_se"] = adherence["value"], adherence["se"]
+    right = ratio(items, _stated_right, _states)
+    if right:  # the answer stated in the prompt's format is the expected one
+        out["stated_right"], out["stated_right_se"] = right["value"], right["se"]
     tokens = [r.tokens for r in items if r.tokens is not None]
     out["mean_response_tokens"] = sum(tokens) / len(tokens) if tokens else None
     return out
@@ -278,8 +295,9 @@ def gains(before: list[Reply], after: list[Reply]) -> dict:
     out = {name: paired_ratio_gain(before, after, *pair) for name, pair in MEASURES.items()}
     if not any(r.gradable is not None for r in after):
         del out["gradable_rate"], out["accuracy_gradable"]
-    if out.get("adherence") is None:
-        out.pop("adherence", None)
+    for name in ("adherence", "stated_right"):
+        if out.get(name) is None:
+            out.pop(name, None)
     lengths = [sum(x.tokens for x in group if x.tokens is not None) / max(1, sum(x.tokens is not None for x in group))
                for group in (before, after)]
     out["response_tokens_ratio"] = lengths[1] / lengths[0] if lengths[0] else None

@@ -18,6 +18,10 @@ Formats (`gym.answer_format`):
 - `action_tag`: `<action>Up|Down|Left|Right|1-4</action>` (grl_sokoban's prompt);
 - `regex:<pattern>`: a reply follows when the pattern is found in it (Python `re`, DOTALL).
 For a multi-turn reply every assistant turn must follow: its adherence is the share that do.
+
+Where the format carries an answer (all but regex:), the answer a reply states in it is compared
+with the task's expected answer (`stated`, `same_answer`): a stricter figure than a lenient
+verifier's (example_multi_turn_gymnasium pays any last reply that contains the answer's digits).
 """
 
 from __future__ import annotations
@@ -59,6 +63,28 @@ def _boxed(text: str) -> bool:
 _ANSWER_TAG = re.compile(r"<answer>\s?(.*?)\s?</answer>", re.DOTALL)
 _ANSWER_LINE = re.compile(r"^\s*\**\s*Answer\s*[:：]\s*\**\s*\S", re.IGNORECASE | re.MULTILINE)
 _ACTION_TAG = re.compile(r"<action>\s*(up|down|left|right|[1-4])\s*</action>", re.IGNORECASE)
+
+def _tag_answer(text: str) -> str | None:
+    found = [m.group(1).strip() for m in _ANSWER_TAG.finditer(text)]
+    return found[-1] if found else None
+
+
+def _line_answer(text: str) -> str | None:
+    found = re.findall(r"Answer\s*[:：]\s*\**\s*(.+)", text, re.IGNORECASE)
+    return found[-1].strip().strip("*").strip() if found else None
+
+
+def _action_answer(text: str) -> str | None:
+    found = _ACTION_TAG.findall(text)
+    return found[-1] if found else None
+
+
+STATED: dict[str, Callable[[str], str | None]] = {  # the answer a reply states in the format
+    "boxed": last_boxed,
+    "answer_tag": _tag_answer,
+    "answer_line": _line_answer,
+    "action_tag": _action_answer,
+}
 
 CHECKS: dict[str, Callable[[str], bool]] = {
     "boxed": _boxed,
@@ -109,6 +135,31 @@ def followed(name: str | None, row: dict) -> float | None:
         return None
     turns = assistant_turns(row)
     return sum(1.0 for turn in turns if test(turn)) / len(turns) if turns else 0.0
+
+
+def stated(name: str | None, row: dict) -> str | None:
+    """The answer the row's last assistant turn states in format `name` (the contents of its last
+    \\boxed{}, <answer> tag, `Answer:` line or action tag), or None: the format carries none, or
+    the reply states none."""
+    if name is None or str(name) not in STATED:
+        return None
+    turns = assistant_turns(row)
+    found = STATED[str(name)](turns[-1]) if turns else None
+    return found.strip() if found and found.strip() else None
+
+
+def same_answer(said: str | None, expected: str | None) -> bool:
+    """A stated answer equal to the expected one: as text (whitespace, a final period and case
+    aside), or as numbers."""
+    if said is None or expected is None:
+        return False
+    a, b = said.strip().rstrip(".").strip().lower(), expected.strip().rstrip(".").strip().lower()
+    if a == b:
+        return True
+    try:
+        return float(a.replace(",", "")) == float(b.replace(",", ""))
+    except ValueError:
+        return False
 
 
 def require(name: str, row: dict) -> dict:

@@ -26,6 +26,8 @@ def figures(doc: dict) -> list[tuple[str, object]]:
     rounds = [entry["round"] for entry in doc["rounds"]]
     evals = [entry.get("eval", {}) for entry in doc["rounds"]]
     series = {"reward": ([e.get("mean") for e in evals], [e.get("se") for e in evals])}
+    if any(e.get("stated_right") is not None for e in evals):
+        series["stated answer right"] = _series(doc, "stated_right")
     if any(e.get("adherence") is not None for e in evals):
         series["instruction adherence"] = _series(doc, "adherence")
     if any(e.get("gradable_rate") is not None for e in evals):
@@ -46,7 +48,7 @@ def figures(doc: dict) -> list[tuple[str, object]]:
     return out
 
 
-MEASURES = (("reward", "reward"), ("adherence", "instruction adherence"))
+MEASURES = (("reward", "reward"), ("stated_right", "stated answer right"), ("adherence", "instruction adherence"))
 
 
 def heatmap_data(doc: dict) -> tuple | None:

@@ -158,7 +158,8 @@ def cross_eval(rounds: list[dict], suites: list) -> dict:
             found = entry if suite.name == "eval" else (entry.get("suites") or {}).get(suite.name)
             gains = (found or {}).get("gain_vs_round_0") or {}
             if gains:
-                per_round[str(entry["round"])] = {m: gains.get(m) for m in ("reward", "adherence", "accuracy_gradable")
+                per_round[str(entry["round"])] = {m: gains.get(m) for m in ("reward", "stated_right", "adherence",
+                                                                            "accuracy_gradable")
                                                   if gains.get(m) is not None}
         out[suite.name] = {"environment": str(suite.gym.name), "kind": suite.kind, "rounds": per_round}
     return out
@@ -191,6 +192,7 @@ def table_rows(doc: dict) -> list[list[str]]:
         kinds = (pairs or {}).get("kinds")
         rows.append([
             str(entry["round"]), _pm(ev.get("mean"), ev.get("se")), _gain(gains.get("reward")),
+            _pm(ev.get("stated_right"), ev.get("stated_right_se")), _gain(gains.get("stated_right")),
             _pm(ev.get("adherence"), ev.get("adherence_se")),
             _pm(ev.get("gradable_rate"), ev.get("gradable_rate_se")),
             _pm(ev.get("accuracy_gradable"), ev.get("accuracy_gradable_se"))
@@ -203,7 +205,8 @@ def table_rows(doc: dict) -> list[list[str]]:
     return rows
 
 
-HEADER = ["round", "eval reward ± SE", "gain vs round 0", "instruction adherence", "gradable rate",
+HEADER = ["round", "eval reward ± SE", "gain vs round 0", "stated answer right", "its gain", "instruction adherence",
+          "gradable rate",
           "accuracy among gradable (chance)",
           "accuracy gain vs round 0", "pairs (train + val)", "mean response tokens", "failed", "minutes"]
 
@@ -234,13 +237,15 @@ def suite_rows(doc: dict) -> list[list[str]]:
                 continue
             gains = ev.get("gain_vs_round_0") or {}
             rows.append([suite["name"], str(entry["round"]), _pm(ev.get("mean"), ev.get("se")),
-                         _gain(gains.get("reward")), _pm(ev.get("adherence"), ev.get("adherence_se")),
+                         _gain(gains.get("reward")), _pm(ev.get("stated_right"), ev.get("stated_right_se")),
+                         _gain(gains.get("stated_right")), _pm(ev.get("adherence"), ev.get("adherence_se")),
                          _gain(gains.get("adherence")), _pm(ev.get("gradable_rate"), ev.get("gradable_rate_se")),
                          _pm(ev.get("accuracy_gradable"), ev.get("accuracy_gradable_se")), _fmt(ev.get("n"))])
     return rows
 
 
-SUITE_HEADER = ["suite", "round", "reward ± SE", "gain vs round 0", "instruction adherence", "adherence gain",
+SUITE_HEADER = ["suite", "round", "reward ± SE", "gain vs round 0", "stated answer right", "its gain",
+                "instruction adherence", "adherence gain",
                 "gradable rate", "accuracy among gradable", "replies"]
 
 
@@ -258,7 +263,9 @@ def markdown(doc: dict) -> str:
              f"serving `{doc['serving']}`, launcher `{doc['launcher']}`. Eval: `{doc['eval']['tasks_file']}` x "
              f"{doc['eval']['repeats']} repeats, sampling {doc['eval']['sampling']}, the same seeds every round. "
              "Reward = gradable rate x accuracy among gradable replies (for 0/1 rewards): the first is the "
-             "answer's format, the second the task itself (chance: a letter prior alone). SE is over questions "
+             "answer's format, the second the task itself (chance: a letter prior alone). Stated answer right: the "
+             "answer a reply states in the format its prompt asks for is the expected one (stricter than a lenient "
+             "verifier); instruction adherence: the share of replies in that format. SE is over questions "
              "(a task, or all rotations of an mcqa question); a gain's SE is paired (same tasks, same seeds).", ""]
     lines += _table(HEADER, table_rows(doc))
     others = suite_rows(doc)

@@ -199,3 +199,13 @@ def test_adherence_is_the_share_of_replies_in_the_prompts_format_with_a_paired_g
 def test_an_environment_with_unknown_rules_is_refused():
     with pytest.raises(ValueError, match="gradable="):
         evaluation.Reading.of({"gradable": "sometimes"})
+
+
+def test_the_stated_answer_is_judged_apart_from_a_lenient_reward():
+    """example_multi_turn_gymnasium pays a last reply that contains the answer's digits: the
+    answer stated in the prompt's format tells a right sum from 156 for 5."""
+    reading = evaluation.Reading(gradable="none", answer_format="boxed")
+    rows = [row(0, 1.0, ..., text="so \\boxed{5}", expected="5"), row(1, 1.0, ..., text="\\boxed{156}", expected="5")]
+    out = evaluation.decompose(evaluation.replies(rows, [task()] * 2, reading))
+    assert out["reward"] == 1.0 and out["stated_right"] == 0.5
+    assert "stated_right" not in evaluation.decompose(evaluation.replies(rows, [task()] * 2))  # no format: none

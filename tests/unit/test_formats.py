@@ -68,3 +68,20 @@ def test_the_rule_rewrites_a_rollouts_file_whole(tmp_path):
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["reward"] for r in rows] == [1.0, 0.0]
     assert [p.name for p in tmp_path.iterdir()] == ["train.jsonl"]   # no partial file left
+
+
+@pytest.mark.parametrize("name, text, said", [
+    ("boxed", "so \\boxed{ 12 }", "12"), ("answer_tag", "<answer>leD</answer>", "leD"),
+    ("answer_line", "blah\nAnswer: **B**", "B"), ("action_tag", "<action>up</action> <action>Left</action>", "Left"),
+    ("boxed", "no box", None), ("regex:x", "x", None), (None, "\\boxed{1}", None),
+])
+def test_the_answer_a_reply_states_in_its_format(name, text, said):
+    assert formats.stated(name, row("first \\boxed{9}", text)) == said  # the last turn's
+
+
+@pytest.mark.parametrize("said, expected, same", [
+    ("12", "12", True), ("12.", "12", True), ("12.0", "12", True), ("1,200", "1200", True), ("B", "b", True),
+    ("156", "5", False), ("15", "5", False), (None, "5", False), ("x", None, False),
+])
+def test_a_stated_answer_is_the_expected_one_as_text_or_number_not_as_a_substring(said, expected, same):
+    assert formats.same_answer(said, expected) is same
