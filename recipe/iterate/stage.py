@@ -174,7 +174,8 @@ class Loop:
         console.console.print(f"round {k}: collecting {name} rollouts ({tasks.name} x {repeats}) with "
                               f"policy {k_served}", highlight=False, soft_wrap=True)
         started = time.monotonic()
-        gym_mod.collect(gym, tasks, out, repeats, sampling, logs / f"collect_{name}.log")
+        gym_mod.collect(gym, tasks, out, repeats, sampling, logs / f"collect_{name}.log",
+                        watchdog=self.plan.it.watchdog)
         rows = stats.read_rows(out)
         failures_path = out.with_name(f"{out.stem}_failures.jsonl")
         failures = len(stats.read_rows(failures_path)) if failures_path.is_file() else 0
