@@ -51,7 +51,7 @@ def _value(value) -> str:
     return str(value)
 
 
-def _key(override: str) -> str:
+def override_key(override: str) -> str:
     return override.lstrip("+~").split("=", 1)[0]
 
 
@@ -59,7 +59,7 @@ def forwarded(task_overrides: list[str], keys: tuple[str, ...], groups: tuple[st
     """The user's own overrides meant for a stage (its sections and config groups), in order."""
     kept = []
     for override in task_overrides:
-        key = _key(override)
+        key = override_key(override)
         if key in OWNED or key in groups:
             continue  # groups are passed as the resolved choice; owned keys are the loop's
         if any(key == k.rstrip(".") or key.startswith(k) for k in keys):
@@ -87,6 +87,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     launcher_cfg: DictConfig | None = None
     place: object = None          # recipe.iterate.place: where the converter and the server run
+    batch: dict = field(default_factory=dict)  # global batch, data-parallel ranks, micro batch (check_batches)
 
     @property
     def sampler(self) -> DictConfig:
@@ -197,7 +198,7 @@ def build(cfg: DictConfig) -> Plan:
     notes = []
     preset = choices.get("model", "tiny")
     model_name = str(cfg.policy.model_name)
-    explicit_model = any(_key(o) in ("model", "policy.model_name") for o in task_overrides)
+    explicit_model = any(override_key(o) in ("model", "policy.model_name") for o in task_overrides)
     if model_name == CPU_MODEL:
         if explicit_model:
             raise RecipeError("model=tiny is built from the pairs with random weights: it cannot be "
@@ -219,7 +220,7 @@ def build(cfg: DictConfig) -> Plan:
         base_source = "hub"
     # the model is the loop's choice; `dpo` follows it in the train stage (`optional dpo: ${model}`) unless
     # the user picked one; the other groups pass as chosen (their defaults included)
-    explicit = {_key(o) for o in task_overrides}
+    explicit = {override_key(o) for o in task_overrides}
     groups = {g: choices[g] for g in (*TRAIN_GROUPS, *PREPARE_GROUPS)
               if g in choices and (g != "dpo" or g in explicit)}
     groups["model"] = preset
@@ -244,7 +245,7 @@ def build(cfg: DictConfig) -> Plan:
                 container=cfg.get("container"), notes=notes, launcher_cfg=cfg.launcher,
                 place=place.build(cfg, run_dir, model_name))
     micro_given = train_values.get("policy", {}).get("train_micro_batch_size") is not None or any(
-        _key(o) == MICRO for o in forwarded(task_overrides, TRAIN_KEYS, TRAIN_GROUPS))
+        override_key(o) == MICRO for o in forwarded(task_overrides, TRAIN_KEYS, TRAIN_GROUPS))
     micro = check_batches(plan, derive_micro=not micro_given)
     if micro is not None:
         plan.train_overrides.insert(own_values, f"{MICRO}={micro}")
@@ -252,6 +253,7 @@ def build(cfg: DictConfig) -> Plan:
 
 
 MICRO = "policy.train_micro_batch_size"
+BATCH = "policy.train_global_batch_size"
 
 
 def compose_train(argv: list[str]) -> DictConfig:
@@ -295,6 +297,8 @@ def check_batches(plan: Plan, derive_micro: bool) -> int | None:
     if problems:
         raise RecipeError("every round's training would be refused (found before any collection); nothing "
                           "was run:\n" + "\n".join(f"  - {p}" for p in problems))
+    plan.batch = {"global": int(policy["train_global_batch_size"]), "ranks": ranks,
+                  "micro": None if derive_micro else int(policy["train_micro_batch_size"])}
     return policy["train_micro_batch_size"] if derive_micro else None
 
 

@@ -26,7 +26,7 @@ from recipe import report as console
 from recipe.errors import RecipeError
 from recipe.iterate import gym as gym_mod
 from recipe.iterate import plan as plan_mod
-from recipe.iterate import report, serving, setup, state, stats
+from recipe.iterate import report, round_checks, serving, setup, state, stats
 from recipe.run_files import step_folders
 
 POLICY_ALIAS = "policy-round-{k}"
@@ -179,6 +179,8 @@ class Loop:
         rows = stats.read_rows(out)
         failures_path = out.with_name(f"{out.stem}_failures.jsonl")
         failures = len(stats.read_rows(failures_path)) if failures_path.is_file() else 0
+        if not rows:
+            raise RecipeError(round_checks.no_rollouts(k, name, failures_path, logs / f"collect_{name}.log"))
         summary = stats.summarize(rows, failures)
         console.console.print(f"round {k}: {len(rows)} {name} rollouts in {time.monotonic() - started:.0f}s, "
                               f"mean reward {summary['mean'] if summary['mean'] is None else round(summary['mean'], 4)}"
@@ -213,6 +215,10 @@ class Loop:
     def step_prepare(self, k: int) -> dict:
         rd = self.rd(k)
         rollouts = Path(state.record(self.plan.run_dir, k, "collect")["rollouts"])
+        if not stats.read_rows(rollouts):  # recorded by an older gym-dpo: prepare refuses an empty file
+            self.clear(k, "collect")
+            failures = rollouts.with_name(f"{rollouts.stem}_failures.jsonl")
+            raise RecipeError(round_checks.no_rollouts(k, "train", failures, rd / "logs" / "collect_train.log"))
         out = rd / "prepare"
         argv = self.plan.prepare_argv(rollouts, out)
         console.console.print(f"round {k}: {plan_mod.shell(argv[2:])}", markup=False, highlight=False, soft_wrap=True)
@@ -230,10 +236,16 @@ class Loop:
             console.console.print(f"round {k}: {why}: round {k} does not train, its policy is policy {k - 1}, "
                                   f"and round {k + 1} collects the next tasks", highlight=False, soft_wrap=True)
             return {"skipped": why}
+        why, batch = round_checks.small_round(self.plan, k, int(pairs["pairs"]["train"]))
+        if why:
+            return {"skipped": why}
         argv = self.plan.train_argv(Path(pairs["pairs_dir"]), rd / "train", self.policy(k - 1))
+        if batch:  # a round of fewer pairs than a batch, trained as the user allowed
+            argv = round_checks.with_batch(self.plan, argv, batch)
         console.console.print(f"round {k}: {plan_mod.shell(argv[2:])}", markup=False, highlight=False, soft_wrap=True)
         processes.run(argv, rd / "logs" / "train.log", prefix="[train] ", what="gym-dpo stage=train")
-        return {"train_dir": str(rd / "train"), "metrics": report.train_metrics(rd / "train")}
+        return {"train_dir": str(rd / "train"), "metrics": report.train_metrics(rd / "train"),
+                **({"small_round_batch": batch} if batch else {})}
 
     # -- the loop ---------------------------------------------------------------------------------
     def clear(self, k: int, step: str) -> None:
