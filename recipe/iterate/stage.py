@@ -248,6 +248,20 @@ class Loop:
                 **({"small_round_batch": batch} if batch else {})}
 
     # -- the loop ---------------------------------------------------------------------------------
+    def check_settings(self) -> None:
+        """A rerun goes on only with the settings the run folder was started with (plan.json):
+        refused, with each difference, when what rounds are compared on or made of differs; what
+        a rerun may change (Plan.accepted) is said, one line each."""
+        fingerprint = self.plan.fingerprint()
+        changed = state.check_plan(self.plan.run_dir, fingerprint)
+        if changed:
+            raise RecipeError(f"{self.plan.run_dir} was started with other settings: its rounds would mix them "
+                              "(another eval would not compare, other tasks, pairs or training would not be "
+                              "the same loop); use a new run_dir, or the settings it has (plan.json):\n  "
+                              + "\n  ".join(changed))
+        for note in state.settle_plan(self.plan.run_dir, fingerprint, self.plan.accepted()):
+            console.console.print(note, markup=False, highlight=False, soft_wrap=True)
+
     def clear(self, k: int, step: str) -> None:
         """A step redone after an earlier one was: its old outputs go (and its record)."""
         rd = self.rd(k)
@@ -262,10 +276,7 @@ class Loop:
     def run(self) -> dict:
         plan = self.plan
         plan.run_dir.mkdir(parents=True, exist_ok=True)
-        changed = state.check_plan(plan.run_dir, plan.fingerprint())
-        if changed:
-            raise RecipeError(f"{plan.run_dir} was started with other eval settings, so its rounds would not "
-                              "compare; use a new run_dir, or the same settings:\n  " + "\n  ".join(changed))
+        self.check_settings()
         todo = state.pending(plan.run_dir, plan.rounds)
         if not todo:
             console.console.print(f"all {plan.rounds} round(s) of {plan.run_dir} are done")
@@ -283,7 +294,8 @@ class Loop:
                     self.servers.close()
                 started = time.monotonic()
                 outputs = runners[step](k)
-                state.mark_done(plan.run_dir, k, step, time.monotonic() - started, **outputs)
+                state.mark_done(plan.run_dir, k, step, time.monotonic() - started, **outputs,
+                                settings=plan.accepted())
                 report.write(plan)
         finally:
             self.servers.close()

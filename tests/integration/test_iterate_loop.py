@@ -115,12 +115,14 @@ def test_two_rounds_resume_and_leave_nothing_behind(tools, tmp_path):
     assert "are done" in third.stdout + third.stderr and not ours(run_dir)
 
 
-def test_other_eval_settings_are_refused_on_resume(tools, tmp_path):
+def test_other_settings_are_refused_on_resume(tools, tmp_path):
     run_dir = tmp_path / "run"
     (run_dir).mkdir()
-    (run_dir / "plan.json").write_text(json.dumps({"eval_repeats": 9}))
+    (run_dir / "plan.json").write_text(json.dumps({"eval_repeats": 9, "collect": {"tasks": 16, "repeats": 6}}))
     result = iterate(run_dir, "iterate.rounds=0", check=False, timeout=120)
-    assert result.returncode != 0 and "other eval settings" in result.stdout + result.stderr
+    said = result.stdout + result.stderr
+    assert result.returncode != 0 and "was started with other settings" in said
+    assert "eval_repeats: 9 then, 2 now" in said and "collect.tasks: 16 then, 32 now" in said
 
 
 def test_ctrl_c_with_the_servers_up_stops_everything(tools, tmp_path):
