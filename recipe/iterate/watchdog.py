@@ -57,11 +57,12 @@ class Progress:
             self.rows, self.changed = rows, now
         if now - self.started > self.limits.deadline:
             return (f"passed its deadline of {self.limits.deadline:.0f}s (iterate.watchdog: slack_s + rows x "
-                    "max_output_tokens / min_tokens_per_s)")
+                    "max_output_tokens / min_tokens_per_s; a lower min_tokens_per_s if this machine is that slow)")
         window = self.limits.stall if self.rows else self.limits.first
         if now - self.changed > window:
             return (f"made no new row for {now - self.changed:.0f}s (iterate.watchdog.stall_s: {window:.0f}s"
-                    + ("" if self.rows else ", with slack_s for the first row") + ")")
+                    + ("" if self.rows else ", with slack_s for the first row")
+                    + "; a larger stall_s if a reply can take that long)")
         return None
 
     def check(self, rows: int, of: str, gym, collect_log: Path) -> None:
