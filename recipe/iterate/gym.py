@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from recipe import processes
 from recipe.errors import RecipeError
 from recipe.iterate import setup
+from recipe.iterate import watchdog as watch
 from recipe.iterate.serving import free_port
 
 POLICY_CONFIG = "policy_model.yaml"
@@ -162,10 +163,13 @@ def _blame_a_server(failed: RecipeError) -> None:
 
 
 def collect(gym: Gym, tasks: Path, out: Path, repeats: int, sampling: DictConfig, log_path: Path,
-            agent: str | None = None, finish=None) -> Path:
+            agent: str | None = None, finish=None, watchdog: DictConfig | None = None) -> Path:
     """`ng_collect_rollouts` into a partial folder, moved into place when it succeeded: `out` and
     its NeMo Gym sidecars (`_materialized_inputs`, `_aggregate_metrics`, `_failures`). `finish`
-    (a function of the partial rollouts file) runs before the move: what is in place is whole."""
+    (a function of the partial rollouts file) runs before the move: what is in place is whole.
+    With a `watchdog` (iterate.watchdog), a collection that makes no new row (success or failure)
+    for too long, or passes its deadline, is stopped and fails naming the stuck server
+    (recipe.iterate.watchdog)."""
     partial = out.parent / f".partial-{out.stem}"
     if partial.exists():
         shutil.rmtree(partial)
@@ -173,26 +177,33 @@ def collect(gym: Gym, tasks: Path, out: Path, repeats: int, sampling: DictConfig
     from tqdm.auto import tqdm
 
     expected = repeats * sum(1 for line in tasks.read_text(encoding="utf-8").splitlines() if line.strip())
+    stuck = watch.Progress(watch.Limits.of(watchdog, expected, sampling)) if watchdog is not None else None
     with tqdm(total=expected, desc=f"NeMo Gym {out.stem} rollouts", unit="rollout") as bar:
         def progress() -> None:  # rows are appended as rollouts finish; the servers must stay up
             processes.check_services()
-            path = partial / out.name
-            if path.is_file():
-                with open(path, "rb") as handle:
-                    bar.update(sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 20), b""))
-                               - bar.n)
+            rows = sum(watch.lines(partial / name) for name in (out.name, f"{out.stem}_failures.jsonl"))
+            bar.update(rows - bar.n)
+            if stuck is not None:
+                stuck.check(rows, f"{expected} {out.stem} rows", gym, log_path)
 
         try:
-            processes.run(gym.collect_argv(tasks, partial / out.name, repeats, sampling, agent), log_path, cwd=gym.work,
-                          env=gym.environment(), prefix="[ng_collect_rollouts] ", echo=False,
-                          what="ng_collect_rollouts", watch=progress)
-        except RecipeError as failed:
-            _blame_a_server(failed)
-        progress()
-    if not (partial / out.name).is_file():
-        raise RecipeError(f"ng_collect_rollouts wrote no {out.name} (log: {log_path})")
-    if finish is not None:
-        finish(partial / out.name)
+            try:
+                processes.run(gym.collect_argv(tasks, partial / out.name, repeats, sampling, agent),
+                              log_path,
+                              cwd=gym.work, env=gym.environment(), prefix="[ng_collect_rollouts] ", echo=False,
+                              what="ng_collect_rollouts", watch=progress)
+            except watch.Stuck:
+                raise
+            except RecipeError as failed:
+                _blame_a_server(failed)
+            progress()
+            if not (partial / out.name).is_file():
+                raise RecipeError(f"ng_collect_rollouts wrote no {out.name} (log: {log_path})")
+            if finish is not None:
+                finish(partial / out.name)
+        except BaseException:  # failed, stuck or stopped: no half-written rows stay
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
     for item in sorted(partial.iterdir()):
         os.replace(item, out.parent / item.name)
     partial.rmdir()

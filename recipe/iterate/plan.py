@@ -27,6 +27,8 @@ PREPARE_KEYS = ("data_prep.", "data.")
 TRAIN_GROUPS = ("model", "dpo", "launcher", "container")
 PREPARE_GROUPS = ("data_prep",)
 OWNED = ("data.input", "data.output_dir", "run_dir", "policy.model_name")  # set per round by the loop
+# train keys that say where and how a round trains, not what: a rerun may change them (Plan.accepted)
+ACCEPTED_TRAIN_KEYS = ("launcher.", "container.", "checkpointing.", "logger.", "preflight.")
 CPU_MODEL = "gym-dpo/tiny"
 
 
@@ -52,7 +54,7 @@ def _value(value) -> str:
     return str(value)
 
 
-def _key(override: str) -> str:
+def override_key(override: str) -> str:
     return override.lstrip("+~").split("=", 1)[0]
 
 
@@ -60,7 +62,7 @@ def forwarded(task_overrides: list[str], keys: tuple[str, ...], groups: tuple[st
     """The user's own overrides meant for a stage (its sections and config groups), in order."""
     kept = []
     for override in task_overrides:
-        key = _key(override)
+        key = override_key(override)
         if key in OWNED or key in groups:
             continue  # groups are passed as the resolved choice; owned keys are the loop's
         if any(key == k.rstrip(".") or key.startswith(k) for k in keys):
@@ -104,6 +106,9 @@ class Plan:
 
     def collect_sampling(self) -> DictConfig:
         return suites.env_sampling(self.it.collect.sampling, self.gym)
+    data_prep: dict = field(default_factory=dict)  # the pairing strategy's settings, resolved
+    train_settings: dict = field(default_factory=dict)  # what a round's training is (check_batches)
+    batch: dict = field(default_factory=dict)  # global batch, data-parallel ranks, micro batch (check_batches)
 
     @property
     def sampler(self) -> DictConfig:
@@ -159,7 +164,9 @@ class Plan:
                 "server_args": [*[str(a) for a in self.serving.get("args") or []], *engine.sampler_args(self.sampler)]}
 
     def fingerprint(self) -> dict:
-        """What must not change between reruns of one run folder (rounds would not compare)."""
+        """What must not change between reruns of one run folder: what rounds are compared on (the
+        eval) and what each round is made of (its tasks, pairs and training). A rerun that changes
+        any of it is refused (docs/iterate.md, resume: why, setting by setting)."""
         return {"eval_tasks": str(self.eval_tasks), "eval_tasks_sha256": sha256_file(self.eval_tasks),
                 "eval_tasks_limit": self.it.eval.tasks, "eval_repeats": int(self.it.eval.repeats),
                 "eval_sampling": OmegaConf.to_container(self.it.eval.sampling, resolve=True),
@@ -168,7 +175,30 @@ class Plan:
                 "serving": {"name": str(self.serving.name), "gguf_type": self.serving.get("gguf_type")},
                 "sampling": self.sampling(),
                 "gym": {"name": str(self.gym.name), "agent_name": str(self.gym.agent_name),
-                        "config_paths": [str(p) for p in self.gym.config_paths]}}
+                        "config_paths": [str(p) for p in self.gym.config_paths]},
+                "reward_requires_format": self.require_format,
+                # round K collects tasks (K-1)*tasks.. of this file: another file or count would
+                # overlap or skip earlier rounds' tasks
+                "train_tasks": str(self.train_tasks), "train_tasks_sha256": sha256_file(self.train_tasks),
+                "collect": {"tasks": self.it.collect.tasks, "repeats": int(self.it.collect.repeats)},
+                "prepare": {"data_prep": self.data_prep, "overrides": self.prepare_overrides},
+                "train": self.train_settings}
+
+    def accepted(self) -> dict:
+        """What a rerun may change, said when it does and kept in each step's record (iterate.json,
+        per round): how many requests at once, how long to wait, whether a round of fewer pairs
+        than a batch trains, and where and how a round trains (its micro batch, launcher keys,
+        checkpoints, logs), not what it trains. launcher.env values are not written."""
+        runs_with = {}
+        for override in self.train_overrides:
+            key, value = override_key(override), override.partition("=")[2]
+            if key == MICRO or key.startswith(ACCEPTED_TRAIN_KEYS):
+                runs_with[key] = "<not recorded>" if key.split(".")[:2] == ["launcher", "env"] else value
+        return {"collect_parallel": int(self.it.collect.sampling.parallel),
+                "train_small_rounds": bool(self.it.train_small_rounds),
+                "watchdog": OmegaConf.to_container(self.it.watchdog, resolve=True),
+                "nemo_gym_startup_timeout": self.it.nemo_gym_startup_timeout,
+                "train_runs_with": runs_with}
 
 
 def _choices() -> tuple[dict[str, str], list[str]]:
@@ -209,7 +239,7 @@ def build(cfg: DictConfig) -> Plan:
     notes = []
     preset = choices.get("model", "tiny")
     model_name = str(cfg.policy.model_name)
-    explicit_model = any(_key(o) in ("model", "policy.model_name") for o in task_overrides)
+    explicit_model = any(override_key(o) in ("model", "policy.model_name") for o in task_overrides)
     if model_name == CPU_MODEL:
         if explicit_model:
             raise RecipeError("model=tiny is built from the pairs with random weights: it cannot be "
@@ -231,7 +261,7 @@ def build(cfg: DictConfig) -> Plan:
         base_source = "hub"
     # the model is the loop's choice; `dpo` follows it in the train stage (`optional dpo: ${model}`) unless
     # the user picked one; the other groups pass as chosen (their defaults included)
-    explicit = {_key(o) for o in task_overrides}
+    explicit = {override_key(o) for o in task_overrides}
     groups = {g: choices[g] for g in (*TRAIN_GROUPS, *PREPARE_GROUPS)
               if g in choices and (g != "dpo" or g in explicit)}
     groups["model"] = preset
@@ -254,10 +284,11 @@ def build(cfg: DictConfig) -> Plan:
                 eval_tasks=suites.existing(str(gym.eval_tasks), "gym.eval_tasks"), groups=groups,
                 train_overrides=train_overrides, prepare_overrides=prepare_overrides,
                 container=cfg.get("container"), notes=notes, launcher_cfg=cfg.launcher,
-                place=place.build(cfg, run_dir, model_name))
+                place=place.build(cfg, run_dir, model_name),
+                data_prep=OmegaConf.to_container(cfg.data_prep, resolve=True))
     plan.suites, plan.gyms = suites.build(gym, it)
     micro_given = train_values.get("policy", {}).get("train_micro_batch_size") is not None or any(
-        _key(o) == MICRO for o in forwarded(task_overrides, TRAIN_KEYS, TRAIN_GROUPS))
+        override_key(o) == MICRO for o in forwarded(task_overrides, TRAIN_KEYS, TRAIN_GROUPS))
     micro = check_batches(plan, derive_micro=not micro_given)
     if micro is not None:
         plan.train_overrides.insert(own_values, f"{MICRO}={micro}")
@@ -265,6 +296,7 @@ def build(cfg: DictConfig) -> Plan:
 
 
 MICRO = "policy.train_micro_batch_size"
+BATCH = "policy.train_global_batch_size"
 
 
 def compose_train(argv: list[str]) -> DictConfig:
@@ -296,6 +328,9 @@ def check_batches(plan: Plan, derive_micro: bool) -> int | None:
     policy = nemo_rl._deep_merge(policy, extra)
     cluster = {"gpus_per_node": int(train.launcher.gpus_per_node), "num_nodes": int(train.launcher.nodes)}
     ranks, _ = validate.data_parallel_ranks(policy, cluster)  # None: batch_problems names why
+    plan.train_settings = {"launcher": plan.launcher, **{
+        section: _without_micro(OmegaConf.to_container(train[section], resolve=True))
+        for section in ("policy", "dpo", "nemo_rl_data", "nemo_rl_overrides")}}
     if derive_micro and ranks is not None:
         global_batch = int(policy["train_global_batch_size"])
         if global_batch % ranks:
@@ -308,7 +343,17 @@ def check_batches(plan: Plan, derive_micro: bool) -> int | None:
     if problems:
         raise RecipeError("every round's training would be refused (found before any collection); nothing "
                           "was run:\n" + "\n".join(f"  - {p}" for p in problems))
+    plan.batch = {"global": int(policy["train_global_batch_size"]), "ranks": ranks,
+                  "micro": None if derive_micro else int(policy["train_micro_batch_size"])}
     return policy["train_micro_batch_size"] if derive_micro else None
+
+
+def _without_micro(section):
+    """A config section less its micro batch sizes: how many pairs go through the model at once is
+    memory and speed (the step's gradient is the same), so a rerun may change it (Plan.accepted)."""
+    if isinstance(section, dict):
+        return {k: _without_micro(v) for k, v in section.items() if not str(k).endswith("micro_batch_size")}
+    return section
 
 
 def shell(argv: list[str]) -> str:

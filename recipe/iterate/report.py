@@ -102,6 +102,10 @@ def summary(plan: plan_mod.Plan) -> dict:
         entry = {"round": k, "done": all(records.values()),
                  "seconds": round(sum(r["seconds"] for r in records.values() if r), 1),
                  "steps": {s: (r["seconds"] if r else None) for s, r in records.items()}}
+        ran_with = {s: r["settings"] for s, r in records.items() if r and "settings" in r}
+        if ran_with:  # what a rerun may change (plan.Plan.accepted), as each step ran with it
+            values = list(ran_with.values())
+            entry["settings"] = values[0] if all(v == values[0] for v in values) else ran_with
         if records.get("export"):
             entry["policy"] = records["export"]["policy"]
         if records.get("collect"):

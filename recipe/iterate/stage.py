@@ -25,7 +25,7 @@ from pathlib import Path
 from recipe import processes
 from recipe import report as console
 from recipe.errors import RecipeError
-from recipe.iterate import formats, report, servers, serving, setup, state, stats
+from recipe.iterate import formats, report, round_checks, servers, serving, setup, state, stats
 from recipe.iterate import gym as gym_mod
 from recipe.iterate import plan as plan_mod
 from recipe.run_files import step_folders
@@ -206,10 +206,13 @@ class Loop:
                               f"policy {k_served}", highlight=False, soft_wrap=True)
         started = time.monotonic()
         finish = None if require is None else functools.partial(formats.require_file, require)
-        gym_mod.collect(gym, tasks, out, repeats, sampling, logs / f"collect_{name}.log", agent=agent, finish=finish)
+        gym_mod.collect(gym, tasks, out, repeats, sampling, logs / f"collect_{name}.log", agent=agent, finish=finish,
+                        watchdog=self.plan.it.watchdog)
         rows = stats.read_rows(out)
         failures_path = out.with_name(f"{out.stem}_failures.jsonl")
         failures = len(stats.read_rows(failures_path)) if failures_path.is_file() else 0
+        if not rows:
+            raise RecipeError(round_checks.no_rollouts(k, name, failures_path, logs / f"collect_{name}.log"))
         summary = stats.summarize(rows, failures)
         console.console.print(f"round {k}: {len(rows)} {name} rollouts in {time.monotonic() - started:.0f}s, "
                               f"mean reward {summary['mean'] if summary['mean'] is None else round(summary['mean'], 4)}"
@@ -255,6 +258,10 @@ class Loop:
     def step_prepare(self, k: int) -> dict:
         rd = self.rd(k)
         rollouts = Path(state.record(self.plan.run_dir, k, "collect")["rollouts"])
+        if not stats.read_rows(rollouts):  # recorded by an older gym-dpo: prepare refuses an empty file
+            self.clear(k, "collect")
+            failures = rollouts.with_name(f"{rollouts.stem}_failures.jsonl")
+            raise RecipeError(round_checks.no_rollouts(k, "train", failures, rd / "logs" / "collect_train.log"))
         out = rd / "prepare"
         argv = self.plan.prepare_argv(rollouts, out)
         console.console.print(f"round {k}: {plan_mod.shell(argv[2:])}", markup=False, highlight=False, soft_wrap=True)
@@ -272,12 +279,33 @@ class Loop:
             console.console.print(f"round {k}: {why}: round {k} does not train, its policy is policy {k - 1}, "
                                   f"and round {k + 1} collects the next tasks", highlight=False, soft_wrap=True)
             return {"skipped": why}
+        why, batch = round_checks.small_round(self.plan, k, int(pairs["pairs"]["train"]))
+        if why:
+            return {"skipped": why}
         argv = self.plan.train_argv(Path(pairs["pairs_dir"]), rd / "train", self.policy(k - 1))
+        if batch:  # a round of fewer pairs than a batch, trained as the user allowed
+            argv = round_checks.with_batch(self.plan, argv, batch)
         console.console.print(f"round {k}: {plan_mod.shell(argv[2:])}", markup=False, highlight=False, soft_wrap=True)
         processes.run(argv, rd / "logs" / "train.log", prefix="[train] ", what="gym-dpo stage=train")
-        return {"train_dir": str(rd / "train"), "metrics": report.train_metrics(rd / "train")}
+        return {"train_dir": str(rd / "train"), "metrics": report.train_metrics(rd / "train"),
+                **({"small_round_batch": batch} if batch else {})}
 
     # -- the loop ---------------------------------------------------------------------------------
+    def check_settings(self) -> None:
+        """A rerun goes on only with the settings the run folder was started with (plan.json):
+        refused, with each difference, when what rounds are compared on or made of differs (NeMo
+        Gym's venvs included); what
+        a rerun may change (Plan.accepted) is said, one line each."""
+        fingerprint = {**self.plan.fingerprint(), "nemo_gym": self.nemo_gym_venvs()}
+        changed = state.check_plan(self.plan.run_dir, fingerprint)
+        if changed:
+            raise RecipeError(f"{self.plan.run_dir} was started with other settings: its rounds would mix them "
+                              "(another eval would not compare, other tasks, pairs or training would not be "
+                              "the same loop); use a new run_dir, or the settings it has (plan.json):\n  "
+                              + "\n  ".join(changed))
+        for note in state.settle_plan(self.plan.run_dir, fingerprint, self.plan.accepted()):
+            console.console.print(note, markup=False, highlight=False, soft_wrap=True)
+
     def clear(self, k: int, step: str) -> None:
         """A step redone after an earlier one was: its old outputs go (and its record)."""
         rd = self.rd(k)
@@ -304,10 +332,7 @@ class Loop:
     def run(self) -> dict:
         plan = self.plan
         plan.run_dir.mkdir(parents=True, exist_ok=True)
-        changed = state.check_plan(plan.run_dir, {**plan.fingerprint(), "nemo_gym": self.nemo_gym_venvs()})
-        if changed:
-            raise RecipeError(f"{plan.run_dir} was started with other eval settings or NeMo Gym venvs, so its rounds "
-                              "would not compare; use a new run_dir, or the same settings:\n  " + "\n  ".join(changed))
+        self.check_settings()
         todo = state.pending(plan.run_dir, plan.rounds)
         if not todo:
             console.console.print(f"all {plan.rounds} round(s) of {plan.run_dir} are done")
@@ -325,7 +350,8 @@ class Loop:
                     self.servers.close()
                 started = time.monotonic()
                 outputs = runners[step](k)
-                state.mark_done(plan.run_dir, k, step, time.monotonic() - started, **outputs)
+                state.mark_done(plan.run_dir, k, step, time.monotonic() - started, **outputs,
+                                settings=plan.accepted())
                 report.write(plan)
         finally:
             self.servers.close()

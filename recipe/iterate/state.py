@@ -12,8 +12,10 @@ round K trains policy K from policy K-1:
 A step is done when `round_K/steps/<step>.json` exists: it is written (atomically) only after the
 step's outputs are in place, so a rerun with the same run_dir starts at the first step without
 one, in the first round that has such a step. `plan.json` holds what makes rounds comparable
-(eval tasks and their hash, repeats, sampling, model, serving): a rerun that changes any of it
-is refused rather than mixed into the same report.
+(eval tasks and their hash, repeats, sampling, model, serving) and what each round is made of
+(the train task file, tasks and repeats per round, the pairing and training settings): a rerun
+that changes any of it is refused rather than mixed into the same run. What a rerun may change
+(how fast, how long to wait, where it trains) is said when it does, and recorded per step.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 ROUND0_STEPS = ("export", "eval")
 ROUND_STEPS = ("collect", "prepare", "train", "export", "eval")
 PLAN = "plan.json"
+ACCEPTED = "accepted"  # plan.json's settings a rerun may change (recipe.iterate.plan.Plan.accepted)
 
 
 def steps(round_index: int) -> tuple[str, ...]:
@@ -75,22 +78,41 @@ def pending(run_dir: Path, rounds: int) -> list[tuple[int, str]]:
     return todo
 
 
+def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """`key.sub: old then, new now`, one line per setting that differs (nested dicts by key)."""
+    lines = []
+    for key in sorted(set(old) | set(new), key=str):
+        then, now = old.get(key), new.get(key)
+        if isinstance(then, dict) and isinstance(now, dict):
+            lines += differences(then, now, f"{prefix}{key}.")
+        elif then != now:
+            lines.append(f"{prefix}{key}: {then!r} then, {now!r} now")
+    return lines
+
+
 def check_plan(run_dir: Path, plan: dict) -> list[str]:
-    """Differences between `plan` and the one the run folder was started with (written if new)."""
+    """Differences between `plan` and the one the run folder was started with (written if new);
+    keys that plan.json does not have (an older gym-dpo wrote it) are settle_plan's."""
     path = run_dir / PLAN
     if not path.is_file():
         write_json(path, plan)
         return []
-    return _differences(json.loads(path.read_text()), plan)
+    old = json.loads(path.read_text())
+    return differences({k: v for k, v in old.items() if k in plan}, {k: v for k, v in plan.items() if k in old})
 
 
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Each key whose value differs, nested keys written a.b.c (a venv's package, not the whole venv)."""
-    out = []
-    for key in sorted(set(old) | set(new)):
-        then, now = old.get(key), new.get(key)
-        if isinstance(then, dict) and isinstance(now, dict):
-            out += _differences(then, now, f"{prefix}{key}.")
-        elif then != now:
-            out.append(f"{prefix}{key}: {then!r} then, {now!r} now")
-    return out
+def settle_plan(run_dir: Path, plan: dict, accepted: dict) -> list[str]:
+    """Once check_plan refused nothing: what this run takes as it is now, said in lines (keys
+    plan.json lacks, settings a rerun may change that did), and plan.json rewritten with them."""
+    path = run_dir / PLAN
+    old = json.loads(path.read_text())
+    notes = []
+    missing = [key for key in plan if key not in old]
+    if missing:
+        notes.append(f"{path} did not record {', '.join(missing)} (an older gym-dpo started this run): "
+                     "recorded as they are now; a rerun that changes them is refused")
+    if ACCEPTED in old:
+        notes += [f"{line} (a rerun may change this; each step records what it ran with, "
+                  "iterate.json per round)" for line in differences(old[ACCEPTED], accepted)]
+    write_json(path, {**old, **{key: plan[key] for key in missing}, ACCEPTED: accepted})
+    return notes

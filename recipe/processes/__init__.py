@@ -6,7 +6,15 @@ runs through this module.
 - `commands`: other programs (`run`, `start`, `Service`), each in a session of its own.
 """
 
-from recipe.processes.commands import Service, check_services, run, session_members, start, stop_session
+from recipe.processes.commands import (
+    Service,
+    check_services,
+    live_services,
+    run,
+    session_members,
+    start,
+    stop_session,
+)
 from recipe.processes.forks import Background, Pool
 from recipe.processes.signals import (
     JOIN_TIMEOUT,
@@ -22,5 +30,5 @@ from recipe.processes.signals import (
 )
 
 __all__ = ["JOIN_TIMEOUT", "SIGNALS", "Background", "Interrupted", "Pool", "Service", "block", "check_services",
-           "deferred", "hold",
-           "in_child", "install", "run", "session_members", "signals_raise", "start", "stop_session", "unblock"]
+           "deferred", "hold", "in_child", "install", "live_services", "run", "session_members", "signals_raise",
+           "start", "stop_session", "unblock"]

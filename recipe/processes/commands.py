@@ -52,6 +52,8 @@ def stop_session(process: subprocess.Popen, grace: float = 20.0) -> None:
         for pid in targets:
             try:
                 os.kill(pid, sig)
+                if sig == signal.SIGTERM:  # a stopped process (SIGSTOP) acts on it only once continued
+                    os.kill(pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + (grace if sig != signal.SIGKILL else JOIN_TIMEOUT)
@@ -142,6 +144,11 @@ def run(argv: list, log_path: Path, *, cwd: Path | str | None = None, env: dict 
 
 
 _LIVE: list[Service] = []  # the services of this process that are up, oldest first
+
+
+def live_services() -> list[Service]:
+    """The services this process started that are up, oldest first."""
+    return list(_LIVE)
 
 
 def check_services() -> None:

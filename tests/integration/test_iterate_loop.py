@@ -112,12 +112,14 @@ def test_two_rounds_resume_and_leave_nothing_behind(tools, tmp_path):
     assert "are done" in third.stdout + third.stderr and not ours(run_dir)
 
 
-def test_other_eval_settings_are_refused_on_resume(tools, tmp_path):
+def test_other_settings_are_refused_on_resume(tools, tmp_path):
     run_dir = tmp_path / "run"
     (run_dir).mkdir()
-    (run_dir / "plan.json").write_text(json.dumps({"eval_repeats": 9}))
+    (run_dir / "plan.json").write_text(json.dumps({"eval_repeats": 9, "collect": {"tasks": 16, "repeats": 6}}))
     result = iterate(run_dir, "iterate.rounds=0", check=False, timeout=120)
-    assert result.returncode != 0 and "other eval settings" in result.stdout + result.stderr
+    said = result.stdout + result.stderr
+    assert result.returncode != 0 and "was started with other settings" in said
+    assert "eval_repeats: 9 then, 2 now" in said and "collect.tasks: 16 then, 32 now" in said
 
 
 def test_ctrl_c_with_the_servers_up_stops_everything(tools, tmp_path):
@@ -231,3 +233,54 @@ def test_a_nemo_gym_server_killed_during_eval_fails_the_step_and_a_rerun_finishe
     iterate(run_dir, "iterate.rounds=0")
     doc = json.loads((run_dir / "iterate.json").read_text())
     assert doc["rounds"][0]["done"] and doc["rounds"][0]["eval"]["n"] == 16 and not ours(run_dir)
+
+
+# a short stall limit (this machine's loaded llama-server can take 25 s a row), a deadline of 454 s
+WATCHDOG = ["iterate.watchdog.stall_s=60", "iterate.watchdog.slack_s=300", "iterate.watchdog.min_tokens_per_s=5"]
+
+
+def _rows_in(folder: Path) -> int:
+    """Rows (and failures) NeMo Gym has written so far into the eval's partial folder."""
+    return sum(len(p.read_bytes().splitlines()) for p in (folder / ".partial-eval" / "eval.jsonl",
+                                                           folder / ".partial-eval" / "eval_failures.jsonl")
+               if p.is_file())
+
+
+def test_a_policy_server_stopped_mid_collection_fails_the_step_with_its_name_and_a_rerun_finishes(tools, tmp_path):
+    """kill -STOP of llama-server during round 0's eval held the loop for ever, with no message
+    (NeMo Gym's HTTP client has no timeout): now the watchdog stops the collection, names the
+    policy server and its stopped pid, nothing is left running, and the rerun finishes."""
+    run_dir = tmp_path / "run"
+    process = _start(run_dir, "iterate.rounds=0", *WATCHDOG)
+    rollouts = run_dir / "round_0" / "rollouts"
+    deadline = time.monotonic() + 900
+    stopped = None
+    try:
+        while process.poll() is None and time.monotonic() < deadline and _rows_in(rollouts) < 2:
+            time.sleep(0.2)
+        assert process.poll() is None, process.stdout.read()
+        stopped = _process(run_dir, "llama-server")
+        os.kill(stopped, signal.SIGSTOP)
+        output, _ = process.communicate(timeout=300)  # 60 s without a row, 30 s of probe, the stops
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        if stopped is not None:
+            try:
+                os.kill(stopped, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    assert process.returncode == 2, output
+    assert "ng_collect_rollouts made no new row for" in output, output
+    assert "the policy server (policy-round-0, serving=llama_cpp) does not answer" in output
+    assert f"its process {stopped} is stopped" in output
+    assert "rerun the same command to resume at this step" in output
+    assert "Traceback" not in output and not ours(run_dir)
+    assert not (run_dir / "round_0" / "steps" / "eval.json").exists() and not list(rollouts.glob(".partial-*"))
+    again = iterate(run_dir, "iterate.rounds=0")  # the default limits: a rerun may change them, and says so
+    said = again.stdout + again.stderr
+    assert "resuming" in said and "round 0, step eval" in said and "watchdog.stall_s: 60 then, 300 now" in said
+    doc = json.loads((run_dir / "iterate.json").read_text())
+    assert doc["rounds"][0]["done"] and doc["rounds"][0]["eval"]["n"] == 16 and not ours(run_dir)
+    assert doc["rounds"][0]["settings"]["export"]["watchdog"]["stall_s"] == 60  # what each step ran with
+    assert doc["rounds"][0]["settings"]["eval"]["watchdog"]["stall_s"] == 300

@@ -50,9 +50,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def answers(url: str) -> bool:
+def answers(url: str, timeout: float = 5.0) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
