@@ -244,7 +244,7 @@ def dry_run_lines(plan: plan_mod.Plan) -> list[str]:
     where = plan.place
     run_dir = plan.run_dir
     lines = [f"# dry run of stage=iterate: {plan.rounds} round(s) in {run_dir}",
-             f"# sampling, every round: {plan.sampling()}"]
+             f"# sampling, every round: {plan.sampling()}", *(f"# {note}" for note in plan.notes)]
     base = plan.model_name if not plan.base_source.startswith("offline:") else \
         f"<{plan.base_source.split(':', 1)[1]}: {setup.cache_root() / 'models'}>"
 
