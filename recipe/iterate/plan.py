@@ -116,6 +116,17 @@ class Plan:
         return [*runner, "--config", str(step_dir / "config.yaml"), "--dcp-ckpt-path",
                 str(step_dir / "policy" / "weights"), "--hf-ckpt-path", str(out)]
 
+    def dcp_to_hf_step(self, step_dir: Path, out: Path, k: int) -> tuple[list[str], Path | None, dict[str, str]]:
+        """The converter as the launcher's place runs it (recipe.iterate.place): argv, cwd and the
+        variables it adds to this environment (the training run's, then iterate.dcp_to_hf.env)."""
+        from recipe.iterate import place
+
+        size = place.converter_size(step_dir / "policy" / "weights", self.it.dcp_to_hf)
+        argv, cwd = self.place.wrap(self.dcp_to_hf_argv(step_dir, out), self.nemo_rl_dir, name=f"dcp-to-hf-{k}",
+                                    size=size)
+        env = {**self.place.env(), **{str(key): str(v) for key, v in (self.it.dcp_to_hf.get("env") or {}).items()}}
+        return argv, cwd, env
+
     def policy_folder(self, k: int) -> Path:
         """Where round K (>= 1) leaves its policy as a Hugging Face folder: the CPU trainer's
         `train/model`, or NeMo RL's checkpoint converted into `policy/`."""

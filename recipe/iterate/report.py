@@ -238,6 +238,7 @@ def dry_run_lines(plan: plan_mod.Plan) -> list[str]:
     """Every command each round would run, with the paths it would use (ports shown as PORT),
     wrapped as the launcher's place runs them (recipe.iterate.place)."""
     from recipe.iterate import gym as gym_mod
+    from recipe.iterate import place
 
     engine = serving.load(str(plan.serving.name))
     tools = setup.nemo_gym(plan.it.get("nemo_gym_python"), install=False)
@@ -256,7 +257,7 @@ def dry_run_lines(plan: plan_mod.Plan) -> list[str]:
         artifact = engine.served(Path(str(policy(k))), state.round_dir(run_dir, k) / "serve", plan.serving)
         server = serving.server_argv(plan.serving, artifact, "PORT", name, plan.sampler, host=where.bind_host,
                                      install=False)
-        server, _ = where.wrap(server, None, name=f"serve-{name}", gpus=where.serving_gpus,
+        server, _ = where.wrap(server, None, name=f"serve-{name}", size=place.server_size(plan.serving),
                                node_file=state.round_dir(run_dir, k) / "logs" / ".serve.node")
         gym = gym_mod.Gym(plan.gym, plan.serving, run_dir / "gym", "http://HOST:PORT/v1", name, tools,
                           head_port="PORT", sampler=plan.sampler)
@@ -279,9 +280,7 @@ def dry_run_lines(plan: plan_mod.Plan) -> list[str]:
             if plan.launcher != "local_cpu":
                 lines.append(f"# export: NeMo RL's DCP checkpoint -> Hugging Face folder, in {plan.nemo_rl_dir} "
                              f"({where.describe()}), then renamed to {plan.policy_folder(k)}")
-                convert = plan.dcp_to_hf_argv(rd / "train" / "checkpoints" / "step_N", rd / ".policy.partial")
-                argv, _ = where.wrap(convert,
-                                     plan.nemo_rl_dir, name=f"dcp-to-hf-{k}")
+                argv, _, _ = plan.dcp_to_hf_step(rd / "train" / "checkpoints" / "step_N", rd / ".policy.partial", k)
                 lines.append(plan_mod.shell(argv))
         gym = gym_mod.Gym(plan.gym, plan.serving, run_dir / "gym", "http://HOST:PORT/v1",
                           f"policy-round-{k}", tools, head_port="PORT", sampler=plan.sampler)

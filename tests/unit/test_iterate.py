@@ -550,10 +550,12 @@ def test_slurm_waits_for_the_job_and_converts_and_serves_in_a_slurm_step_in_the_
     assert p.train_argv(tmp_path, tmp_path, "m")[-1] == "launcher.wait=true"  # the job's end, not sbatch's
     text = "\n".join(report.dry_run_lines(p))
     srun = ("srun --job-name=gym-dpo-dcp-to-hf-1 --nodes=1 --ntasks=1 --time=04:00:00 --kill-on-bad-exit=1 "
-            f"--partition=batch --container-image=/shared/nemo-rl.sqsh --container-mounts={tmp_path}:{tmp_path},"
-            "/shared/hf:/shared/hf --no-container-mount-home --container-workdir=/opt/nemo-rl bash -c")
+            f"--partition=batch --cpus-per-task=4 --container-image=/shared/nemo-rl.sqsh --container-mounts="
+            f"{tmp_path}:{tmp_path},/shared/hf:/shared/hf --no-container-mount-home --container-workdir=/opt/nemo-rl "
+            "bash -c")
     assert srun in text and "cd /opt/nemo-rl\nexec uv run python examples/converters/convert_dcp_to_hf.py" in text
-    serve = [line for line in text.splitlines() if "--gpus-per-node=2" in line]
+    # one server without tensor parallelism: one GPU, not the node's two (tests/unit/test_iterate_gpu.py)
+    serve = [line for line in text.splitlines() if "--gpus-per-node=1" in line]
     assert serve and all(line.startswith("srun --job-name=gym-dpo-serve-policy-round-") for line in serve)
     assert "--host 0.0.0.0" in text and "SLURMD_NODENAME" in text
     where = p.place

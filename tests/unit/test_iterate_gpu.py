@@ -5,11 +5,13 @@ environment and the Slurm steps' sizes and environment (the commands, as the dry
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from test_iterate import build_plan, gpu_choices
 
+from recipe.errors import RecipeError
 from recipe.iterate import report
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,3 +95,84 @@ def test_the_vllm_server_starts_with_its_venv_s_virtual_env_and_path(tmp_path):
     said = subprocess.run(argv, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}).stdout
     assert f"VIRTUAL_ENV={venv}\n" in said and f"first={venv / 'bin'}\n" in said
     assert "args=-m vllm.entrypoints.openai.api_server --model /m --host 127.0.0.1 --port 8000 " in said
+
+
+# -- items: a Slurm step's environment, size and start-up clock ------------------------------------
+def slurm_plan(tmp_path, *overrides):
+    common = ["launcher.container=null", "launcher.gres=true", "launcher.gpus_per_node=8",
+              f"launcher.hf_cache={tmp_path / 'hf'}", "+launcher.env.GYM_DPO_MARK=from-launcher-env"]
+    return gpu_plan(tmp_path, *common, *overrides, launcher="slurm", model="qwen2.5-1.5b")
+
+
+def option(argv, name):
+    found = [a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}=")]
+    return found[0] if found else None
+
+
+def test_a_slurm_step_is_sized_from_what_it_runs(tmp_path):
+    """The server: the GPUs of its tensor x pipeline parallelism (not every GPU of the node), and
+    serving.step's CPUs and memory per GPU; the converter: no GPU, twice the checkpoint's weights."""
+    from recipe.iterate import place
+
+    p = slurm_plan(tmp_path)
+    argv, _ = p.place.wrap(["vllm"], None, name="serve-x", size=place.server_size(p.serving))
+    assert (option(argv, "gpus-per-node"), option(argv, "cpus-per-task"), option(argv, "mem")) == ("1", "8", "32768M")
+    tp = slurm_plan(tmp_path / "tp", "serving.args=[--tensor-parallel-size,2,-pp,2]")
+    argv, _ = tp.place.wrap(["vllm"], None, name="serve-x", size=place.server_size(tp.serving))
+    assert (option(argv, "gpus-per-node"), option(argv, "cpus-per-task"), option(argv, "mem")) == ("4", "32", "131072M")
+    assert place.server_size(slurm_plan(tmp_path / "eq", "serving.args=['--tensor-parallel-size=2']").serving).gpus == 2
+    step = tmp_path / "ckpt" / "step_3"
+    (step / "policy" / "weights").mkdir(parents=True)
+    (step / "policy" / "weights" / "__0_0.distcp").write_bytes(b"\0" * (3 * 2**20))
+    argv, cwd, env = p.dcp_to_hf_step(step, tmp_path / "out", 1)
+    assert option(argv, "gpus-per-node") is None and option(argv, "cpus-per-task") == "4"
+    assert option(argv, "mem") == f"{2 * 3 + 4096}M"  # 2 x 3 MiB of weights + mem_extra 4G
+    assert env == {"HF_HOME": str(tmp_path / "hf"), "GYM_DPO_MARK": "from-launcher-env"}
+    given = slurm_plan(tmp_path / "given", "iterate.dcp_to_hf.step.mem=20G", "iterate.dcp_to_hf.step.cpus=2")
+    argv, _, _ = given.dcp_to_hf_step(step, tmp_path / "out", 1)
+    assert (option(argv, "cpus-per-task"), option(argv, "mem")) == ("2", "20480M")
+    with pytest.raises(RecipeError, match="serving.step.mem='lots'"):
+        place.server_size(slurm_plan(tmp_path / "bad", "serving.step.mem=lots").serving)
+
+
+FAKE_SRUN = """#!/bin/bash
+# a Slurm that queues every step QUEUE seconds, then runs its `bash -c SCRIPT` on the node `localhost`
+while [[ "$1" != bash ]]; do echo "srun option: $1"; shift; done
+sleep "$QUEUE"
+export SLURMD_NODENAME=localhost
+exec "$@"
+"""
+
+
+def test_a_slurm_server_step_gets_the_job_s_environment_and_its_start_up_time_counts_from_its_start(tmp_path,
+                                                                                                  monkeypatch):
+    from recipe.iterate import place, serving
+
+    srun = tmp_path / "srun"
+    srun.write_text(FAKE_SRUN)
+    srun.chmod(0o755)
+    monkeypatch.setenv("QUEUE", "4")
+    p = slurm_plan(tmp_path, "serving.startup_timeout=2",
+                   "serving.command=[bash,-c,'echo HF_HOME=$HF_HOME MARK=$GYM_DPO_MARK; sleep 60',server]")
+    where = place.Slurm(p.launcher_cfg, tmp_path, srun=str(srun))
+    log = tmp_path / "logs" / "serve.log"
+    started = time.monotonic()
+    with pytest.raises(RecipeError) as caught:
+        with serving.serve(p.serving, "/m", "policy-round-0", log, p.sampler, where):
+            pass
+    waited = time.monotonic() - started
+    message = str(caught.value)
+    assert ("the policy server (policy-round-0, serving=vllm, Slurm step gym-dpo-serve-policy-round-0) on 127.0.0.1 "
+            "was not ready 2s after it started (serving.startup_timeout") in message
+    assert waited >= 4 + 2  # the queue does not eat the start-up time
+    text = log.read_text()
+    assert f"HF_HOME={tmp_path / 'hf'} MARK=from-launcher-env" in text
+    assert "from-launcher-env" not in text.splitlines()[0]  # the command line holds no value of launcher.env
+    assert not (tmp_path / "logs" / ".serve.node").exists()
+    # and a step Slurm never starts is bounded apart, when asked
+    monkeypatch.setenv("QUEUE", "30")
+    p = slurm_plan(tmp_path, "serving.startup_timeout=2", "+serving.queue_timeout=1", "serving.command=[sleep,60]")
+    with pytest.raises(RecipeError, match="Slurm step gym-dpo-serve-policy-round-0.*did not start within 1s"):
+        with serving.serve(p.serving, "/m", "policy-round-0", log, p.sampler,
+                           place.Slurm(p.launcher_cfg, tmp_path, srun=str(srun))):
+            pass

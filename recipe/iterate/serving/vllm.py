@@ -54,6 +54,23 @@ def activated(python_path: str) -> list[str]:
     return ["bash", "-c", ACTIVATE, "vllm-venv", str(path.parent.parent), python_path]
 
 
+def gpus(cfg: DictConfig) -> int:
+    """GPUs one server uses: tensor x pipeline parallel size (vLLM's --tensor-parallel-size /
+    -tp, --pipeline-parallel-size / -pp in serving.args; 1 each by default); none on the CPU build."""
+    if cfg.get("build") == "cpu":
+        return 0
+    args = [str(a) for a in [*(cfg.get("args") or []), *(cfg.get("device_args") or [])]]
+    sizes = {"tensor": 1, "pipeline": 1}
+    for i, arg in enumerate(args):
+        for kind, short in (("tensor", "-tp"), ("pipeline", "-pp")):
+            flag = f"--{kind}-parallel-size"
+            if arg.startswith(flag + "="):
+                sizes[kind] = int(arg.split("=", 1)[1])
+            elif arg in (flag, short) and i + 1 < len(args):
+                sizes[kind] = int(args[i + 1])
+    return sizes["tensor"] * sizes["pipeline"]
+
+
 def command(artifact: Path, port: int, name: str, cfg: DictConfig, host: str = "127.0.0.1",
             install: bool = True) -> list[str]:
     start = [str(a) for a in cfg.command] if cfg.get("command") else [*activated(python(cfg, install)),
