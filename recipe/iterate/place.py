@@ -117,7 +117,8 @@ class Slurm:
     def env(self) -> dict[str, str]:
         """What the training job's steps get (slurm/dpo.sub exports its job.env): HF_HOME (the
         shared launcher.hf_cache) and launcher.env. srun passes its environment to the step, and
-        pyxis into the container; values stay out of every command line and log."""
+        pyxis into the container (`--container-env` names them, as an image's own value, e.g. our
+        image's HF_HOME, would win otherwise); values stay out of every command line and log."""
         env = {}
         if self.launcher.get("hf_cache"):
             env["HF_HOME"] = str(Path(str(self.launcher.hf_cache)).expanduser().absolute())
@@ -154,6 +155,8 @@ class Slurm:
                       *[str(m) for m in launcher.get("container_mounts") or []]]
             argv += [f"--container-image={image}", f"--container-mounts={','.join(mounts)}",
                      "--no-container-mount-home"]
+            if self.env():  # by name: pyxis keeps an image's own value of a variable over the job's
+                argv.append(f"--container-env={','.join(sorted(self.env()))}")
         return argv
 
     def wrap(self, argv: list[str], cwd: Path | None, *, name: str, size: Size | None = None,

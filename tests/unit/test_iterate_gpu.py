@@ -131,6 +131,10 @@ def test_a_slurm_step_is_sized_from_what_it_runs(tmp_path):
     given = slurm_plan(tmp_path / "given", "iterate.dcp_to_hf.step.mem=20G", "iterate.dcp_to_hf.step.cpus=2")
     argv, _, _ = given.dcp_to_hf_step(step, tmp_path / "out", 1)
     assert (option(argv, "cpus-per-task"), option(argv, "mem")) == ("2", "20480M")
+    # in a container the job's values win over the image's own (pyxis keeps those unless named)
+    boxed = slurm_plan(tmp_path / "box", "launcher.container=/shared/nemo-rl.sqsh")
+    argv, _, _ = boxed.dcp_to_hf_step(step, tmp_path / "out", 1)
+    assert option(argv, "container-env") == "GYM_DPO_MARK,HF_HOME" and "from-launcher-env" not in " ".join(argv)
     with pytest.raises(RecipeError, match="serving.step.mem='lots'"):
         place.server_size(slurm_plan(tmp_path / "bad", "serving.step.mem=lots").serving)
 

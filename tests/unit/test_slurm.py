@@ -99,6 +99,8 @@ def test_job_env_with_a_locked_registry_image(tmp_path, capsys):
     assert env["CONTAINER"] == "nvcr.io#nvidia/nemo-rl:v0.7.0"  # every enroot takes it
     assert env["CONTAINER_MOUNTS"].split(",") == [f"{run}:{run}", f"{data}:{data}:ro", "/shared/hf:/shared/hf"]
     assert env["LOG_ROOT"] == str(run / "slurm" / "logs") and env["HF_HOME"] == "/shared/hf"
+    # pyxis keeps an image's own HF_HOME (our image sets one) unless the job names it
+    assert sourced(tmp_path / "run" / "slurm" / "job.env", "CONTAINER_ENV") == {"CONTAINER_ENV": "HF_HOME"}
     assert env["WORKDIR"] == "/opt/nemo-rl"
     assert (run / "slurm" / "dpo.sub").read_text() == SCRIPT.read_text()
     assert slurm.check_image(plan) == {"image": "nvcr.io/nvidia/nemo-rl:v0.7.0", "locked": D1,
@@ -267,7 +269,7 @@ def run_script(tmp_path, fake_slurm, *, command="echo driver in $PWD; exit 7", n
         "COMMAND": command, "WORKDIR": str(tmp_path), "CONTAINER": "img#x:1",
         "CONTAINER_MOUNTS": f"{tmp_path}:{tmp_path}", "SETUP": "", "LOG_ROOT": str(tmp_path / "logs"),
         "RAY": "ray", "PYTHON": sys.executable, "NODE_TIMEOUT": "20", "GPUS_PER_NODE": "1",
-        **(job or {})}))
+        "CONTAINER_ENV": "HF_HOME", **(job or {})}))
     nodes = nodes if nodes is not None else [node("127.0.0.2"), node("127.0.0.3")]
     environ = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "42",
                "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_RESTART_COUNT": "1",
@@ -287,6 +289,7 @@ def test_the_sbatch_script_runs_head_workers_and_driver(tmp_path, fake_slurm):
     assert f"driver in {tmp_path}" in (logs / "driver.log").read_text()
     head = next(line for line in log.splitlines() if line.startswith("srun") and "-w node1" in line)
     assert "--container-image=img#x:1" in head and f"--container-mounts={tmp_path}:{tmp_path}" in head
+    assert "--container-env=HF_HOME" in head
     assert "--nodes=1" in head
     workers = next(line for line in log.splitlines() if line.startswith("srun") and "--exclude=node1" in line)
     assert "--nodes=1 --ntasks=1" in workers

@@ -155,9 +155,13 @@ def job_env(plan: LaunchPlan) -> dict[str, str]:
         "RAY_HEAD_WORKER_PORTS": str(ports.head_worker_range),
         "RAY_WORKER_WORKER_PORTS": str(ports.worker_worker_range),
     }
+    extra = {}
     if launcher.get("hf_cache"):
-        env["HF_HOME"] = str(Path(str(launcher.hf_cache)).expanduser().absolute())
-    env.update({str(k): str(v) for k, v in (launcher.env or {}).items()})
+        extra["HF_HOME"] = str(Path(str(launcher.hf_cache)).expanduser().absolute())
+    extra.update({str(k): str(v) for k, v in (launcher.env or {}).items()})
+    # by name, for pyxis: an image's own value of a variable (our image's HF_HOME) wins over the job's otherwise
+    env["CONTAINER_ENV"] = ",".join(sorted(extra)) if image else ""
+    env.update(extra)
     _check_ports(ports)
     return env
 
