@@ -10,8 +10,12 @@ generation and logging code). What those import-time lines need and this loss ne
 stubbed, and only when it is not installed:
   - STUBBED: ZeroMQ, NVML, FastAPI/uvicorn (vLLM's worker and the generation servers), the metric
     loggers (MLflow, SwanLab, W&B, prometheus_client, and torch.utils.tensorboard without the
-    tensorboard package): modules whose names resolve to placeholder classes; anything that calls
-    one fails loudly instead of doing nothing;
+    tensorboard package): modules whose every name is a placeholder class (a decorator made of one
+    hands back what it decorates). The loss never reaches them, and its value is checked against
+    an independent formula (recipe/train/local/loss.py) wherever it is used;
+  - `load(src, stub_missing=True)` (bench/gpu_check.py, on a machine with other packages) also
+    stubs any other module the import finds missing, one at a time, but for torch, transformers
+    and pydantic (DPOLossConfig is a pydantic model);
   - NeMo RL v0.7.0's nemo_rl/models/policy/__init__.py asserts transformers < 5.12 at import: it
     guards a patch of AutoTokenizer.from_pretrained (deepseek_v3 tokenizers), not the loss. With a
     newer transformers the import sees NeMo RL's own pin's version ("5.8.1"), and the patched
@@ -35,18 +39,31 @@ TENSORBOARD = "torch.utils.tensorboard"
 NEMO_RL_TRANSFORMERS = "5.8.1"   # v0.7.0 pyproject.toml: transformers>=5.8.1,<5.9.0 (its mcore extra)
 
 
+NEEDED = ("torch", "transformers", "pydantic", "pydantic_core", "nemo_rl")
+
+
+class _Stub(type):
+    """A placeholder class: its attributes are placeholders, subclassing it works, and calling it
+    hands back what it decorates (`@ray.remote`, `@ray.remote(num_gpus=1)`) or itself."""
+
+    def __getattr__(cls, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Stub(name, (), {})
+
+    def __call__(cls, *args, **kwargs):
+        if len(args) == 1 and not kwargs and callable(args[0]):
+            return args[0]
+        return cls
+
+
 class _Placeholder(types.ModuleType):
-    """A module whose every attribute is a placeholder class; calling into one raises."""
+    """A module whose every attribute is a placeholder class."""
 
     def __getattr__(self, name: str):
         if name.startswith("__"):
             raise AttributeError(name)
-
-        def refuse(*args, **kwargs):
-            raise RuntimeError(f"{self.__name__}.{name} is a stub (bench/nemo_rl_loss.py): the DPO loss "
-                               "should never call it")
-
-        placeholder = type(name, (), {"__init__": refuse, "__call__": refuse})
+        placeholder = _Stub(name, (), {})
         setattr(self, name, placeholder)
         return placeholder
 
@@ -69,7 +86,26 @@ class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         pass
 
 
-def load(src: str | Path) -> types.SimpleNamespace:
+def _import(stubbed: set[str], stub_missing: bool):
+    """Import the loss; with `stub_missing`, stub each missing module the import names and retry."""
+    for _ in range(60):
+        try:
+            from nemo_rl import __version__ as nemo_rl_version
+            from nemo_rl.algorithms.loss import prepare_loss_input
+            from nemo_rl.algorithms.loss.loss_functions import DPOLossConfig, DPOLossFn
+            return nemo_rl_version, prepare_loss_input, DPOLossConfig, DPOLossFn
+        except ModuleNotFoundError as exc:
+            top = (exc.name or "").split(".")[0]
+            if not stub_missing or not top or top in NEEDED or top in stubbed:
+                raise
+            stubbed.add(top)
+            sys.meta_path.append(_StubFinder({top}))
+            for name in [m for m in sys.modules if m == "nemo_rl" or m.startswith("nemo_rl.")]:
+                del sys.modules[name]  # half-imported: again from the start
+    raise ImportError("NeMo RL's loss still does not import after stubbing 60 modules")
+
+
+def load(src: str | Path, stub_missing: bool = False) -> types.SimpleNamespace:
     src = Path(src).absolute()
     if not (src / "nemo_rl" / "algorithms" / "loss" / "loss_functions.py").is_file():
         raise FileNotFoundError(f"{src} is not a NeMo RL source tree (no nemo_rl/algorithms/loss/loss_functions.py)")
@@ -88,9 +124,7 @@ def load(src: str | Path) -> types.SimpleNamespace:
     version, from_pretrained = transformers.__version__, AutoTokenizer.from_pretrained
     transformers.__version__ = NEMO_RL_TRANSFORMERS
     try:
-        from nemo_rl import __version__ as nemo_rl_version
-        from nemo_rl.algorithms.loss import prepare_loss_input
-        from nemo_rl.algorithms.loss.loss_functions import DPOLossConfig, DPOLossFn
+        nemo_rl_version, prepare_loss_input, DPOLossConfig, DPOLossFn = _import(stubbed, stub_missing)
     finally:
         sys.modules["transformers"].__version__ = version
         AutoTokenizer.from_pretrained = from_pretrained
