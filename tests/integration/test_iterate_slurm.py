@@ -15,14 +15,19 @@ Training with launcher.wait=true (the loop forces it) is tests/integration/test_
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
-from engines import REPO, slurm_cluster
+from engines import REPO, converter_settings, gym_dpo_cli, nemo_rl_checkout, run, slurm_cluster, unavailable
 from omegaconf import OmegaConf
+from test_iterate_loop import TINY, ours, tools  # noqa: F401 (tools: a fixture)
+from test_slurm_cluster import BIN, DRIVER
 
 pytestmark = pytest.mark.integration
 
@@ -168,3 +173,65 @@ h.test(HandlerClass=h.SimpleHTTPRequestHandler, port=int(sys.argv[sys.argv.index
     text = log.read_text()
     assert f"HF_HOME={tmp_path / 'hf'} from-launcher-env" in text
     assert "from-launcher-env" not in text.splitlines()[0]  # the logged command line holds no value
+
+
+def test_one_round_of_the_loop_on_slurm_trains_as_a_job_and_exports_and_serves_in_steps(tools, tmp_path):  # noqa: F811
+    """The whole loop with launcher=slurm, bare-metal, the CPU runner in NeMo RL's place: round 0
+    serves the base model in a step and evaluates it through NeMo Gym (here, on the "login node");
+    round 1 collects, prepares, trains as a 2-node job (dpo.sub: Ray head and worker, the driver
+    tests/integration/ray_dpo_driver.py), followed to its end, converts the checkpoint with NeMo RL
+    v0.7.0's own converter (the reference source tree) in a step, serves it in a step, evaluates."""
+    slurm_cluster()
+    root = tools
+    if not (BIN / "ray").exists():
+        unavailable(f"no ray CLI beside {sys.executable} (pip install -e '.[slurm]')")
+    checkout = nemo_rl_checkout()
+    ray_temp = Path(tempfile.mkdtemp(prefix="gdi", dir="/tmp"))
+    run_dir = tmp_path / "run"
+    # smaller than test_iterate_loop.py's TINY: a step gets 2 CPUs, shared with the rest of the machine
+    tiny = [o for o in TINY if not o.startswith(("iterate.collect.", "iterate.eval.", "iterate.train.policy."))]
+    args = [*gym_dpo_cli(), "stage=iterate", f"run_dir={run_dir}", "iterate.rounds=1", *tiny,
+            "iterate.collect.tasks=12", "iterate.collect.repeats=4", "iterate.eval.tasks=4", "iterate.eval.repeats=2",
+            "iterate.collect.sampling.max_output_tokens=32", "iterate.eval.sampling.max_output_tokens=32",
+            "model=smollm2-135m", f"policy.model_name={root / 'models' / 'SmolLM2-135M-Instruct'}",  # no hub here
+            "iterate.train.policy.train_global_batch_size=2",  # one pair for each of the two nodes' ranks
+            *SLURM, "launcher.nodes=2", "launcher.time=00:30:00", "launcher.node_timeout=300",
+            "+launcher.env.RAY_NUM_GPUS=1", f"launcher.runner=[{sys.executable},{DRIVER}]",
+            f"launcher.workdir={checkout}", f"launcher.python={sys.executable}", f"launcher.ray={BIN / 'ray'}",
+            "launcher.ports.dashboard=18265", f"+launcher.env.RAY_TEMP_ROOT={ray_temp}",
+            "+launcher.env.RAY_USAGE_STATS_ENABLED=0", *converter_settings(checkout)]
+    try:
+        result = run(args, cwd=REPO, timeout=3600)
+    finally:
+        leftover = subprocess.run(["pgrep", "-f", str(ray_temp)], capture_output=True, text=True).stdout.split()
+        for pid in leftover:
+            subprocess.run(["kill", "-9", pid], capture_output=True)
+        shutil.rmtree(ray_temp, ignore_errors=True)
+    said = result.stdout + result.stderr
+    doc = json.loads((run_dir / "iterate.json").read_text())
+    r0, r1 = doc["rounds"]
+    assert r0["done"] and r1["done"] and r1["train"]["step"] == 1 and r1["eval"]["n"] == 8
+    # training: a Slurm job of two nodes, shown at submission and followed to its end
+    [job] = (run_dir / "round_1" / "train" / "slurm" / "submitted.txt").read_text().split()
+    shown = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
+    assert "JobState=COMPLETED" in shown and "NumNodes=2" in shown, shown
+    assert f"submitted job {job}" in said and f"job {job} ended: completed, exit code 0" in said
+    # export: NeMo RL's converter in a step sized from the checkpoint, into round_1/policy
+    assert "Saved HF checkpoint to" in (run_dir / "round_1" / "logs" / "dcp_to_hf.log").read_text()
+    assert r1["policy"] == str(run_dir / "round_1" / "policy")
+    converter = job_record("gym-dpo-dcp-to-hf-1")
+    weights = sum(f.stat().st_size for f in (run_dir / "round_1" / "train" / "checkpoints").glob(
+        "step_1/policy/weights/*") if f.is_file())
+    assert converter["NumCPUs"] == "1" and converter["MinMemoryNode"] == f"{-(-2 * weights // 2**20) + 1024}M"
+    # serving: each policy in a step of its own, reached at its node's address
+    for k in (0, 1):
+        [command] = [line for line in (run_dir / f"round_{k}" / "logs" / "serve.log").read_text().splitlines()
+                     if line.startswith("# ")][-1:]
+        assert command.startswith(f"# srun --job-name=gym-dpo-serve-policy-round-{k} ") and "--host 0.0.0.0" in command
+        step = job_record(f"gym-dpo-serve-policy-round-{k}")
+        assert step["NumCPUs"] == "2" and step["MinMemoryNode"] == "4G", step  # serving.step: threads, 4G
+    evals = [json.loads(line) for line in (run_dir / "round_1" / "rollouts" / "eval.jsonl").read_text().splitlines()]
+    assert {r["response"]["model"] for r in evals} == {"policy-round-1"}
+    # nothing left: no step or job of the run in the queue, no process
+    assert not [line for line in squeue().splitlines() if line.startswith("gym-dpo-")]
+    assert not ours(run_dir)
