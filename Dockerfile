@@ -1,5 +1,8 @@
-# gym-dpo on top of the NeMo RL container: the CLI in its own venv, NeMo RL untouched at
-# /opt/nemo-rl (its Python env stays /opt/nemo_rl_venv; our pins never change NeMo RL's packages).
+# gym-dpo on top of the NeMo RL container: the CLI in its own venv, NeMo RL at /opt/nemo-rl (its
+# Python env stays /opt/nemo_rl_venv; our pins never change NeMo RL's packages) with one fix NeMo
+# RL made after v0.7.0: each checkpoint's tokenizer is saved by rank 0 only (NVIDIA-NeMo/RL #3504;
+# every rank writing the same files can hang a job on NFS): docker/nemo_rl_tokenizer_rank0.py,
+# which fails the build unless it finds v0.7.0's code as it replaces it.
 # gym-dpo's venv also sees NeMo RL's packages, after its own (a .pth file, when both use the same
 # Python): preflight tokenizes with NeMo RL's transformers, and the CPU runner finds torch there.
 #
@@ -16,6 +19,7 @@ FROM ${BASE_IMAGE}
 ARG BASE_IMAGE
 ARG GYM_DPO_VERSION=0.1.0
 ARG PYTHON=python3
+ARG NEMO_RL_DIR=/opt/nemo-rl
 LABEL org.opencontainers.image.title="gym-dpo" \
       org.opencontainers.image.description="NeMo Gym rollouts -> DPO pairs -> NeMo RL DPO" \
       org.opencontainers.image.version="${GYM_DPO_VERSION}" \
@@ -31,6 +35,7 @@ RUN ${PYTHON} -m venv /opt/gym-dpo \
  && site=$(/opt/gym-dpo/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))') \
  && nemo_site=/opt/nemo_rl_venv/lib/$(basename "$(dirname "$site")")/site-packages \
  && if [ -d "$nemo_site" ]; then echo "$nemo_site" > "$site/nemo_rl_venv.pth"; fi \
+ && ${PYTHON} /src/gym-dpo/docker/nemo_rl_tokenizer_rank0.py "${NEMO_RL_DIR}" \
  && ln -s /opt/gym-dpo/bin/gym-dpo /usr/local/bin/gym-dpo \
  && mkdir -p /workspace/results \
  && if [ -f /src/gym-dpo/container.lock.json ]; then cp /src/gym-dpo/container.lock.json /workspace/; fi \

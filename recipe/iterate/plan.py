@@ -138,6 +138,17 @@ class Plan:
         return [*runner, "--config", str(step_dir / "config.yaml"), "--dcp-ckpt-path",
                 str(step_dir / "policy" / "weights"), "--hf-ckpt-path", str(out)]
 
+    def dcp_to_hf_step(self, step_dir: Path, out: Path, k: int) -> tuple[list[str], Path | None, dict[str, str]]:
+        """The converter as the launcher's place runs it (recipe.iterate.place): argv, cwd and the
+        variables it adds to this environment (the training run's, then iterate.dcp_to_hf.env)."""
+        from recipe.iterate import place
+
+        size = place.converter_size(step_dir / "policy" / "weights", self.it.dcp_to_hf)
+        argv, cwd = self.place.wrap(self.dcp_to_hf_argv(step_dir, out), self.nemo_rl_dir, name=f"dcp-to-hf-{k}",
+                                    size=size)
+        env = {**self.place.env(), **{str(key): str(v) for key, v in (self.it.dcp_to_hf.get("env") or {}).items()}}
+        return argv, cwd, env
+
     def policy_folder(self, k: int) -> Path:
         """Where round K (>= 1) leaves its policy as a Hugging Face folder: the CPU trainer's
         `train/model`, or NeMo RL's checkpoint converted into `policy/`."""
@@ -236,18 +247,29 @@ def build(cfg: DictConfig) -> Plan:
         raise RecipeError(f"iterate.extra_eval_rounds={it.extra_eval_rounds}: last (round 0 and the last round) or all")
     if int(it.rounds) < 0:
         raise RecipeError(f"iterate.rounds={it.rounds}: give 0 (evaluate the base model only) or more")
+    from recipe.iterate import preset as gpu_preset
+
     notes = []
+    given = {override_key(o) for o in task_overrides}
+    on_gpu = gpu_preset.on_gpu(cfg)
+    applied = gpu_preset.apply(cfg, given)
+    if applied:
+        notes.append(f"iterate.gpu preset for launcher={cfg.launcher.name}: {', '.join(applied)}")
     preset = choices.get("model", "tiny")
     model_name = str(cfg.policy.model_name)
     explicit_model = any(override_key(o) in ("model", "policy.model_name") for o in task_overrides)
+    default_key = "iterate.gpu.default_model" if on_gpu else "iterate.default_model"
+    default = str(OmegaConf.select(cfg, default_key))
     if model_name == CPU_MODEL:
         if explicit_model:
             raise RecipeError("model=tiny is built from the pairs with random weights: it cannot be "
                               "served or evaluated; the iterate loop needs a real model (the default is "
-                              f"model={it.default_model}, or model=<preset> / policy.model_name=<folder>)")
-        preset, model_name = str(it.default_model), _preset_model_name(str(it.default_model))
-        notes.append(f"model={preset} (iterate.default_model: model=tiny cannot be served)")
-    offline = dict(it.get("offline_models") or {})
+                              f"model={default}, or model=<preset> / policy.model_name=<folder>)")
+        preset, model_name = default, _preset_model_name(default)
+        notes.append(f"model={preset} ({default_key}: model=tiny cannot be served)")
+    # a model made here for the CPU (a GGUF file's folder in this machine's cache) is the CPU's only:
+    # NeMo RL's image and a Slurm step load the hub model by its name
+    offline = dict(it.get("offline_models") or {}) if not on_gpu else {}
     if Path(model_name).expanduser().is_dir():
         base_source, model_name = "local", str(Path(model_name).expanduser().absolute())
     elif model_name in offline:
@@ -261,9 +283,8 @@ def build(cfg: DictConfig) -> Plan:
         base_source = "hub"
     # the model is the loop's choice; `dpo` follows it in the train stage (`optional dpo: ${model}`) unless
     # the user picked one; the other groups pass as chosen (their defaults included)
-    explicit = {override_key(o) for o in task_overrides}
     groups = {g: choices[g] for g in (*TRAIN_GROUPS, *PREPARE_GROUPS)
-              if g in choices and (g != "dpo" or g in explicit)}
+              if g in choices and (g != "dpo" or g in given)}
     groups["model"] = preset
     train_values = OmegaConf.to_container(it.train, resolve=True) or {}
     train_overrides = [o for o in flatten(train_values) if o != f"{MICRO}=null"]
@@ -289,7 +310,7 @@ def build(cfg: DictConfig) -> Plan:
     plan.suites, plan.gyms = suites.build(gym, it)
     micro_given = train_values.get("policy", {}).get("train_micro_batch_size") is not None or any(
         override_key(o) == MICRO for o in forwarded(task_overrides, TRAIN_KEYS, TRAIN_GROUPS))
-    micro = check_batches(plan, derive_micro=not micro_given)
+    micro = check_batches(plan, derive_micro=not micro_given, cap=gpu_preset.micro_batch_cap(cfg, given))
     if micro is not None:
         plan.train_overrides.insert(own_values, f"{MICRO}={micro}")
     return plan
@@ -310,14 +331,15 @@ def compose_train(argv: list[str]) -> DictConfig:
         return compose(config_name="recipe", overrides=argv)
 
 
-def check_batches(plan: Plan, derive_micro: bool) -> int | None:
+def check_batches(plan: Plan, derive_micro: bool, cap: int | None = None) -> int | None:
     """Before the first collection, what the train stage would refuse only after a round's
     collection and prepare: the batch against the GPUs (gpus_per_node x nodes over the
     model-parallel size). The rounds' train configs differ only in the model folder and the pairs,
     so one composition checks them all. `derive_micro`: the micro batch is not the user's, so it is
-    the global batch over the data-parallel ranks (the whole batch in one pass on one device); it
-    is returned, to be handed to every round. launcher.overrides (NeMo RL's command line) are the
-    train stage's to check."""
+    the global batch over the data-parallel ranks (the whole batch in one pass on one device, at
+    most `cap` pairs on a GPU: recipe.iterate.preset); it is returned, to be handed to every round.
+    launcher.overrides (NeMo RL's command line) are the train stage's to check."""
+    from recipe.iterate import preset as gpu_preset
     from recipe.train import nemo_rl, validate
 
     argv = plan.train_argv(plan.run_dir / "round_1" / "prepare" / "data", plan.run_dir / "round_1" / "train",
@@ -338,7 +360,7 @@ def check_batches(plan: Plan, derive_micro: bool) -> int | None:
                               f"data-parallel ranks of launcher={plan.launcher} ({cluster['gpus_per_node']} GPUs x "
                               f"{cluster['num_nodes']} nodes): set iterate.train.policy.train_global_batch_size "
                               f"to a multiple of {ranks}; nothing was run")
-        policy["train_micro_batch_size"] = global_batch // ranks
+        policy["train_micro_batch_size"] = gpu_preset.capped(global_batch // ranks, cap)
     problems = validate.batch_problems(policy, cluster)
     if problems:
         raise RecipeError("every round's training would be refused (found before any collection); nothing "

@@ -323,13 +323,14 @@ def dry_run_lines(plan: plan_mod.Plan) -> list[str]:
     """Every command each round would run, with the paths it would use (ports shown as PORT),
     wrapped as the launcher's place runs them (recipe.iterate.place)."""
     from recipe.iterate import gym as gym_mod
+    from recipe.iterate import place
 
     engine = serving.load(str(plan.serving.name))
     tools = setup.nemo_gym(plan.it.get("nemo_gym_python"), install=False)
     where = plan.place
     run_dir = plan.run_dir
     lines = [f"# dry run of stage=iterate: {plan.rounds} round(s) in {run_dir}",
-             f"# sampling, every round: {plan.sampling()}"]
+             f"# sampling, every round: {plan.sampling()}", *(f"# {note}" for note in plan.notes)]
     base = plan.model_name if not plan.base_source.startswith("offline:") else \
         f"<{plan.base_source.split(':', 1)[1]}: {setup.cache_root() / 'models'}>"
 
@@ -341,7 +342,7 @@ def dry_run_lines(plan: plan_mod.Plan) -> list[str]:
         artifact = engine.served(Path(str(policy(k))), state.round_dir(run_dir, k) / "serve", plan.serving)
         server = serving.server_argv(plan.serving, artifact, "PORT", name, plan.sampler, host=where.bind_host,
                                      install=False)
-        server, _ = where.wrap(server, None, name=f"serve-{name}", gpus=where.serving_gpus,
+        server, _ = where.wrap(server, None, name=f"serve-{name}", size=place.server_size(plan.serving),
                                node_file=state.round_dir(run_dir, k) / "logs" / ".serve.node")
         gym = gym_mod.Gym(plan.gym, plan.serving, run_dir / "gym", "http://HOST:PORT/v1", name, tools,
                           head_port="PORT", sampler=plan.sampler, others=plan.gyms[1:])
@@ -366,9 +367,7 @@ def dry_run_lines(plan: plan_mod.Plan) -> list[str]:
             if plan.launcher != "local_cpu":
                 lines.append(f"# export: NeMo RL's DCP checkpoint -> Hugging Face folder, in {plan.nemo_rl_dir} "
                              f"({where.describe()}), then renamed to {plan.policy_folder(k)}")
-                convert = plan.dcp_to_hf_argv(rd / "train" / "checkpoints" / "step_N", rd / ".policy.partial")
-                argv, _ = where.wrap(convert,
-                                     plan.nemo_rl_dir, name=f"dcp-to-hf-{k}")
+                argv, _, _ = plan.dcp_to_hf_step(rd / "train" / "checkpoints" / "step_N", rd / ".policy.partial", k)
                 lines.append(plan_mod.shell(argv))
         gym = gym_mod.Gym(plan.gym, plan.serving, run_dir / "gym", "http://HOST:PORT/v1",
                           f"policy-round-{k}", tools, head_port="PORT", sampler=plan.sampler)

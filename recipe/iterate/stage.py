@@ -180,14 +180,13 @@ class Loop:
         if partial.exists():
             shutil.rmtree(partial)
         log = self.rd(k) / "logs" / "dcp_to_hf.log"
-        argv, cwd = self.plan.place.wrap(self.plan.dcp_to_hf_argv(steps[-1][1], partial), self.plan.nemo_rl_dir,
-                                         name=f"dcp-to-hf-{k}")
+        argv, cwd, extra = self.plan.dcp_to_hf_step(steps[-1][1], partial, k)
+        step = self.plan.place.step(f"dcp-to-hf-{k}")
         console.console.print(f"round {k}: NeMo RL's converter on {steps[-1][1].name} ({self.plan.place.describe()}); "
                               f"log {log}", highlight=False, soft_wrap=True)
         try:
-            extra = self.plan.it.dcp_to_hf.get("env") or {}
-            env = {**os.environ, **{str(key): str(value) for key, value in extra.items()}}
-            processes.run(argv, log, cwd=cwd, env=env, what="NeMo RL's convert_dcp_to_hf.py", echo=False)
+            processes.run(argv, log, cwd=cwd, env={**os.environ, **extra}, echo=False,
+                          what="NeMo RL's convert_dcp_to_hf.py" + (f" (Slurm step {step})" if step else ""))
             if not whole_hf_folder(partial):
                 raise RecipeError(f"NeMo RL's converter exited 0 but {partial} lacks the weights, config.json or "
                                   f"the tokenizer (log: {log})")

@@ -60,8 +60,8 @@ def run(cfg: DictConfig) -> int:
     try:
         code = module.launch(plan)
     except processes.Interrupted as exc:
-        exc.outcome = (f"training was stopped; the run folder {plan.run_dir} keeps the config and command "
-                       "(a rerun with the same run_dir resumes from its last checkpoint)")
+        exc.outcome = (f"{getattr(exc, 'stopped', 'training was stopped')}; the run folder {plan.run_dir} keeps "
+                       "the config and command (a rerun with the same run_dir resumes from its last checkpoint)")
         raise
     if code != 0:
         log = plan.run_dir / "train.log"

@@ -5,7 +5,9 @@
 #      base (base_image.sh): a CPU stand-in for the NeMo RL image: torch (CPU) and the rest of the
 #      `local` extra plus uv in /opt/nemo_rl_venv, the CPU runner at
 #      /opt/nemo-rl/examples/run_dpo.py, NeMo RL v0.7.0's dpo.yaml (from GYM_DPO_REFERENCE) at
-#      /opt/nemo-rl/examples/configs/dpo.yaml. Its packages come from a wheel folder filled here
+#      /opt/nemo-rl/examples/configs/dpo.yaml and the two NeMo RL v0.7.0 files our Dockerfile
+#      patches (nemo-rl-v0.7.0/src: native_checkpoint.py, automodel/checkpoint.py) at their
+#      place under /opt/nemo-rl. Its packages come from a wheel folder filled here
 #      on the host ($CACHE/test-image/wheels: `pip download` with the host's pip config, which has
 #      the CPU torch wheel; a container's pip would fetch the CUDA build from PyPI).
 #   2. It is pushed to a local registry (Debian's docker-registry on
@@ -31,7 +33,7 @@
 #   GYM_DPO_REGISTRY_PORT   local registry port (default 15000; 127.0.0.1 is an insecure
 #                           registry for Docker by default, no TLS needed)
 #   GYM_DPO_TEST_IMAGE, GYM_DPO_TEST_CPU_IMAGE, GYM_DPO_TEST_STANDIN   image names (defaults above)
-#   GYM_DPO_REFERENCE       the upstream reference files' folder, with nemo-rl-v0.7.0/dpo.yaml
+#   GYM_DPO_REFERENCE       the upstream reference files' folder, with nemo-rl-v0.7.0/dpo.yaml and src/
 #                           (default: shared/reference beside the repository, as tests/conftest.py)
 set -euo pipefail
 
@@ -53,6 +55,9 @@ t0=$SECONDS
 
 docker info >/dev/null 2>&1 || missing "no Docker engine (tests/infra/docker_up.sh starts one)"
 [[ -f $REFERENCE/nemo-rl-v0.7.0/dpo.yaml ]] || die "no $REFERENCE/nemo-rl-v0.7.0/dpo.yaml (NeMo RL v0.7.0's dpo.yaml; set GYM_DPO_REFERENCE)"
+NEMO_RL_SRC=$REFERENCE/nemo-rl-v0.7.0/src   # the two files our Dockerfile's build step patches
+[[ -f $NEMO_RL_SRC/nemo_rl/utils/native_checkpoint.py && -f $NEMO_RL_SRC/nemo_rl/models/automodel/checkpoint.py ]] \
+    || die "no NeMo RL v0.7.0 source tree at $NEMO_RL_SRC (set GYM_DPO_REFERENCE)"
 mkdir -p "$STATE" "$CACHE"
 BASE=$("$HERE/base_image.sh")
 
@@ -75,6 +80,7 @@ fi
 mv "$CONTEXT/requirements.txt.new" "$CONTEXT/requirements.txt"
 cp "$HERE/test_image/nemo_rl.Dockerfile" "$HERE/test_image/run_dpo.py" "$CONTEXT/"
 cp "$REFERENCE/nemo-rl-v0.7.0/dpo.yaml" "$CONTEXT/dpo.yaml"
+cp "$NEMO_RL_SRC/nemo_rl/utils/native_checkpoint.py" "$NEMO_RL_SRC/nemo_rl/models/automodel/checkpoint.py" "$CONTEXT/"
 log "docker build $CONTEXT (test_image/nemo_rl.Dockerfile) FROM $BASE -> $STANDIN"
 docker build -q -f "$CONTEXT/nemo_rl.Dockerfile" --build-arg "BASE_IMAGE=$BASE" -t "$STANDIN" "$CONTEXT" >&2
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import unavailable
+from tests.conftest import REFERENCE, unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "tests" / "infra"
@@ -111,20 +111,21 @@ NEMO_RL_VERSION = "0.7.0"
 
 
 def nemo_rl_checkout() -> Path:
-    """A NeMo RL v0.7.0 source tree (`git worktree add DIR v0.7.0` of github.com/NVIDIA-NeMo/RL),
-    at $GYM_DPO_NEMO_RL_SRC (default ~/.cache/gym-dpo/nemo-rl-v0.7.0), or skip. It is skipped even
-    under GYM_DPO_REQUIRE_ENGINES=1: CI reaches PyPI and Debian only, and PyPI's `nemo-rl` is an
-    empty placeholder, so no CI machine can have it."""
-    path = Path(os.environ.get(NEMO_RL_SRC_ENV, "~/.cache/gym-dpo/nemo-rl-v0.7.0")).expanduser()
+    """NeMo RL v0.7.0's source tree: the upstream reference files' `nemo-rl-v0.7.0/src`
+    (GYM_DPO_REFERENCE, default shared/reference beside the repository; commit 81aa43dd), or
+    another checkout at $GYM_DPO_NEMO_RL_SRC. Missing or not v0.7.0: a skip, or a failure in CI
+    (GYM_DPO_REQUIRE_ENGINES=1), like the other reference files."""
+    given = os.environ.get(NEMO_RL_SRC_ENV)
+    path = Path(given).expanduser() if given else REFERENCE / "nemo-rl-v0.7.0" / "src"
     info = path / "nemo_rl" / "package_info.py"
     converter = path / "examples" / "converters" / "convert_dcp_to_hf.py"
     if not info.is_file() or not converter.is_file():
-        pytest.skip(f"no NeMo RL v{NEMO_RL_VERSION} checkout at {path} (set {NEMO_RL_SRC_ENV}); CI cannot "
-                    "fetch one (no GitHub, and PyPI's nemo-rl is an empty placeholder)")
+        unavailable(f"no NeMo RL v{NEMO_RL_VERSION} source tree at {path} (the reference files' nemo-rl-v0.7.0/src: "
+                    f"GYM_DPO_REFERENCE, now {REFERENCE}; or {NEMO_RL_SRC_ENV})")
     text = info.read_text()
     found = ".".join(re.findall(r"^(?:MAJOR|MINOR|PATCH) = (\d+)", text, re.MULTILINE))
     if found != NEMO_RL_VERSION:
-        pytest.skip(f"{path} is NeMo RL {found}, not v{NEMO_RL_VERSION}")
+        unavailable(f"{path} is NeMo RL {found}, not v{NEMO_RL_VERSION}")
     return path.resolve()
 
 

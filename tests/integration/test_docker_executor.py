@@ -83,3 +83,94 @@ def test_a_different_digest_is_refused_before_any_container(tmp_path, engine):
     with pytest.raises(RecipeError, match="container.allow_digest_mismatch=true"):
         stage.run(compose_config(*overrides(tmp_path)))
     assert not (tmp_path / "run" / "train.log").exists()
+
+
+# a run_dpo.py that trains for ever (until its container is stopped)
+SLEEPER = """\
+import sys, time
+print("training started", flush=True)
+time.sleep(600)
+"""
+
+
+def launch_cli(tmp_path, *more):
+    """`gym-dpo stage=train ...` as a user types it, in a session of its own (signalled as a whole
+    by the test), with the sleeping runner; returns the process and the run folder's train.log."""
+    import subprocess
+
+    from engines import gym_dpo_cli
+
+    args = overrides(tmp_path, *more)
+    (tmp_path / "data" / "sleeper.py").write_text(SLEEPER)
+    args = [a for a in args if not a.startswith("launcher.runner=")] + [
+        f"launcher.runner=[python3,{tmp_path / 'data' / 'sleeper.py'}]"]
+    with open(tmp_path / "cli.out", "w") as out, open(tmp_path / "cli.err", "w") as err:
+        process = subprocess.Popen([*gym_dpo_cli(), "stage=train", *args], stdout=out, stderr=err,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    return process, tmp_path / "run" / "train.log"
+
+
+def said(tmp_path) -> str:
+    return (tmp_path / "cli.err").read_text()
+
+
+def wait_for(condition, seconds=600, tmp_path=None):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out; the CLI said:\n{said(tmp_path)[-3000:] if tmp_path else ''}"
+        time.sleep(0.5)
+
+
+def started(log):
+    return lambda: log.is_file() and "training started" in log.read_text()
+
+
+@pytest.mark.parametrize("signame,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_stops_the_container_and_is_not_reported_as_a_training_failure(tmp_path, engine, signame, code):
+    import signal
+
+    container.run(compose_config(*overrides(tmp_path)))
+    process, log = launch_cli(tmp_path)
+    wait_for(started(log), tmp_path=tmp_path)
+    process.send_signal(getattr(signal, signame))
+    process.wait(timeout=120)
+    err = " ".join(said(tmp_path).split())
+    assert process.returncode == code, err
+    assert f"interrupted ({signame}): the container gym-dpo-run-" in err and "was stopped" in err
+    assert "exited with code" not in err  # not "training exited with code 130"
+    assert not engine.containers.list(all=True, filters={"label": f"gym-dpo.run_dir={tmp_path / 'run'}"})
+
+
+def test_a_container_left_by_a_killed_gym_dpo_does_not_block_the_rerun(tmp_path, engine):
+    """kill -9 of gym-dpo leaves its container running under the run folder's fixed name: the
+    rerun removes it (its gym-dpo is gone) instead of failing on Docker's 409 name conflict."""
+    import signal
+
+    container.run(compose_config(*overrides(tmp_path)))
+    process, log = launch_cli(tmp_path)
+    wait_for(started(log), tmp_path=tmp_path)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    label = {"label": f"gym-dpo.run_dir={tmp_path / 'run'}"}
+    [left] = engine.containers.list(all=True, filters=label)
+    assert left.status == "running"
+    assert stage.run(compose_config(*overrides(tmp_path, "dpo.max_num_steps=4"))) == 0
+    assert "pairs 16 steps 4" in log.read_text()
+    assert not engine.containers.list(all=True, filters=label)
+
+
+def test_a_container_whose_gym_dpo_still_runs_is_refused_by_name(tmp_path, engine):
+    container.run(compose_config(*overrides(tmp_path)))
+    process, log = launch_cli(tmp_path)
+    try:
+        wait_for(started(log), tmp_path=tmp_path)
+        with pytest.raises(RecipeError, match="is already training this run folder .*started by gym-dpo, pid "
+                                              f"{process.pid}"):
+            stage.run(compose_config(*overrides(tmp_path)))
+    finally:
+        import signal
+
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)

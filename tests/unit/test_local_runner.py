@@ -18,9 +18,9 @@ from recipe.errors import RecipeError
 from recipe.train.local import checkpoints, metrics, settings
 
 
-def child(tmp_path: Path, parent: str | None, **sections) -> Path:
+def child(tmp_path: Path, parent: str | None, train: int | list = 16, **sections) -> Path:
     """A nemo_rl_dpo.yaml like the train stage writes, with `parent` as its defaults."""
-    data = make_prepared(tmp_path / "data", train=16, val=4)
+    data = make_prepared(tmp_path / "data", train=train, val=4)
     doc = {} if parent is None else {"defaults": parent}
     doc.update({
         "policy": {"model_name": "gym-dpo/tiny", "tokenizer": {"name": "gym-dpo/tiny"},
@@ -71,14 +71,14 @@ def test_keys_map_onto_trl_and_the_parent_fills_the_rest(tmp_path, parent):
     assert s.notes == []  # the parent was there
 
 
-def test_sft_weight_and_length_normalization_pick_trl_loss_types(tmp_path, parent):
+def test_length_normalization_picks_trl_s_preference_loss_and_the_sft_term_is_the_trainer_s(tmp_path, parent):
     s = load(child(tmp_path, parent), "dpo.sft_loss_weight=0.2", "dpo.preference_average_log_probs=true",
              "dpo.preference_loss_weight=0.5")
-    assert s.trl_loss() == (["sigmoid_norm", "sft"], [0.5, 0.2])
-    assert s.sft_average_log_probs  # upstream interpolates it from preference_average_log_probs
+    assert s.trl_loss() == (["sigmoid_norm"], [0.5])  # TRL's `sft` is not NeMo RL's: recipe.train.local.loss
+    assert s.sft_average_log_probs and s.sft_loss_weight == 0.2  # upstream links it to preference_average_log_probs
     assert not s.notes
     summed = load(child(tmp_path, parent), "dpo.sft_loss_weight=0.2", "dpo.sft_average_log_probs=false")
-    assert any("sft_average_log_probs" in note for note in summed.notes)  # sums vs means: said, not hidden
+    assert not summed.sft_average_log_probs and not summed.notes  # summed as NeMo RL sums it
 
 
 def test_overrides_follow_nemo_rl_grammar(tmp_path, parent):

@@ -99,6 +99,8 @@ def test_job_env_with_a_locked_registry_image(tmp_path, capsys):
     assert env["CONTAINER"] == "nvcr.io#nvidia/nemo-rl:v0.7.0"  # every enroot takes it
     assert env["CONTAINER_MOUNTS"].split(",") == [f"{run}:{run}", f"{data}:{data}:ro", "/shared/hf:/shared/hf"]
     assert env["LOG_ROOT"] == str(run / "slurm" / "logs") and env["HF_HOME"] == "/shared/hf"
+    # pyxis keeps an image's own HF_HOME (our image sets one) unless the job names it
+    assert sourced(tmp_path / "run" / "slurm" / "job.env", "CONTAINER_ENV") == {"CONTAINER_ENV": "HF_HOME"}
     assert env["WORKDIR"] == "/opt/nemo-rl"
     assert (run / "slurm" / "dpo.sub").read_text() == SCRIPT.read_text()
     assert slurm.check_image(plan) == {"image": "nvcr.io/nvidia/nemo-rl:v0.7.0", "locked": D1,
@@ -267,7 +269,7 @@ def run_script(tmp_path, fake_slurm, *, command="echo driver in $PWD; exit 7", n
         "COMMAND": command, "WORKDIR": str(tmp_path), "CONTAINER": "img#x:1",
         "CONTAINER_MOUNTS": f"{tmp_path}:{tmp_path}", "SETUP": "", "LOG_ROOT": str(tmp_path / "logs"),
         "RAY": "ray", "PYTHON": sys.executable, "NODE_TIMEOUT": "20", "GPUS_PER_NODE": "1",
-        **(job or {})}))
+        "CONTAINER_ENV": "HF_HOME", **(job or {})}))
     nodes = nodes if nodes is not None else [node("127.0.0.2"), node("127.0.0.3")]
     environ = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "42",
                "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_RESTART_COUNT": "1",
@@ -287,6 +289,7 @@ def test_the_sbatch_script_runs_head_workers_and_driver(tmp_path, fake_slurm):
     assert f"driver in {tmp_path}" in (logs / "driver.log").read_text()
     head = next(line for line in log.splitlines() if line.startswith("srun") and "-w node1" in line)
     assert "--container-image=img#x:1" in head and f"--container-mounts={tmp_path}:{tmp_path}" in head
+    assert "--container-env=HF_HOME" in head
     assert "--nodes=1" in head
     workers = next(line for line in log.splitlines() if line.startswith("srun") and "--exclude=node1" in line)
     assert "--nodes=1 --ntasks=1" in workers
@@ -416,17 +419,90 @@ def test_submit_with_sbatch(tmp_path, monkeypatch):
     assert "--wait" not in (tmp_path / "sbatch_args").read_text()
 
 
-def test_submit_and_wait_returns_the_job_exit_code(tmp_path, monkeypatch):
-    bin_dir = tmp_path / "bin"
+def fake_queue(tmp_path, monkeypatch, running_polls: int) -> Path:
+    """sbatch, squeue, scontrol and scancel of a job 77 that runs for `running_polls` looks of
+    squeue (or until scancel), writes its logs as dpo.sub does, and fails with exit code 5."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
     bin_dir.mkdir()
-    _exe(bin_dir / "sbatch", """\
+    logs = tmp_path / "run" / "slurm" / "logs"
+    _exe(bin_dir / "sbatch", f"""\
         #!/bin/bash
-        echo "Submitted batch job 77"
-        [[ " $* " == *" --wait "* ]] && exit 5
+        echo "sbatch $*" >> {calls}
+        mkdir -p {logs}/77
+        echo "gym-dpo: job 77 on 1 node(s); logs in {logs}/77" > {logs}/sbatch-77.out
+        echo "node node1: 127.0.0.2" > {logs}/77/batch.log
+        echo 77
+        """)
+    _exe(bin_dir / "squeue", f"""\
+        #!/bin/bash
+        echo "squeue $*" >> {calls}
+        [[ -f {tmp_path}/cancelled ]] && exit 0
+        n=$(grep -c '^squeue' {calls})
+        if (( n > {running_polls} )); then exit 0; fi
+        echo "[local_dpo] at step $n" >> {logs}/77/driver.log
+        if (( n == 1 )); then echo "PENDING|(Priority)"; else echo "RUNNING|node1"; fi
+        """)
+    _exe(bin_dir / "scontrol", f"""\
+        #!/bin/bash
+        if [[ -f {tmp_path}/cancelled ]]; then echo "JobId=77 JobState=CANCELLED ExitCode=0:15"
+        else echo "JobId=77 JobState=FAILED Reason=NonZeroExitCode ExitCode=5:0"; fi
+        """)
+    _exe(bin_dir / "scancel", f"""\
+        #!/bin/bash
+        echo "scancel $*" >> {calls}
+        touch {tmp_path}/cancelled
         """)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return calls
+
+
+def test_a_waited_job_is_shown_at_submission_followed_and_gives_its_exit_code(tmp_path, monkeypatch, capsys):
+    """Not `sbatch --wait` with its output captured (no job id until the job had ended)."""
+    calls = fake_queue(tmp_path, monkeypatch, running_polls=3)
     data = make_prepared(tmp_path / "data")
     with pytest.raises(RecipeError) as info:
         stage.run(compose_config(*train_overrides(tmp_path, data, "launcher=slurm", "launcher.wait=true")))
-    assert info.value.exit_code == 5
-    assert (tmp_path / "run" / "slurm" / "submitted.txt").read_text() == "77\n"
+    assert info.value.exit_code == 5 and "[local_dpo] at step 3" in str(info.value)  # the log's tail
+    run = tmp_path / "run"
+    assert (run / "slurm" / "submitted.txt").read_text() == "77\n"
+    said = capsys.readouterr()
+    err = " ".join(said.err.split())
+    assert "submitted job 77 (gym-dpo-run-" in err and f"logs in {run / 'slurm' / 'logs' / '77'}/" in err
+    # at once, then the job's states and, on stdout, its logs as they grow
+    assert err.index("submitted job 77") < err.index("job 77: pending ((Priority))") < err.index(
+        "job 77: running (node1)") < err.index("job 77 ended: failed, exit code 5")
+    assert "[local_dpo] at step 1\n[local_dpo] at step 2\n[local_dpo] at step 3\n" in said.out
+    train_log = (run / "train.log").read_text()
+    assert "[slurm] gym-dpo: job 77 on 1 node(s)" in train_log and "[slurm] node node1: 127.0.0.2" in train_log
+    assert [line for line in train_log.splitlines() if "at step" in line] == [
+        f"[local_dpo] at step {n}" for n in (1, 2, 3)]
+    sbatch = calls.read_text().splitlines()[0]
+    assert "--parsable" in sbatch and "--wait" not in sbatch
+
+
+def test_stopping_a_waited_job_cancels_it(tmp_path, monkeypatch):
+    import signal
+    import threading
+
+    from recipe import processes
+
+    calls = fake_queue(tmp_path, monkeypatch, running_polls=10**6)
+    data = make_prepared(tmp_path / "data")
+    cfg = compose_config(*train_overrides(tmp_path, data, "launcher=slurm", "launcher.wait=true"))
+    log = tmp_path / "run" / "slurm" / "logs" / "77" / "driver.log"
+    timer = threading.Thread(target=lambda: (_wait_for(lambda: log.is_file() and "step 2" in log.read_text()),
+                                             os.kill(os.getpid(), signal.SIGTERM)))
+    with pytest.raises(processes.Interrupted) as info, processes.signals_raise():
+        timer.start()
+        stage.run(cfg)
+    timer.join()
+    assert info.value.exit_code == 143 and "job 77 was cancelled (scancel 77)" in info.value.outcome
+    assert "scancel 77" in calls.read_text()
+
+
+def _wait_for(condition, seconds=60):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.1)

@@ -43,6 +43,10 @@ def export(policy: Path, out: Path, cfg: DictConfig) -> Path:
     return target
 
 
+def gpus(cfg: DictConfig) -> int:
+    return 0
+
+
 def command(artifact: Path, port: int, name: str, cfg: DictConfig, host: str = "127.0.0.1",
             install: bool = True) -> list[str]:
     return [str(setup.llama_cpp(install=False).server), "-m", str(artifact), "--host", host, "--port", str(port),

@@ -38,9 +38,43 @@ def python(cfg: DictConfig, install: bool = True) -> str:
     return str(cfg.python)
 
 
+# NeMo RL's python-<Worker> wrappers in its image (v0.7.0 nemo_rl/utils/prefetch_venvs.py) run a
+# worker venv's Python with that venv's VIRTUAL_ENV and its bin/ first on PATH: vLLM starts
+# programs by name (its engine core, ninja and the compilers Triton and flashinfer call), which
+# must be the venv's. The same here, evaluated where the server runs (a Slurm step's container).
+ACTIVATE = 'export VIRTUAL_ENV="$1" PATH="$1/bin:$PATH"; exec "$2" "${@:3}"'
+
+
+def activated(python_path: str) -> list[str]:
+    """`python_path` run as its venv's (bash -c ACTIVATE venv python ...); a Python outside a
+    venv's bin/ as it is."""
+    path = Path(python_path)
+    if path.parent.name != "bin":
+        return [python_path]
+    return ["bash", "-c", ACTIVATE, "vllm-venv", str(path.parent.parent), python_path]
+
+
+def gpus(cfg: DictConfig) -> int:
+    """GPUs one server uses: tensor x pipeline parallel size (vLLM's --tensor-parallel-size /
+    -tp, --pipeline-parallel-size / -pp in serving.args; 1 each by default); none on the CPU build."""
+    if cfg.get("build") == "cpu":
+        return 0
+    args = [str(a) for a in [*(cfg.get("args") or []), *(cfg.get("device_args") or [])]]
+    sizes = {"tensor": 1, "pipeline": 1}
+    for i, arg in enumerate(args):
+        for kind, short in (("tensor", "-tp"), ("pipeline", "-pp")):
+            flag = f"--{kind}-parallel-size"
+            if arg.startswith(flag + "="):
+                sizes[kind] = int(arg.split("=", 1)[1])
+            elif arg in (flag, short) and i + 1 < len(args):
+                sizes[kind] = int(args[i + 1])
+    return sizes["tensor"] * sizes["pipeline"]
+
+
 def command(artifact: Path, port: int, name: str, cfg: DictConfig, host: str = "127.0.0.1",
             install: bool = True) -> list[str]:
-    start = [str(a) for a in cfg.command] if cfg.get("command") else [python(cfg, install), "-m", API_SERVER]
+    start = [str(a) for a in cfg.command] if cfg.get("command") else [*activated(python(cfg, install)),
+                                                                       "-m", API_SERVER]
     return [*start, "--model", str(artifact), "--host", host, "--port", str(port), "--served-model-name", name,
             *[str(a) for a in cfg.get("args") or []], *[str(a) for a in cfg.get("device_args") or []]]
 

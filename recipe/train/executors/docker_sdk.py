@@ -8,7 +8,12 @@ mounted at the same paths as on the host, so every absolute path in nemo_rl_dpo.
 both places; the HF cache is mounted at launcher.docker.container_hf_cache (HF_HOME points
 there). Secrets (launcher.pass_env) go to the Docker API by name from this environment, never
 into a file or a printed line. Logs stream to the terminal and to <run_dir>/train.log; the
-container's exit code is returned.
+container's exit code is returned. Ctrl-C or SIGTERM stops the container and is passed on (the
+CLI exits 130 / 143 and says it was stopped), never reported as the training's exit code.
+
+The container's name is fixed per run folder: it marks the run as taken. A container of that name
+left by a gym-dpo that died without cleaning up (kill -9) is removed by the next launch; one whose
+gym-dpo still lives (its pid and host are labels) is a refusal naming it.
 
 `container_spec` is a plain dict (no Docker types) so it can be checked without an engine;
 `to_docker_kwargs` turns it into `client.containers.create(**kwargs)` arguments.
@@ -20,9 +25,11 @@ import hashlib
 import os
 import re
 import shlex
+import socket
 import sys
 from pathlib import Path
 
+from recipe import report
 from recipe.errors import RecipeError
 from recipe.train.container import docker_client
 
@@ -65,7 +72,8 @@ def container_spec(plan, argv: list[str], environ=None) -> dict:
         "command": list(argv),
         "working_dir": str(launcher.workdir),
         "name": container_name(plan.run_dir),
-        "labels": {"gym-dpo.run_dir": str(plan.run_dir), "gym-dpo.config": str(plan.config_path)},
+        "labels": {"gym-dpo.run_dir": str(plan.run_dir), "gym-dpo.config": str(plan.config_path),
+                   "gym-dpo.pid": str(os.getpid()), "gym-dpo.host": socket.gethostname()},
         "volumes": volumes,
         "environment": environment,
         "ulimits": [{"name": name, "soft": int(options[name]), "hard": int(options[name])}
@@ -123,20 +131,60 @@ def to_docker_kwargs(spec: dict) -> dict:
     return kwargs
 
 
+def _gym_dpo_alive(pid: str | None, host: str | None) -> bool:
+    """Whether the gym-dpo that labelled a container still runs (on another host: assumed so)."""
+    if host != socket.gethostname():
+        return True
+    try:
+        with open(f"/proc/{int(pid)}/cmdline", "rb") as handle:
+            words = handle.read().split(b"\0")
+    except (OSError, TypeError, ValueError):
+        return False
+    return any(b"gym-dpo" in w or w == b"recipe" or w.endswith(b"recipe/__main__.py") for w in words)
+
+
+def clear_left_behind(client, spec: dict) -> None:
+    """Before creating the run's container: one of its name left by an earlier launch that died
+    without cleaning up is removed; one whose gym-dpo still lives, or not gym-dpo's for this run
+    folder, is a refusal that names it."""
+    import docker
+
+    name = spec["name"]
+    try:
+        box = client.containers.get(name)
+    except docker.errors.NotFound:
+        return
+    labels = box.labels or {}
+    if labels.get("gym-dpo.run_dir") != spec["labels"]["gym-dpo.run_dir"]:
+        raise RecipeError(f"a container named {name} exists that gym-dpo did not start for this run folder; "
+                          f"remove it (docker rm -f {name}) or train another run_dir")
+    pid, host = labels.get("gym-dpo.pid"), labels.get("gym-dpo.host")
+    if box.status in ("running", "restarting", "paused") and _gym_dpo_alive(pid, host):
+        raise RecipeError(f"the container {name} is already training this run folder (started by gym-dpo, pid "
+                          f"{pid} on {host}); wait for it to end, or stop it: docker rm -f {name}")
+    report.console.print(f"removing the container {name} an earlier launch left behind ({box.status}; its "
+                         f"gym-dpo, pid {pid} on {host}, is gone)", highlight=False, soft_wrap=True)
+    box.remove(force=True)
+
+
 def run(spec: dict, log_path: Path, remove: bool = True, client=None) -> int:
-    """Create and start the container, stream its logs, return its exit code."""
+    """Create and start the container, stream its logs, return its exit code. Ctrl-C or SIGTERM
+    (`processes.Interrupted`) stops the container and is raised again, with `stopped` saying so."""
     import docker
 
     client = client or docker_client()
     for host in spec["volumes"]:
         Path(host).mkdir(parents=True, exist_ok=True)  # else Docker creates it as root
+    clear_left_behind(client, spec)
     try:
         box = client.containers.create(**to_docker_kwargs(spec))
     except docker.errors.ImageNotFound:
         raise RecipeError(f"image {spec['image']} is not on this machine: docker pull it first") from None
     except docker.errors.APIError as exc:
-        raise RecipeError(f"Docker refused the container for {spec['image']}: {exc.explanation or exc}"
-                          " (GPUs: launcher.docker.gpus=false runs without a device request)") from None
+        said = str(exc.explanation or exc)
+        hint = (" (GPUs: launcher.docker.gpus=false runs without a device request)"
+                if re.search(r"gpu|device driver|nvidia", said, re.IGNORECASE) else "")
+        raise RecipeError(f"Docker refused the container {spec['name']} for {spec['image']}: {said}{hint}") from None
     log_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(log_path, "ab") as log:
@@ -146,10 +194,12 @@ def run(spec: dict, log_path: Path, remove: bool = True, client=None) -> int:
                     sys.stdout.buffer.write(chunk)
                     sys.stdout.flush()
                     log.write(chunk)
+                    log.flush()  # train.log follows the container as it runs
                 return int(box.wait()["StatusCode"])
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM through the CLI (processes.Interrupted)
                 box.stop(timeout=30)
-                return 130
+                exc.stopped = f"the container {spec['name']} was stopped"
+                raise
     except docker.errors.APIError as exc:
         hint = (" (this engine may not allow raising that ulimit: launcher.docker.memlock=null or "
                 "launcher.docker.stack=null leaves it as the engine's default)"

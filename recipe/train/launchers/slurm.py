@@ -8,7 +8,9 @@ runs on a login node whose run folder is on a file system every node sees. It wr
                                CONTAINER_MOUNTS, SETUP, LOG_ROOT, ports, ...
 
 and submits `sbatch <options> <run_dir>/slurm/dpo.sub <run_dir>/slurm/job.env`; logs go to
-<run_dir>/slurm/logs/<jobid>/. The same two files resubmit by hand. The job name is unique per
+<run_dir>/slurm/logs/<jobid>/. The same two files resubmit by hand. The job id and its log folder
+are printed at submission; with launcher.wait=true the job is followed to its end and cancelled
+on Ctrl-C or SIGTERM (recipe.train.executors.sbatch). The job name is unique per
 run folder and the job has `--dependency=singleton`, so two jobs of one run (a resubmit while a
 requeue is pending) never write the same checkpoint_dir at once.
 
@@ -28,7 +30,6 @@ import hashlib
 import re
 import shlex
 import shutil
-import subprocess
 from importlib import resources
 from pathlib import Path
 
@@ -155,9 +156,13 @@ def job_env(plan: LaunchPlan) -> dict[str, str]:
         "RAY_HEAD_WORKER_PORTS": str(ports.head_worker_range),
         "RAY_WORKER_WORKER_PORTS": str(ports.worker_worker_range),
     }
+    extra = {}
     if launcher.get("hf_cache"):
-        env["HF_HOME"] = str(Path(str(launcher.hf_cache)).expanduser().absolute())
-    env.update({str(k): str(v) for k, v in (launcher.env or {}).items()})
+        extra["HF_HOME"] = str(Path(str(launcher.hf_cache)).expanduser().absolute())
+    extra.update({str(k): str(v) for k, v in (launcher.env or {}).items()})
+    # by name, for pyxis: an image's own value of a variable (our image's HF_HOME) wins over the job's otherwise
+    env["CONTAINER_ENV"] = ",".join(sorted(extra)) if image else ""
+    env.update(extra)
     _check_ports(ports)
     return env
 
@@ -240,7 +245,7 @@ def build_command(plan: LaunchPlan) -> list[str]:
     nodes = int(launcher.nodes)
     if nodes < 1:
         raise RecipeError(f"launcher.nodes={nodes}: at least 1")
-    argv = [str(launcher.sbatch), f"--job-name={job_name(plan)}", f"--nodes={nodes}",
+    argv = [str(launcher.sbatch), "--parsable", f"--job-name={job_name(plan)}", f"--nodes={nodes}",
             "--ntasks-per-node=1", f"--time={launcher.time}", "--dependency=singleton",
             f"--output={folder(plan) / 'logs' / 'sbatch-%j.out'}"]
     for key in ("account", "partition", "qos"):
@@ -254,8 +259,6 @@ def build_command(plan: LaunchPlan) -> list[str]:
     if launcher.exclusive:
         argv.append("--exclusive")
     argv.append("--requeue" if launcher.requeue else "--no-requeue")
-    if launcher.get("wait"):
-        argv.append("--wait")  # sbatch returns when the job ends, with its exit code
     argv += [str(a) for a in launcher.sbatch_args or []]
     return argv + [str(folder(plan) / "dpo.sub"), str(folder(plan) / "job.env")]
 
@@ -281,21 +284,16 @@ def detached(plan: LaunchPlan) -> bool:
 
 
 def launch(plan: LaunchPlan) -> int:
+    """Submit; with launcher.wait=true follow the job to its end and return its exit code."""
+    from recipe.train.executors import sbatch
+
     argv = build_command(plan)
     if shutil.which(argv[0]) is None:
         raise RecipeError(f"{argv[0]} is not on PATH: run on a Slurm login node, or write the job "
                           f"files with launcher.dry_run=true and submit {folder(plan)}/dpo.sub by hand")
-    result = subprocess.run(argv, cwd=plan.run_dir, capture_output=True, text=True)
-    print(result.stdout, end="")
-    match = re.search(r"Submitted batch job (\d+)", result.stdout)
-    if match:
-        with open(folder(plan) / "submitted.txt", "a") as handle:
-            handle.write(f"{match.group(1)}\n")
-    if result.returncode != 0:
-        what = "the job" if match and launcher_waits(plan) else "sbatch"
-        report.console.print(f"[red]{what} failed ({result.returncode}):[/] {result.stderr.strip()}")
-        return result.returncode
-    job = match.group(1) if match else "?"
-    report.console.print(f"submitted job {job} ({job_name(plan)}); logs in "
-                         f"{folder(plan) / 'logs' / job}/ (squeue -j {job})")
-    return 0
+    job = sbatch.submit(argv, plan.run_dir, folder(plan) / "submitted.txt")
+    report.console.print(f"submitted job {job} ({job_name(plan)}); logs in {folder(plan) / 'logs' / job}/ "
+                         f"(squeue -j {job}; scancel {job} stops it)", highlight=False, soft_wrap=True)
+    if not launcher_waits(plan):
+        return 0
+    return sbatch.wait(job, folder(plan) / "logs", plan.run_dir / "train.log")

@@ -3,9 +3,9 @@
 A CPU run and a GPU run must be read the same way (the report plots, `checkpointing.metric_name`),
 so TRL's log keys are renamed to NeMo RL's DPO metrics: `train:<m>` after each optimizer step and
 `val:validation-default_<m>` after each validation (NeMo RL names its one validation set
-`default`). One JSON object a line: `{"step": N, "epoch": E, "<name>": value, ...}`. Only what TRL
-measures is written; NeMo RL metrics TRL has no value for (e.g. `sft_loss` when an SFT term is
-on) are absent rather than guessed.
+`default`). One JSON object a line: `{"step": N, "epoch": E, "<name>": value, ...}`. Only what the
+trainer measures is written (`preference_loss` and `sft_loss` with an SFT term: recipe.train.local.
+trainer); NeMo RL metrics it has no value for are absent rather than guessed.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ NAMES = {
     "rewards/rejected": "rewards_rejected_mean",
     "grad_norm": "grad_norm",
     "learning_rate": "lr",
+    "preference_loss": "preference_loss",   # the trainer's own, when an SFT term is on
+    "sft_loss": "sft_loss",
 }
 
 

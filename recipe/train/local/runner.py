@@ -87,8 +87,11 @@ def describe(settings, max_steps: int, steps_per_epoch: int, train_pairs: int) -
         f"config {settings.config_path}",
         f"policy {settings.model_name} -> TRL DPOTrainer on CPU, float32",
         f"beta={settings.beta} (dpo.reference_policy_kl_penalty), loss_type={loss_types} "
-        f"loss_weights={loss_weights} (preference/sft weights, preference_average_log_probs="
-        f"{settings.preference_average_log_probs})",
+        f"loss_weights={loss_weights} (the preference loss, preference_average_log_probs="
+        f"{settings.preference_average_log_probs})"
+        + (f" + {settings.sft_loss_weight} x NeMo RL's NLL of the chosen reply ("
+           f"{'per token' if settings.sft_average_log_probs else 'summed over tokens'}, a mean over pairs)"
+           if settings.sft_loss_weight else ""),
         f"{train_pairs} train pairs, {settings.train_global_batch_size} per step "
         f"({settings.train_micro_batch_size} per micro-batch): {steps_per_epoch} step(s) per epoch, "
         f"{max_steps} step(s) = min(dpo.max_num_steps={settings.max_num_steps}, "

@@ -110,18 +110,15 @@ class Settings:
         return self.train_global_batch_size // self.train_micro_batch_size
 
     def trl_loss(self) -> tuple[list[str], list[float]]:
-        """NeMo RL's weighted preference + SFT loss as TRL's `loss_type` and `loss_weights`.
+        """NeMo RL's weighted preference loss as TRL's `loss_type` and `loss_weights`.
 
         `preference_average_log_probs` divides each sequence's log-ratio by its token count:
-        TRL's `sigmoid_norm`; otherwise the summed log-ratio of `sigmoid`. The SFT term is TRL's
-        `sft` (the per-token mean NLL of the chosen answer).
+        TRL's `sigmoid_norm`; otherwise the summed log-ratio of `sigmoid`. The SFT term is not
+        TRL's `sft` (a mean over all chosen tokens of a micro batch): the trainer adds NeMo RL's
+        (recipe.train.local.loss.sft_term).
         """
         types = ["sigmoid_norm" if self.preference_average_log_probs else "sigmoid"]
-        weights = [self.preference_loss_weight]
-        if self.sft_loss_weight:
-            types.append("sft")
-            weights.append(self.sft_loss_weight)
-        return types, weights
+        return types, [self.preference_loss_weight]
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -266,10 +263,6 @@ def from_config(config: DictConfig, config_path: Path, notes: list[str] | None =
     if metric is not None and not str(metric).startswith(("val:", "train:")):
         raise RecipeError(f"{config_path}: checkpointing.metric_name={metric!r} must start with "
                           "val: or train: (as NeMo RL requires)")
-    if settings.sft_loss_weight and not settings.sft_average_log_probs:
-        settings.notes.append("dpo.sft_average_log_probs=false: TRL's SFT term is always the per-token "
-                              "mean NLL of the chosen answer (as NeMo RL's with true); NeMo RL sums "
-                              "over tokens, so dpo.sft_loss_weight weighs it differently here")
     settings.ignored = ignored_keys(plain)
     return settings
 

@@ -1,7 +1,9 @@
 """TRL's DPOTrainer, told to optimize and batch the way NeMo RL's DPO does.
 
-The loss is TRL's (settings.trl_loss picks the variant). What this module adds is what NeMo RL
-fixes beside the loss and Hugging Face's Trainer does differently:
+The preference loss is TRL's (settings.trl_loss picks the variant); the SFT term is NeMo RL's
+(recipe.train.local.loss: the mean over pairs of each chosen reply's NLL, per token or summed),
+which TRL's `sft` is not. What this module adds is what NeMo RL fixes beside the loss and Hugging
+Face's Trainer does differently:
 - the optimizer is `policy.optimizer.name` built with `policy.optimizer.kwargs` over all
   parameters (HF would split off weight-decay groups and use its own AdamW settings);
 - the learning-rate schedule is `policy.scheduler`: torch schedulers by import path, chained by
@@ -22,6 +24,7 @@ from transformers import TrainerCallback
 from trl import DPOTrainer
 
 from recipe.errors import RecipeError
+from recipe.train.local.loss import sft_term
 from recipe.train.local.settings import Settings, optimizer_class
 
 
@@ -100,6 +103,30 @@ class NemoStyleDPOTrainer(DPOTrainer):
             except TypeError as exc:
                 raise RecipeError(f"policy.scheduler: {exc}") from None
         return self.lr_scheduler
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL's preference loss + dpo.sft_loss_weight x NeMo RL's SFT term, on the log-probs of the
+        policy's own forward pass in TRL's loss (taken with a forward hook: no second pass)."""
+        if not self.settings.sft_loss_weight:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        seen = []
+        hook = model.register_forward_hook(lambda module, args, kwargs, output: seen.append(output),
+                                           with_kwargs=True)
+        try:
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        finally:
+            hook.remove()
+        mask = inputs["completion_mask"][..., 1:]
+        per_token_logps = seen[0].log_probs[:, -mask.size(1):]  # as TRL aligns them with its mask
+        sft = sft_term(per_token_logps, mask, self.settings.sft_average_log_probs)
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["sft_loss"].append(sft.item())
+        self._metrics[mode]["preference_loss"].append(
+            (result[0] if return_outputs else result).item() / self.settings.preference_loss_weight
+            if self.settings.preference_loss_weight else 0.0)
+        if return_outputs:
+            return result[0] + self.settings.sft_loss_weight * sft, result[1]
+        return result + self.settings.sft_loss_weight * sft
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         """Datasets arrive tokenized (`data.tokenize`: NeMo RL's tokens and mask); of TRL's own

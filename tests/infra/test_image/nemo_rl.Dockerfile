@@ -5,7 +5,9 @@
 #   - /opt/nemo-rl/examples/run_dpo.py: the CPU DPO runner in place of NeMo RL's script, same
 #     command line (--config FILE [overrides]);
 #   - /opt/nemo-rl/examples/configs/dpo.yaml: NeMo RL v0.7.0's own dpo.yaml (the written
-#     nemo_rl_dpo.yaml inherits it by this absolute path).
+#     nemo_rl_dpo.yaml inherits it by this absolute path);
+#   - /opt/nemo-rl/nemo_rl/utils/native_checkpoint.py, nemo_rl/models/automodel/checkpoint.py:
+#     NeMo RL v0.7.0's own, which our Dockerfile's build step patches (the tokenizer saved by rank 0).
 # Packages come from wheels/ only (test_image.sh fills it on the host, where the CPU torch wheel
 # is; pip in a build would fetch the CUDA build from PyPI). This image does not depend on
 # gym-dpo's sources, so Docker's cache keeps it until the requirements change.
@@ -22,4 +24,6 @@ RUN /opt/nemo_rl_venv/bin/pip install --no-cache-dir --no-index --find-links /tm
 
 COPY run_dpo.py /opt/nemo-rl/examples/run_dpo.py
 COPY dpo.yaml /opt/nemo-rl/examples/configs/dpo.yaml
+COPY native_checkpoint.py /opt/nemo-rl/nemo_rl/utils/native_checkpoint.py
+COPY checkpoint.py /opt/nemo-rl/nemo_rl/models/automodel/checkpoint.py
 LABEL org.opencontainers.image.title="nemo-rl CPU stand-in (tests/infra/test_image.sh)"
