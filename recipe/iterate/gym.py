@@ -33,6 +33,7 @@ from recipe import processes
 from recipe.errors import RecipeError
 from recipe.iterate import setup
 from recipe.iterate.serving import free_port
+from recipe.overrides import override, quote
 
 POLICY_CONFIG = "policy_model.yaml"
 
@@ -87,7 +88,7 @@ class Gym:
     def run_argv(self) -> list[str]:
         paths = [str(p) for p in self.cfg.config_paths] + [
             "responses_api_models/vllm_model/configs/vllm_model.yaml", str(self.work / POLICY_CONFIG)]
-        return [str(self.tools.bin / "ng_run"), f"+config_paths=[{','.join(paths)}]",
+        return [str(self.tools.bin / "ng_run"), f"+config_paths=[{','.join(map(quote, paths))}]",
                 f"+policy_base_url={self.base_url}", "+policy_api_key=dummy",
                 f"+policy_model_name={self.model_name}", f"+uv_venv_dir={self.tools.server_venvs}",
                 f"+uv_cache_dir={self.tools.uv_cache}", "+skip_venv_if_present=true", *self.head_args(),
@@ -95,7 +96,7 @@ class Gym:
 
     def collect_argv(self, tasks: Path, out: Path, repeats: int, sampling: DictConfig) -> list[str]:
         return [str(self.tools.bin / "ng_collect_rollouts"), f"+agent_name={self.cfg.agent_name}",
-                f"+input_jsonl_fpath={tasks}", f"+output_jsonl_fpath={out}", f"+num_repeats={repeats}",
+                override("+input_jsonl_fpath", tasks), override("+output_jsonl_fpath", out), f"+num_repeats={repeats}",
                 "+num_repeats_add_seed=true", f"+num_samples_in_parallel={sampling.parallel}",
                 f"++responses_create_params.temperature={sampling.temperature}",
                 f"++responses_create_params.max_output_tokens={sampling.max_output_tokens}",
