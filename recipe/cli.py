@@ -13,12 +13,14 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, open_dict, read_write
 
-from recipe import processes
+from recipe import processes, run_lock
 from recipe.errors import RecipeError
 
 log = logging.getLogger("gym-dpo")
@@ -58,6 +60,21 @@ def _say(text: str, **options) -> None:
     except OSError:  # and what is still buffered for it is not flushed at exit (one more error)
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+class RunStart(Callback):
+    """Hydra calls it (configs/recipe.yaml, hydra.callbacks) with the composed config before it
+    makes the run folder and writes .hydra/ into it: a run that names neither `run_dir` nor
+    `run_name` gets a folder of its own (`output_root/<timestamp>`, or `<timestamp>-2`, ...)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            given = {str(o).lstrip("+~").split("=", 1)[0] for o in config.hydra.overrides.task}
+            if not given & {"run_dir", "run_name"}:
+                with read_write(config), open_dict(config):
+                    config.run_name = run_lock.claim(Path(str(config.output_root)), str(config.run_name))
+        except RecipeError as exc:
+            _error(exc)
 
 
 def _error(exc: RecipeError) -> None:

@@ -34,6 +34,7 @@ from recipe.errors import RecipeError
 from recipe.iterate import setup
 from recipe.iterate.serving import free_port
 from recipe.overrides import override, quote
+from recipe.scratch import Scratch
 
 POLICY_CONFIG = "policy_model.yaml"
 
@@ -67,7 +68,8 @@ class Gym:
         home = self.work / "home"
         home.mkdir(parents=True, exist_ok=True)
         if self.ray_tmp is None:  # short: Ray's socket paths must stay under ~107 characters
-            self.ray_tmp = Path(tempfile.mkdtemp(prefix="gym-dpo-ray-"))
+            self._ray_scratch = Scratch(Path(tempfile.gettempdir()), "ray", prefix="gym-dpo-")  # a dead run's: swept
+            self.ray_tmp = self._ray_scratch.path
         path = os.pathsep.join([str(self.tools.bin), str(self.tools.python.parent),
                                 os.environ.get("PATH", "/usr/bin:/bin")])
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "VIRTUAL_ENV", "PYTHON"))}
@@ -105,7 +107,7 @@ class Gym:
 
     def cleanup(self) -> None:
         if self.ray_tmp is not None:
-            shutil.rmtree(self.ray_tmp, ignore_errors=True)
+            self._ray_scratch.remove()
             self.ray_tmp = None
 
 
