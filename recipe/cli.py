@@ -22,6 +22,7 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from recipe import processes, run_lock
 from recipe.errors import RecipeError
+from recipe.train import redact
 
 log = logging.getLogger("gym-dpo")
 
@@ -64,11 +65,13 @@ def _say(text: str, **options) -> None:
 
 class RunStart(Callback):
     """Hydra calls it (configs/recipe.yaml, hydra.callbacks) with the composed config before it
-    makes the run folder and writes .hydra/ into it: a run that names neither `run_dir` nor
+    makes the run folder and writes .hydra/ into it: a secret-looking `launcher.env` entry is
+    refused before its value is written anywhere, and a run that names neither `run_dir` nor
     `run_name` gets a folder of its own (`output_root/<timestamp>`, or `<timestamp>-2`, ...)."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         try:
+            redact.check_launcher_env(config.launcher.get("env"))
             given = {str(o).lstrip("+~").split("=", 1)[0] for o in config.hydra.overrides.task}
             if not given & {"run_dir", "run_name"}:
                 with read_write(config), open_dict(config):

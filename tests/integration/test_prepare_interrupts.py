@@ -7,6 +7,7 @@ gives it), on an input large enough to be stopped in the middle of reading it.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,3 +89,35 @@ def test_a_killed_prepare_leaves_no_process_and_its_scratch_goes_with_the_next_r
                            f"output_root={tmp_path}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert not [p for p in left if p.exists()]
+
+
+def test_a_worker_killed_under_it_is_one_error_naming_it_and_nothing_is_written(tmp_path, big_input):
+    """The system's OOM killer (or a person) kills a reading worker: one error line that names it,
+    exit 2, no traceback, no file and no process left."""
+    process, children = start(tmp_path, big_input)
+    workers = [c for c in children if c.nice() == psutil.Process(process.pid).nice()]  # not the nice-19 hashing
+    workers[0].kill()
+    stdout, stderr = process.communicate(timeout=120)
+    output = (stdout + stderr).decode()
+    assert process.returncode == 2, output[-2000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert re.search(r"error: gym-dpo-prepare-\d died \(signal SIGKILL", output), output[-2000:]
+    assert not (tmp_path / "out").exists()
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive
+
+
+def test_a_prepare_stopped_and_continued_writes_what_an_undisturbed_one_writes(tmp_path, big_input):
+    """Ctrl-Z then fg (SIGSTOP / SIGCONT to the whole group): the run goes on where it was."""
+    process, _ = start(tmp_path, big_input)
+    os.killpg(process.pid, signal.SIGSTOP)
+    time.sleep(2)
+    os.killpg(process.pid, signal.SIGCONT)
+    stdout, stderr = process.communicate(timeout=900)
+    assert process.returncode == 0, (stdout + stderr).decode()[-2000:]
+    undisturbed = subprocess.run([sys.executable, "-m", "recipe", "stage=prepare", f"data.input={big_input}",
+                                  f"data.output_dir={tmp_path / 'again'}", f"output_root={tmp_path / 'runs'}"],
+                                 cwd=tmp_path, capture_output=True, timeout=900)
+    assert undisturbed.returncode == 0
+    for name in ("train.jsonl", "val.jsonl", "rejects.jsonl"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
