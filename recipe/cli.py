@@ -7,17 +7,22 @@ install never imports what training needs.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import os
 import signal
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, open_dict, read_write
 
-from recipe import processes
+from recipe import processes, run_lock
 from recipe.errors import RecipeError
+from recipe.train import redact
 
 log = logging.getLogger("gym-dpo")
 
@@ -47,36 +52,66 @@ def run_stage(cfg: DictConfig, overrides: list[str] | None = None) -> None:
         importlib.import_module(module).run(cfg)
 
 
-@hydra.main(version_base="1.3", config_path="pkg://recipe.configs", config_name="recipe")
-def _hydra_main(cfg: DictConfig) -> None:
+def _say(text: str, **options) -> None:
+    """Print, unless stdout is gone (a closed pipe, the terminal of a dropped ssh session)."""
     from recipe import report
 
+    try:
+        report.console.print(text, soft_wrap=True, **options)
+    except OSError:  # and what is still buffered for it is not flushed at exit (one more error)
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+class RunStart(Callback):
+    """Hydra calls it (configs/recipe.yaml, hydra.callbacks) with the composed config before it
+    makes the run folder and writes .hydra/ into it: a secret-looking `launcher.env` entry is
+    refused before its value is written anywhere, and a run that names neither `run_dir` nor
+    `run_name` gets a folder of its own (`output_root/<timestamp>`, or `<timestamp>-2`, ...)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            redact.check_launcher_env(config.launcher.get("env"))
+            given = {str(o).lstrip("+~").split("=", 1)[0] for o in config.hydra.overrides.task}
+            if not given & {"run_dir", "run_name"}:
+                with read_write(config), open_dict(config):
+                    config.run_name = run_lock.claim(Path(str(config.output_root)), str(config.run_name))
+        except RecipeError as exc:
+            _error(exc)
+
+
+def _error(exc: RecipeError) -> None:
+    from rich.markup import escape  # the message is text: `.[local]` or a log line's `[tag]` is not markup
+
+    _say(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+    sys.exit(exc.exit_code)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://recipe.configs", config_name="recipe")
+def _hydra_main(cfg: DictConfig) -> None:
     processes.unblock()  # a signal that came while the config was composed is raised here
     try:
         run_stage(cfg, list(HydraConfig.get().overrides.task))
     except RecipeError as exc:
-        from rich.markup import escape  # the message is text: `.[local]` or a log line's `[tag]` is not markup
-
-        report.console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        _error(exc)
     finally:
         processes.hold()  # the stage is over: what Hydra does on the way out is not cut short
 
 
 def main() -> None:
-    """`gym-dpo` (recipe.__main__): Ctrl-C or SIGTERM ends a stage with one line and exit code
-    130 / 143, no traceback; one that comes while the config is composed waits for the stage,
-    one that comes after it is ignored (the stage is over)."""
+    """`gym-dpo` (recipe.__main__): Ctrl-C, SIGTERM or SIGHUP ends a stage with one line and exit
+    code 130 / 143 / 129, no traceback; one that comes while the config is composed waits for the
+    stage; once a stop is under way, or the stage is over, further ones are only counted (the
+    stop is not cut short). No worker forked by the stage outlives the CLI."""
     processes.block()
     processes.install()
-    try:
-        _hydra_main()
-    except KeyboardInterrupt as exc:
-        processes.hold()
-        interrupted = exc if isinstance(exc, processes.Interrupted) else processes.Interrupted(signal.SIGINT)
-        from recipe import report
-
-        report.console.print(f"interrupted ({interrupted}): {interrupted.outcome}", markup=False, soft_wrap=True)
-        sys.exit(interrupted.exit_code)
-    finally:
-        processes.hold()
+    with processes.reaping():
+        try:
+            _hydra_main()
+        except KeyboardInterrupt as exc:
+            processes.hold()
+            interrupted = exc if isinstance(exc, processes.Interrupted) else processes.Interrupted(signal.SIGINT)
+            _say(f"interrupted ({interrupted}): {interrupted.outcome}", markup=False)
+            sys.exit(interrupted.exit_code)
+        finally:
+            processes.hold()

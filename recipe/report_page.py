@@ -33,6 +33,7 @@ from omegaconf import DictConfig
 import recipe
 from recipe import report
 from recipe.errors import RecipeError
+from recipe.run_files import write_atomic
 
 FILENAME = "report.html"
 REWARDS_FILE = "rollout_rewards.json"
@@ -57,11 +58,7 @@ def write_rollout_rewards(data_dir: Path, rewards: np.ndarray | dict) -> Path:
     """`<data>/rollout_rewards.json` (written through a temporary name): the rewards, or their
     `rollout_rewards_record`."""
     record = rewards if isinstance(rewards, dict) else rollout_rewards_record(rewards)
-    path = Path(data_dir) / REWARDS_FILE
-    temp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    temp.write_text(json.dumps(record) + "\n")
-    temp.replace(path)
-    return path
+    return write_atomic(Path(data_dir) / REWARDS_FILE, json.dumps(record) + "\n")
 
 
 # -- what a run folder holds ---------------------------------------------------------------------

@@ -10,6 +10,12 @@ kernel drops a dead process's locks, whatever killed it) is removed; one whose l
 left alone. The lock is an `flock` on a file inside the folder, taken before the folder gets its
 name, so every folder under that name has one. Forked workers share their run's lock, so a run
 whose workers still live counts as alive too.
+
+With the default config each run has a folder of its own (`results/<timestamp>/`), where the
+next run never looks: `sweep_tree(output_root)` sweeps the run folders under it too (prepare
+calls it). Another prefix names folders other programs need short or recognisable (iterate's
+Ray temp folders, `/tmp/gym-dpo-ray-<pid>-<random>`: `Scratch(tmp, "ray", prefix="gym-dpo-")`),
+swept by the same rule.
 """
 
 from __future__ import annotations
@@ -41,8 +47,10 @@ def _held(folder: Path) -> bool:
         return False  # closing the file releases the lock we just took
 
 
-def sweep(parent: Path) -> list[Path]:
-    """Remove the temporary folders under `parent` that no live run holds; returns them."""
+def sweep(parent: Path, prefix: str = PREFIX) -> list[Path]:
+    """Remove the temporary folders (named `prefix`...) in `parent` that no live run holds;
+    returns them. Under another prefix than ours only folders with a lock file count (one made
+    without it, by an older gym-dpo, cannot be told from a live one: it is left alone)."""
     removed = []
     try:
         entries = list(os.scandir(parent))
@@ -59,26 +67,43 @@ def sweep(parent: Path) -> list[Path]:
                 continue
             if young or _held(folder):
                 continue
-        elif not entry.name.startswith(PREFIX) or _held(folder):
+        elif not entry.name.startswith(prefix) or _held(folder):
+            continue
+        elif prefix != PREFIX and not (folder / LOCK).is_file():
             continue
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
     return removed
 
 
-class Scratch:
-    """A temporary folder under `parent`, alive while this object (or a fork of it) lives."""
+def sweep_tree(root: Path, depth: int = 2) -> list[Path]:
+    """`sweep` in `root` and in the folders `depth` levels below it (run folders, their data/)."""
+    removed = sweep(root)
+    if depth > 0:
+        try:
+            entries = [Path(e.path) for e in os.scandir(root)
+                       if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")]
+        except OSError:
+            return removed
+        for folder in entries:
+            removed += sweep_tree(folder, depth - 1)
+    return removed
 
-    def __init__(self, parent: Path, what: str):
+
+class Scratch:
+    """A temporary folder under `parent`, alive while this object (or a fork of it) lives, named
+    `prefix + what-pid-random` (default prefix: `.gym-dpo-tmp-`)."""
+
+    def __init__(self, parent: Path, what: str, prefix: str = PREFIX):
         parent = Path(parent)
         parent.mkdir(parents=True, exist_ok=True)
-        self.swept = sweep(parent)
+        self.swept = sweep(parent, prefix if prefix == PREFIX else f"{prefix}{what}-")
         staging = Path(tempfile.mkdtemp(prefix=STAGING, dir=parent))
         self._lock = open(staging / LOCK, "w")
         fcntl.flock(self._lock, fcntl.LOCK_EX)
         self._lock.write(f"{os.getpid()} {what}\n")
         self._lock.flush()
-        self.path = parent / f"{PREFIX}{what}-{os.getpid()}-{staging.name[len(STAGING):]}"
+        self.path = parent / f"{prefix}{what}-{os.getpid()}-{staging.name[len(STAGING):]}"
         os.rename(staging, self.path)
 
     def remove(self) -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 from hydra import compose, initialize_config_module
 
@@ -141,3 +144,48 @@ def as_user(uid: int, code: str, env: dict) -> str:
         said = pipe.read()
     os.waitpid(pid, 0)
     return said.strip()
+
+
+def live_children(me: psutil.Process | None = None) -> list[psutil.Process]:
+    """This process's descendants that still run (zombies, which only wait to be reaped, left out)."""
+    alive = []
+    for child in (me or psutil.Process()).children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                alive.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def children_left(before: set[int], wait: float = 10.0) -> list[psutil.Process]:
+    """Descendants not in `before` still running after up to `wait` seconds (a stopped one may
+    take a moment to exit)."""
+    deadline = time.monotonic() + wait
+    while (left := [c for c in live_children() if c.pid not in before]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind():
+    """A test that leaves a child process running fails, at its own teardown, naming it, and the
+    child is killed: a leak fails the test that caused it, never the tests after it (which
+    assert that nothing runs)."""
+    before = {c.pid for c in live_children()}
+    yield
+    left = children_left(before)
+    if not left:
+        return
+    names = {p.pid: p.name for p in multiprocessing.active_children()}
+    described = []
+    for child in left:
+        try:
+            described.append(f"{child.pid} {names.get(child.pid) or ' '.join(child.cmdline())[:100]}")
+            child.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(left, timeout=10)
+    multiprocessing.active_children()  # reaps the killed workers
+    pytest.fail(f"the test left {len(left)} process(es) running (killed now): {'; '.join(described)}",
+                pytrace=False)

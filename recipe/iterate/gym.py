@@ -35,6 +35,8 @@ from recipe.errors import RecipeError
 from recipe.iterate import setup
 from recipe.iterate import watchdog as watch
 from recipe.iterate.serving import free_port
+from recipe.overrides import override, quote
+from recipe.scratch import Scratch
 
 POLICY_CONFIG = "policy_model.yaml"
 
@@ -69,7 +71,8 @@ class Gym:
         home = self.work / "home"
         home.mkdir(parents=True, exist_ok=True)
         if self.ray_tmp is None:  # short: Ray's socket paths must stay under ~107 characters
-            self.ray_tmp = Path(tempfile.mkdtemp(prefix="gym-dpo-ray-"))
+            self._ray_scratch = Scratch(Path(tempfile.gettempdir()), "ray", prefix="gym-dpo-")  # a dead run's: swept
+            self.ray_tmp = self._ray_scratch.path
         path = os.pathsep.join([str(self.tools.bin), str(self.tools.python.parent),
                                 os.environ.get("PATH", "/usr/bin:/bin")])
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "VIRTUAL_ENV", "PYTHON"))}
@@ -94,7 +97,7 @@ class Gym:
         envs = [self.cfg, *self.others]
         paths = list(dict.fromkeys(str(p) for env in envs for p in env.config_paths)) + [
             "responses_api_models/vllm_model/configs/vllm_model.yaml", str(self.work / POLICY_CONFIG)]
-        return [str(self.tools.bin / "ng_run"), f"+config_paths=[{','.join(paths)}]",
+        return [str(self.tools.bin / "ng_run"), f"+config_paths=[{','.join(map(quote, paths))}]",
                 f"+policy_base_url={self.base_url}", "+policy_api_key=dummy",
                 f"+policy_model_name={self.model_name}", f"+uv_venv_dir={self.tools.server_venvs}",
                 f"+uv_cache_dir={self.tools.uv_cache}", "+skip_venv_if_present=true", *self.head_args(),
@@ -103,7 +106,7 @@ class Gym:
     def collect_argv(self, tasks: Path, out: Path, repeats: int, sampling: DictConfig,
                      agent: str | None = None) -> list[str]:
         return [str(self.tools.bin / "ng_collect_rollouts"), f"+agent_name={agent or self.cfg.agent_name}",
-                f"+input_jsonl_fpath={tasks}", f"+output_jsonl_fpath={out}", f"+num_repeats={repeats}",
+                override("+input_jsonl_fpath", tasks), override("+output_jsonl_fpath", out), f"+num_repeats={repeats}",
                 "+num_repeats_add_seed=true", f"+num_samples_in_parallel={sampling.parallel}",
                 f"++responses_create_params.temperature={sampling.temperature}",
                 f"++responses_create_params.max_output_tokens={sampling.max_output_tokens}",
@@ -112,7 +115,7 @@ class Gym:
 
     def cleanup(self) -> None:
         if self.ray_tmp is not None:
-            shutil.rmtree(self.ray_tmp, ignore_errors=True)
+            self._ray_scratch.remove()
             self.ray_tmp = None
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from recipe import overrides
 from recipe.errors import RecipeError
 from recipe.iterate import suites
 from recipe.run_files import sha256_file
@@ -120,14 +121,16 @@ class Plan:
         return [sys.executable, "-m", "recipe"]
 
     def prepare_argv(self, rollouts: Path, out: Path) -> list[str]:
-        return [*self.gym_dpo(), "stage=prepare", f"run_dir={out}", f"data.input={rollouts}",
-                f"data.output_dir={out / 'data'}",
+        given = overrides.override  # a path with a comma or a [ is still one value
+        return [*self.gym_dpo(), "stage=prepare", given("run_dir", out), given("data.input", rollouts),
+                given("data.output_dir", out / "data"),
                 *[f"{g}={c}" for g, c in self.groups.items() if g in PREPARE_GROUPS],
                 *self.prepare_overrides]
 
     def train_argv(self, pairs: Path, out: Path, policy: str) -> list[str]:
-        return [*self.gym_dpo(), "stage=train", f"run_dir={out}", f"data.output_dir={pairs}",
-                f"model={self.model_preset}", f"policy.model_name={policy}",
+        given = overrides.override
+        return [*self.gym_dpo(), "stage=train", given("run_dir", out), given("data.output_dir", pairs),
+                f"model={self.model_preset}", given("policy.model_name", policy),
                 *[f"{g}={c}" for g, c in self.groups.items() if g in TRAIN_GROUPS and g != "model"],
                 *self.train_overrides]
 

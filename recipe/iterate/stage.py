@@ -22,7 +22,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from recipe import processes
+from recipe import processes, run_lock
 from recipe import report as console
 from recipe.errors import RecipeError
 from recipe.iterate import formats, report, round_checks, servers, serving, setup, state, stats
@@ -377,9 +377,9 @@ def run(cfg) -> int:
         dry_run(plan)
         return 0
     try:
-        Loop(plan).run()
+        with run_lock.held(plan.run_dir, "gym-dpo stage=iterate"):  # one loop per run folder
+            Loop(plan).run()
     except processes.Interrupted as exc:
-        exc.outcome = (f"every process the loop started was stopped; rerun the same command (run_dir="
-                       f"{plan.run_dir}) to resume")
+        exc.outcome = f"{processes.stop_outcome('the loop')}; rerun the same command (run_dir={plan.run_dir}) to resume"
         raise
     return 0

@@ -21,9 +21,10 @@ that changes any of it is refused rather than mixed into the same run. What a re
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
+
+from recipe.run_files import read_json, write_atomic
 
 ROUND0_STEPS = ("export", "eval")
 ROUND_STEPS = ("collect", "prepare", "train", "export", "eval")
@@ -44,15 +45,16 @@ def _record_path(run_dir: Path, round_index: int, step: str) -> Path:
 
 
 def write_json(path: Path, value) -> None:
+    """Whole and on disk before the step counts as done (`run_files.write_atomic`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.partial")
-    temp.write_text(json.dumps(value, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(temp, path)
+    write_atomic(path, json.dumps(value, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def record(run_dir: Path, round_index: int, step: str) -> dict | None:
     path = _record_path(run_dir, round_index, step)
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    return read_json(path, f"delete it to run round {round_index}'s {step} step again")
 
 
 def mark_done(run_dir: Path, round_index: int, step: str, seconds: float, **outputs) -> dict:
@@ -97,7 +99,7 @@ def check_plan(run_dir: Path, plan: dict) -> list[str]:
     if not path.is_file():
         write_json(path, plan)
         return []
-    old = json.loads(path.read_text())
+    old = read_json(path, "it records the settings the run folder was started with; restore it, or use a new run_dir")
     return differences({k: v for k, v in old.items() if k in plan}, {k: v for k, v in plan.items() if k in old})
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from recipe.run_files import sha256_file
+from recipe.run_files import sha256_file, write_atomic
 
 MANIFEST_VERSION = 1
 
@@ -50,9 +50,9 @@ def stats(values: np.ndarray) -> dict:
 
 
 def write(path: Path, manifest: dict) -> None:
-    temp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    temp.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
-    os.replace(temp, path)
+    """On disk whole (`run_files.write_atomic`), its folder synced: the outputs renamed into it
+    before it, which it vouches for, are on disk too."""
+    write_atomic(path, orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
 
 
 def read(path: Path) -> dict:

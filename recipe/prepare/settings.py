@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from recipe import report
+from recipe import report, report_page
 from recipe.errors import RecipeError
 from recipe.prepare import chat, grouping, pairing, rollouts, scan
+
+OUTPUTS = ["train.jsonl", "val.jsonl", "rejects.jsonl"]  # the pair files (then manifest.json)
 
 
 @dataclass
@@ -55,9 +57,22 @@ class Settings:
         except ValueError as exc:
             raise RecipeError(str(exc)) from None
         workers = data.workers or min(os.cpu_count() or 1, 8)
+        if not isinstance(workers, int) or workers < 1:
+            raise RecipeError(f"data.workers={data.workers!r}: give a number of processes (1 or more), or "
+                              "null for one per core")
+        try:
+            chunk_mb = float(data.chunk_mb)
+        except (TypeError, ValueError):
+            chunk_mb = float("nan")
+        if not 1 / 1024 <= chunk_mb <= 1024:
+            raise RecipeError(f"data.chunk_mb={data.chunk_mb!r}: give the MiB of input per work item, "
+                              "between 0.001 and 1024 (default 16)")
+        inputs = resolve_inputs(None if OmegaConf.is_missing(data, "input") else data.input)
+        output_dir = Path(data.output_dir).absolute()
+        check_outputs_apart(inputs, output_dir, Path(str(cfg.run_dir)).absolute())
         return cls(
-            inputs=resolve_inputs(None if OmegaConf.is_missing(data, "input") else data.input),
-            output_dir=Path(data.output_dir).absolute(),
+            inputs=inputs,
+            output_dir=output_dir,
             scan=scan.ScanOptions(
                 group_by=data.group_by,
                 chat=chat.ChatOptions(data.developer_role, bool(data.include_reasoning)),
@@ -67,7 +82,7 @@ class Settings:
             val_fraction=float(data.val_fraction),
             val_size=None if data.val_size is None else int(data.val_size),
             on_error=data.on_error, keep_extra_fields=bool(data.keep_extra_fields),
-            workers=int(workers), chunk_bytes=int(float(data.chunk_mb) * (1 << 20)))
+            workers=workers, chunk_bytes=int(chunk_mb * (1 << 20)))
 
 
 def length_tokenizer(spec: str | None) -> str | None:
@@ -103,7 +118,9 @@ def resolve_inputs(spec) -> list[str]:
     paths: list[str] = []
     for pattern in patterns:
         pattern = os.path.expanduser(str(pattern))
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        # a file that is there under this very name is that file, [ or * in its name or not
+        literal = os.path.lexists(pattern) or not glob.has_magic(pattern)
+        matches = [pattern] if literal else sorted(glob.glob(pattern))
         if not matches:
             raise RecipeError(f"data.input: no file matches {pattern!r}")
         for path in matches:
@@ -113,11 +130,39 @@ def resolve_inputs(spec) -> list[str]:
                 raise RecipeError(f"data.input: {path} is not a file")
             if os.path.getsize(path) == 0:
                 raise RecipeError(f"data.input: {path} is empty: no rollouts to prepare")
+            _check_readable(path)
             if os.path.abspath(path) not in map(os.path.abspath, paths):
                 paths.append(path)
     if len(paths) > np.iinfo(grouping.RECORD["file"]).max:
         raise RecipeError(f"data.input: {len(paths)} files is more than one run can take")
     return paths
+
+
+def _check_readable(path: str) -> None:
+    """Read the first byte here, so an unreadable input fails before any worker starts."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.read(fd, 1)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise RecipeError(f"data.input: {path} cannot be read ({exc.strerror or exc}): fix its permissions "
+                          "or give another file") from None
+
+
+def check_outputs_apart(inputs: list[str], output_dir: Path, run_dir: Path) -> None:
+    """Refuse, before anything is written, a run whose outputs would replace one of its inputs
+    (NeMo Gym names its own output train.jsonl: data.input=d/train.jsonl data.output_dir=d)."""
+    outputs = [output_dir / name for name in [*OUTPUTS, "manifest.json", report_page.REWARDS_FILE]]
+    outputs.append(run_dir / report_page.FILENAME)
+    real = {os.path.realpath(path): path for path in outputs}
+    for path in inputs:
+        clash = real.get(os.path.realpath(path))
+        if clash is not None:
+            raise RecipeError(f"data.input {path} is also where this run would write {clash.name} "
+                              f"({clash}): prepare would replace its own input. Give another "
+                              f"data.output_dir (e.g. data.output_dir={clash.parent / 'pairs'}) or move the input")
 
 
 def input_bytes(settings: Settings) -> int:

@@ -24,16 +24,14 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import recipe
-from recipe import processes, report, report_page
+from recipe import processes, report, report_page, run_lock, scratch
 from recipe.errors import RecipeError
 from recipe.prepare import buckets, cut, manifest, rollouts, scan, split, workers, writer
 from recipe.prepare.pairing import report as pairing_report
 from recipe.prepare.pairing.engine import UNPAIRED, BucketPairs
-from recipe.prepare.settings import Settings, input_bytes
-from recipe.processes import Background, Pool
+from recipe.prepare.settings import OUTPUTS, Settings, input_bytes
+from recipe.processes import Background, Interrupted, Pool
 from recipe.scratch import Scratch
-
-OUTPUTS = ["train.jsonl", "val.jsonl", "rejects.jsonl"]
 
 
 # -- the stage ----------------------------------------------------------------------------------
@@ -176,18 +174,28 @@ M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 def run(cfg: DictConfig) -> dict:
     """Run the prepare stage; returns the manifest it wrote."""
     started = datetime.now(UTC)
-    try:
-        settings = Settings.from_config(cfg)
-        # the inputs' sha256 (a core-second per 1.6 GB) at the lowest priority, in the time the
-        # workers leave idle
-        hashing = Background(manifest.sha256_of_each, settings.inputs, nice=19)
-    except processes.Interrupted as exc:
-        exc.outcome = f"nothing was written to {cfg.data.output_dir}"
-        raise
-    try:
-        return _run(cfg, settings, started, hashing)
-    finally:
-        hashing.cancel()  # a no-op once its result is in
+    hashing = None
+    # no worker outlives the stage, whatever line an error or a signal cut (one forked but not yet
+    # handed to its owner included)
+    with processes.reaping():
+        try:
+            settings = Settings.from_config(cfg)
+        except processes.Interrupted as exc:
+            exc.outcome = f"nothing was written to {cfg.data.output_dir}"
+            raise
+        try:
+            with run_lock.held(settings.output_dir, "gym-dpo stage=prepare"):
+                # the inputs' sha256 (a core-second per 1.6 GB) at the lowest priority, in the time the
+                # workers leave idle
+                hashing = Background(manifest.sha256_of_each, settings.inputs, nice=19)
+                return _run(cfg, settings, started, hashing)
+        except processes.Interrupted as exc:
+            if exc.outcome == Interrupted.outcome:  # before _run said what it left
+                exc.outcome = f"nothing was written to {settings.output_dir}"
+            raise
+        finally:
+            if hashing is not None:
+                hashing.cancel()  # a no-op once its result is in
 
 
 def _read_and_pair(settings: Settings, spilled: buckets.Buckets, write_reject) -> tuple[Scanned, BucketPairs]:
@@ -201,6 +209,8 @@ def _run(cfg: DictConfig, settings: Settings, started: datetime, hashing: Backgr
     rewards file, the report and the manifest in place together."""
     files = drafts = drawing = None
     committed = False
+    # what killed runs left in their own folders (each run has one: results/<timestamp>/)
+    scratch.sweep_tree(Path(str(cfg.output_root)).absolute())
     try:
         with processes.deferred():  # made whole, or not at all
             files = writer.AtomicFiles(settings.output_dir, OUTPUTS)
@@ -231,7 +241,8 @@ def _run(cfg: DictConfig, settings: Settings, started: datetime, hashing: Backgr
         files.sync()  # the outputs reach the disk while the inputs' hashes finish
         result["outputs"] = {name.removesuffix(".jsonl"): files.digest(name) for name in OUTPUTS}
         result["inputs"] = [manifest.input_entry(p, h) for p, h in zip(settings.inputs, hashing.result())]
-        report_line = _report(drawing)
+        report_path = Path(str(cfg.run_dir)).absolute() / report_page.FILENAME
+        report_line = _report(drawing, report_path)
         finished = datetime.now(UTC)
         result["timestamps"] = {"started": started.isoformat(), "finished": finished.isoformat(),
                                 "seconds": round((finished - started).total_seconds(), 3)}
@@ -240,8 +251,8 @@ def _run(cfg: DictConfig, settings: Settings, started: datetime, hashing: Backgr
             committed = True
             report_page.write_rollout_rewards(settings.output_dir, rewards)
             if report_draft.is_file():
-                report_draft.replace(Path(str(cfg.run_dir)).absolute() / report_page.FILENAME)
-            manifest.write(settings.output_dir / "manifest.json", result)
+                report_draft.replace(report_path)
+            manifest.write(settings.output_dir / "manifest.json", result)  # last: it vouches for the rest
         files.close()
         report.console.print(report.prepare_summary(result))
         report.console.print(f"wrote {settings.output_dir}/{{train,val,rejects}}.jsonl and manifest.json",
@@ -251,7 +262,7 @@ def _run(cfg: DictConfig, settings: Settings, started: datetime, hashing: Backgr
         if isinstance(exc, KeyboardInterrupt):
             processes.hold()  # a second Ctrl-C must not cut the cleanup short
         if files is not None:
-            files.close() if committed else files.abort()
+            files.close()
         if isinstance(exc, processes.Interrupted):
             exc.outcome = (f"the pairs and manifest.json are in {settings.output_dir}" if committed
                            else f"nothing was written to {settings.output_dir}")
@@ -299,9 +310,10 @@ def _results(cfg: DictConfig, settings: Settings, scanned: Scanned, paired: Buck
                                            per_group)
 
 
-def _report(drawing: Background) -> str:
-    """The line that says where the report is, or why there is none: the report is a view of
-    the outputs, not one of them, and its failure never fails the stage."""
+def _report(drawing: Background, final: Path) -> str:
+    """The line that says where the report is (`final`, where it is moved with the outputs), or
+    why there is none: the report is a view of the outputs, not one of them, and its failure
+    never fails the stage."""
     try:
         drawn = drawing.result()
     except Exception as exc:  # noqa: BLE001
@@ -309,4 +321,4 @@ def _report(drawing: Background) -> str:
         why = (str(exc).strip().splitlines() or [""])[-1] if type(exc) is RuntimeError else \
             f"{type(exc).__name__}: {exc}"
         return f"warning: report.html not written ({why[:300]}); the pairs and the manifest are written"
-    return f"wrote {Path(drawn).with_name(report_page.FILENAME)}" if isinstance(drawn, Path) else drawn
+    return f"wrote {final}" if isinstance(drawn, Path) else drawn

@@ -138,10 +138,9 @@ def _arguments_as_written(messages: list[dict]) -> int:
 class AtomicFiles:
     """Files written under temporary names in a scratch folder of `folder`, renamed into place
     together on `commit()`; `close()` removes the scratch folder (and with it whatever else the
-    run kept there), `abort()` that and the files, and `folder` if this run made it."""
+    run kept there, the files too before a commit)."""
 
     def __init__(self, folder: Path, names: list[str]):
-        self.created = not folder.exists()
         self.folder = folder
         self.scratch = Scratch(folder, "prepare")  # sweeps what killed runs left in `folder`
         self.final = {name: folder / name for name in names}
@@ -191,11 +190,3 @@ class AtomicFiles:
         for handle in self.handles.values():
             handle.close()
         self.scratch.remove()
-
-    def abort(self) -> None:
-        self.close()
-        if self.created:
-            try:
-                self.folder.rmdir()
-            except OSError:  # not empty: something else is in it now
-                pass

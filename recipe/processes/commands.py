@@ -8,7 +8,7 @@ empty. On Linux each command also gets SIGTERM if the process that started it di
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import os
 import signal
 import subprocess
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from recipe.errors import RecipeError
-from recipe.processes.signals import JOIN_TIMEOUT
+from recipe.processes.signals import JOIN_TIMEOUT, deferred, parent_death_signal
 
 
 def session_members(sid: int) -> list[int]:
@@ -40,9 +40,32 @@ def session_members(sid: int) -> list[int]:
     return members
 
 
-def stop_session(process: subprocess.Popen, grace: float = 20.0) -> None:
+_LEFT: list[str] = []  # what stop_session could not stop, in this process's life
+
+
+def left_behind() -> list[str]:
+    """Processes a stop could not end (pid and command), so a message never claims it did."""
+    return list(_LEFT)
+
+
+def stop_outcome(who: str) -> str:
+    """What a stop left: "every process {who} started was stopped", or which ones were not."""
+    if not _LEFT:
+        return f"every process {who} started was stopped"
+    return (f"{len(_LEFT)} process(es) {who} started could not be stopped: {'; '.join(_LEFT[:5])} "
+            "(stop them by hand: kill -9 PID)")
+
+
+def stop_session(process: subprocess.Popen, grace: float = 20.0) -> list[int]:
     """SIGTERM the leader (ng_run shuts its servers down on it), then every member left, then
-    SIGKILL what is still there after `grace` seconds. Returns when the session is empty."""
+    SIGKILL what is still there after `grace` seconds. Returns when the session is empty, or
+    with the members that even SIGKILL did not end (also kept for `left_behind()`). A signal
+    that comes meanwhile is raised when the stop is done: it never cuts a stop short."""
+    with deferred():
+        return _stop_session(process, grace)
+
+
+def _stop_session(process: subprocess.Popen, grace: float) -> list[int]:
     sid = process.pid
     for step, sig in enumerate((signal.SIGTERM, signal.SIGTERM, signal.SIGKILL)):
         if step == 0:  # the leader while it lives (once reaped, its pid may be another process's)
@@ -61,47 +84,93 @@ def stop_session(process: subprocess.Popen, grace: float = 20.0) -> None:
             process.poll()
             members = session_members(sid)
             if process.returncode is not None and not members:
-                return
+                return []
             if step == 0 and process.returncode is not None:
                 break  # the leader is gone and left children: signal them now
             time.sleep(0.2)
     process.poll()
+    left = list(dict.fromkeys(session_members(sid) + ([process.pid] if process.returncode is None else [])))
+    _LEFT.extend(f"{pid} ({_command(pid)})" for pid in left)
+    return left
+
+
+def _command(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()[:120]
+    except OSError:
+        return "?"
+
+
+def stdout_gone() -> None:
+    """Our stdout was closed (`gym-dpo ... | head -3`) or its terminal hung up: from now on what
+    is printed goes to /dev/null, so that printing never stops the run."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 class _Tee(threading.Thread):
-    """Copy a child's output to its log file and, prefixed, to our stdout; keep its last lines."""
+    """Copy a child's output to its log file and, prefixed, to our stdout; keep its last lines.
+
+    It drains the child's pipe to the end whatever happens (a child that fills its pipe would
+    block for ever): when stdout is closed it stops echoing; when the log cannot be written (a
+    full disk) it keeps reading, and `error` says why (the caller fails the step with it)."""
 
     def __init__(self, stream, log_path: Path, prefix: str, echo: bool):
         super().__init__(daemon=True)
         self.stream, self.log_path, self.prefix, self.echo = stream, log_path, prefix, echo
         self.lines: deque[str] = deque(maxlen=200)
+        self.error: OSError | None = None
 
     def run(self) -> None:
-        with open(self.log_path, "ab") as log:
+        log = None
+        try:
+            log = open(self.log_path, "ab")
+        except OSError as exc:
+            self.error = exc
+        try:
             for raw in iter(self.stream.readline, b""):
-                log.write(raw)
-                log.flush()
+                if log is not None:
+                    try:
+                        log.write(raw)
+                        log.flush()
+                    except OSError as exc:
+                        self.error, log = exc, self._close(log)
                 line = raw.decode("utf-8", "replace").rstrip("\n")
                 self.lines.append(line)
                 if self.echo:
-                    sys.stdout.write(f"{self.prefix}{line}\n")
-                    sys.stdout.flush()
+                    try:
+                        sys.stdout.write(f"{self.prefix}{line}\n")
+                        sys.stdout.flush()
+                    except (OSError, ValueError):
+                        self.echo = False
+                        stdout_gone()
+        except BaseException:  # a bug of ours: still drain, so the child never blocks on its pipe
+            for _ in iter(self.stream.readline, b""):
+                pass
+            raise
+        finally:
+            self._close(log)
+
+    @staticmethod
+    def _close(log) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            log.close()
+
+    def failure(self, what: str) -> RecipeError | None:
+        """The error that fails the step when the log could not be written, else None."""
+        if self.error is None:
+            return None
+        return RecipeError(f"{what}: could not write its log {self.log_path} ({self.error.strerror or self.error}); "
+                           "the command was stopped. Free space there (or fix the folder) and rerun")
 
     def tail(self, count: int = 25) -> str:
         return "\n".join(list(self.lines)[-count:])
 
 
-try:  # looked up here: the child between fork and exec only calls it
-    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
-except (OSError, AttributeError):
-    _PRCTL = None
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In a command's child, before exec: SIGTERM when the thread that started it ends (Linux:
-    commands are started from the main thread, so that is when the stage's process dies)."""
-    _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """In a command's child, before exec: SIGTERM when the stage's process dies."""
+    return lambda: parent_death_signal(signal.SIGTERM, parent)
 
 
 def start(argv: list, log_path: Path, *, cwd: Path | str | None = None, env: dict | None = None,
@@ -111,7 +180,7 @@ def start(argv: list, log_path: Path, *, cwd: Path | str | None = None, env: dic
     try:
         process = subprocess.Popen([str(a) for a in argv], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                                   preexec_fn=_die_with_parent if _PRCTL else None)
+                                   preexec_fn=_die_with_parent(os.getpid()))
     except OSError as exc:
         raise RecipeError(f"could not start {argv[0]}: {exc}") from None
     tee = _Tee(process.stdout, log_path, prefix, echo)
@@ -127,19 +196,25 @@ def run(argv: list, log_path: Path, *, cwd: Path | str | None = None, env: dict 
     stopped). With `check`, a non-zero exit is a RecipeError with the end of the log. However
     the wait ends (error, Ctrl-C, SIGTERM), the command's whole session is stopped."""
     process, tee = start(argv, log_path, cwd=cwd, env=env, prefix=prefix, echo=echo)
+    what = what or str(argv[0])
     try:
         while True:
             try:
-                code = process.wait(timeout=1 if watch else None)
+                code = process.wait(timeout=1)
                 break
             except subprocess.TimeoutExpired:
-                watch()
+                if tee.error is not None:
+                    raise tee.failure(what) from None
+                if watch:
+                    watch()
     finally:
         if process.returncode is None or session_members(process.pid):
             stop_session(process)
         tee.join(JOIN_TIMEOUT)
+    if tee.error is not None:
+        raise tee.failure(what)
     if check and code != 0:
-        raise RecipeError(f"{what or argv[0]} exited with code {code} (log: {log_path})\n{tee.tail()}")
+        raise RecipeError(f"{what} exited with code {code} (log: {log_path})\n{tee.tail()}")
     return code
 
 
@@ -177,6 +252,8 @@ class Service:
         return list(self.tee.lines) if self.tee else []
 
     def check(self) -> None:
+        if self.tee is not None and self.tee.error is not None:
+            raise self.tee.failure(self.name)
         if self.process is not None and self.process.poll() is not None:
             self.tee.join(JOIN_TIMEOUT)  # its last words are the reason
             cause = self.explain(self.output) if self.explain else None

@@ -1,10 +1,16 @@
-"""Python workers (`Pool`, `Background`) are forked with SIGINT and SIGTERM blocked, and set their
-own disposition before anything else runs in them: they ignore Ctrl-C (the terminal sends it to
-the whole process group; the parent decides) and die quietly on SIGTERM. A signal that comes
-while a worker is being forked waits until the worker can take it, so none ever runs the
-parent's handler in a half-made child. Each worker has pipes of its own: no lock is shared
-between processes, so a worker that dies anywhere can block nobody, and the parent, which waits
-on the workers' pipes and their exit at once, turns a death into an error naming the worker.
+"""Python workers (`Pool`, `Background`) are forked with the stop signals blocked, and set their
+own disposition before anything else runs in them: they ignore Ctrl-C and a hang-up (the terminal
+sends them to the whole process group; the parent decides), die quietly on SIGTERM, and get
+SIGKILL when the process that forked them dies (kill -9 of the stage leaves none behind). A
+signal that comes while a worker is being forked waits until the worker can take it, so none
+ever runs the parent's handler in a half-made child. Each worker has pipes of its own: no lock is
+shared between processes, so a worker that dies anywhere can block nobody, and the parent, which
+waits on the workers' pipes and their exit at once, turns a death into an error naming the worker.
+
+Every worker is recorded the moment it is forked (in the same signal-free section) until it is
+joined, so `reaping()` stops those a block forked whatever line an error or a signal cut: one
+forked but not yet handed to its owner (a signal between `Pool(...)` returning and its `with`)
+included.
 """
 
 from __future__ import annotations
@@ -21,9 +27,12 @@ from multiprocessing.reduction import ForkingPickler as _ForkingPickler
 from typing import Any
 
 from recipe.errors import RecipeError
-from recipe.processes.signals import JOIN_TIMEOUT, SIGNALS, deferred, in_child
+from recipe.processes.signals import JOIN_TIMEOUT, SIGNALS, deferred, in_child, parent_death_signal
 
 PIPE_SAFE_BYTES = 16 << 10  # a task this small fits in a pipe (64 KiB on Linux) beside another
+
+_FORKED: dict[multiprocessing.Process, int] = {}  # every worker forked and not yet joined -> its number
+_COUNT = [0]
 
 
 def _context():
@@ -32,27 +41,45 @@ def _context():
 
 def _fork(target: Callable, args: tuple, name: str) -> multiprocessing.Process:
     """A daemon child running `target(*args)` after `in_child()`, forked with the signals blocked
-    (see the module docstring). The child's collections leave the parent's objects, and so the
-    pages it shares with them, alone (gc.freeze)."""
-    process = _context().Process(target=_child_main, args=(target, args), name=name, daemon=True)
+    (see the module docstring); call it inside a `deferred()` section that also hands the child
+    to its owner. The child's collections leave the parent's objects, and so the pages it shares
+    with them, alone (gc.freeze)."""
+    process = _context().Process(target=_child_main, args=(target, args, os.getpid()), name=name, daemon=True)
     gc.freeze()
     try:
-        with deferred():  # a signal noted while forking is raised at its end, with the child up:
-            try:
-                process.start()
-            finally:
-                gc.unfreeze()
-    except BaseException:
-        if process.pid is not None:  # ... which nobody else knows of: stop it here
-            _stop(process)
-        raise
+        with deferred():
+            process.start()
+            _COUNT[0] += 1
+            _FORKED[process] = _COUNT[0]
+    finally:
+        gc.unfreeze()
     return process
 
 
-def _child_main(target: Callable, args: tuple) -> None:
+def _child_main(target: Callable, args: tuple, parent: int) -> None:
     in_child()
+    parent_death_signal(signal.SIGKILL, parent)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     target(*args)
+
+
+class reaping:
+    """Within the block, workers are forked as usual; those still alive when it ends are killed
+    (after an error or a signal: whatever line it cut; after a normal end there are none)."""
+
+    def __enter__(self):
+        self.first = _COUNT[0] + 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for process, number in list(_FORKED.items()):
+            if number >= self.first:
+                _stop(process)
+
+
+def forked() -> list[multiprocessing.Process]:
+    """The workers this process forked that were not joined yet (alive or not)."""
+    return list(_FORKED)
 
 
 def _outcome(where: str, function: Callable, *args) -> tuple[bool, Any]:
@@ -69,8 +96,14 @@ def _outcome(where: str, function: Callable, *args) -> tuple[bool, Any]:
                                    f"{traceback.format_exc()}")
 
 
+def _join(process: multiprocessing.Process, timeout: float = JOIN_TIMEOUT) -> None:
+    process.join(timeout)
+    if process.exitcode is not None:
+        _FORKED.pop(process, None)
+
+
 def _died(process: multiprocessing.Process) -> RuntimeError:
-    process.join(JOIN_TIMEOUT)
+    _join(process)
     code = process.exitcode
     how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
     return RuntimeError(f"{process.name} died ({how})")
@@ -79,7 +112,7 @@ def _died(process: multiprocessing.Process) -> RuntimeError:
 def _stop(process: multiprocessing.Process) -> None:
     if process.is_alive():
         process.kill()
-    process.join(JOIN_TIMEOUT)
+    _join(process)
 
 
 def _worker_loop(tasks, results, parents, initializer, initargs) -> None:
@@ -123,14 +156,15 @@ class Pool:
         parents = []
         try:
             for index in range(self.size):
-                task_read, task_write = _context().Pipe(duplex=False)
-                result_read, result_write = _context().Pipe(duplex=False)
-                process = _fork(_worker_loop, (task_read, result_write, list(parents), initializer, initargs),
-                                f"{name}-{index + 1}")
-                task_read.close()
-                result_write.close()
-                parents += [task_write, result_read]
-                self._workers.append((process, task_write, result_read))
+                with deferred():  # forked and in `_workers` (so killed by `kill`), or neither
+                    task_read, task_write = _context().Pipe(duplex=False)
+                    result_read, result_write = _context().Pipe(duplex=False)
+                    process = _fork(_worker_loop, (task_read, result_write, list(parents), initializer, initargs),
+                                    f"{name}-{index + 1}")
+                    self._workers.append((process, task_write, result_read))
+                    task_read.close()
+                    result_write.close()
+                    parents += [task_write, result_read]
         except BaseException:
             self.kill()
             raise
@@ -156,7 +190,10 @@ class Pool:
                 worker = self._worker_for(flight, len(payload))
                 if worker is None:
                     break
-                self._workers[worker][1].send_bytes(payload)
+                try:
+                    self._workers[worker][1].send_bytes(payload)
+                except OSError:  # BrokenPipeError: the worker died while idle
+                    raise _died(self._workers[worker][0]) from None
                 payload = None
                 flight[worker].append(submitted)
                 order.append(submitted)
@@ -209,7 +246,7 @@ class Pool:
                 pass
         stuck = []
         for process, task_write, result_read in workers:
-            process.join(JOIN_TIMEOUT)
+            _join(process)
             if process.is_alive():
                 stuck.append(process.name)
                 _stop(process)
@@ -253,10 +290,17 @@ class Background:
     `.cancel()` stops it. With `nice=19` the child runs in the CPU time the stage leaves idle."""
 
     def __init__(self, function: Callable, *args: Any, nice: int = 0):
-        self._receive, send = _context().Pipe(duplex=False)
         name = f"gym-dpo-{getattr(function, '__name__', 'background')}"
-        self._process = _fork(_background, (function, args, nice, send), name)
-        send.close()  # the child holds the only writing end: its death reads as EOF here
+        self._process = None
+        try:
+            with deferred():
+                self._receive, send = _context().Pipe(duplex=False)
+                self._process = _fork(_background, (function, args, nice, send), name)
+                send.close()  # the child holds the only writing end: its death reads as EOF here
+        except BaseException:
+            if self._process is not None:
+                self.cancel()
+            raise
 
     def result(self) -> Any:
         try:
@@ -265,7 +309,7 @@ class Background:
             raise _died(self._process) from None
         finally:
             self._receive.close()
-        self._process.join(JOIN_TIMEOUT)
+        _join(self._process)
         if not ok:
             raise value
         return value

@@ -86,6 +86,13 @@ def check_values_for_model(cfg: DictConfig) -> None:
         f"or model=hf policy.model_name={name} for NeMo RL's training values")
 
 
+def checkpoint_dir(cfg: DictConfig) -> Path:
+    """The run's checkpoint folder as `build` writes it (nemo_rl_overrides included)."""
+    extra = (OmegaConf.to_container(cfg.nemo_rl_overrides, resolve=True) or {}).get("checkpointing") or {}
+    given = extra.get("checkpoint_dir", OmegaConf.select(cfg, "checkpointing.checkpoint_dir"))
+    return Path(_absolute(given, "checkpointing.checkpoint_dir"))
+
+
 def build(cfg: DictConfig, data: PreparedData, run_dir: Path) -> dict:
     """The NeMo RL YAML document for this run, as a plain dict (nothing written yet)."""
     check_values_for_model(cfg)

@@ -20,15 +20,18 @@ from omegaconf import DictConfig
 
 import recipe
 from recipe.errors import RecipeError
-from recipe.train import launchers, nemo_rl, nemo_rl_loader, prepared, validate
+from recipe.train import launchers, nemo_rl, nemo_rl_loader, prepared, redact, resume, validate
 from recipe.train.launchers import LaunchPlan
 
 
 def build_plan(cfg: DictConfig) -> tuple[LaunchPlan, prepared.PreparedData]:
     """Steps 1-2: read the pairs, write and check the NeMo RL config."""
+    redact.check_launcher_env(cfg.launcher.get("env"))  # (the CLI refuses it before Hydra writes .hydra/)
     run_dir = Path(str(cfg.run_dir)).expanduser().absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
     data = prepared.load(cfg.data.output_dir, allow_edited=bool(cfg.train.allow_edited_data))
+    # before anything is written (the tiny model, the config): checkpoints of other pairs are not resumed
+    resume.check(run_dir, nemo_rl.checkpoint_dir(cfg), data, bool(cfg.train.get("fresh_start")))
     doc = nemo_rl.build(cfg, data, run_dir)
     config_path = run_dir / nemo_rl.FILENAME
     overrides = [str(o) for o in cfg.launcher.get("overrides") or []]

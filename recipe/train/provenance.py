@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import recipe
 from recipe.errors import RecipeError
+from recipe.run_files import write_atomic
 from recipe.train import redact
 from recipe.train.prepared import PreparedData
 
@@ -32,9 +33,7 @@ def _write(path: Path, text: str) -> None:
     if names:
         raise RecipeError(f"refusing to write {path}: it would contain the value of "
                           f"{', '.join('$' + n for n in names)}; pass secrets by name only")
-    temp = path.with_name(f".{path.name}.partial")
-    temp.write_text(text)
-    temp.replace(path)
+    write_atomic(path, text)
 
 
 def write_recipe_config(run_dir: Path, cfg: DictConfig) -> Path:

@@ -10,7 +10,8 @@
    image digest check and the data's hashes.
 4. `launcher.dry_run=true`: print the command and stop. Else `launch(plan)`; a non-zero exit code
    becomes a RecipeError carrying that code and the end of <run_dir>/train.log.
-Returns 0 (trained, or dry run).
+Returns 0 (trained, or dry run). The run folder is held from the start to the end (recipe.run_lock):
+a second train of it meanwhile is refused (launcher=slurm without launcher.wait: until submitted).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from rich.markup import escape
 
-from recipe import processes, report
+from recipe import processes, report, run_lock
 from recipe.errors import RecipeError
 from recipe.train import launchers, preflight, provenance
 from recipe.train.plan import build_plan
@@ -36,6 +37,11 @@ def _tail(path: Path, lines: int) -> str:
 
 def run(cfg: DictConfig) -> int:
     module = launchers.load(str(cfg.launcher.name))  # a wrong name fails before anything is written
+    with run_lock.held(Path(str(cfg.run_dir)).expanduser(), "gym-dpo stage=train"):  # one run per folder
+        return _run(cfg, module)
+
+
+def _run(cfg: DictConfig, module) -> int:
     plan, data = build_plan(cfg)
     preflight.run_checks(cfg, plan)
     if hasattr(module, "write_files"):
@@ -60,8 +66,9 @@ def run(cfg: DictConfig) -> int:
     try:
         code = module.launch(plan)
     except processes.Interrupted as exc:
-        exc.outcome = (f"{getattr(exc, 'stopped', 'training was stopped')}; the run folder {plan.run_dir} keeps "
-                       "the config and command (a rerun with the same run_dir resumes from its last checkpoint)")
+        exc.outcome = (f"{getattr(exc, 'stopped', None) or processes.stop_outcome('training')}; the run folder "
+                       f"{plan.run_dir} keeps the config and command (a rerun with the same run_dir resumes from "
+                       "its last checkpoint)")
         raise
     if code != 0:
         log = plan.run_dir / "train.log"

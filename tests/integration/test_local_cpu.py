@@ -114,6 +114,54 @@ def test_a_rerun_on_the_same_checkpoints_resumes_exactly(run, tmp_path):
     assert (copy / "checkpoints" / "step_34" / "training_info.json").is_file()
 
 
+def negated(tmp: Path) -> Path:
+    """The sample with every reward negated: the same prompts, each pair the other way round."""
+    lines = []
+    for line in SAMPLE.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict) and type(row.get("reward")) in (int, float):
+            line = json.dumps({**row, "reward": -row["reward"]})
+        lines.append(line)
+    path = tmp / "negated.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_run_folder_is_not_resumed_on_other_pairs(run, tmp_path):
+    """`stage=train run_dir=RUN data.output_dir=NEW`: RUN's step_30 was trained on the sample's
+    pairs; NEW holds the sample with its rewards negated. Resuming would continue (or, at max
+    steps, silently end) the old training while the folder names the new pairs: it is refused,
+    with both shown, nothing in RUN rewritten; `train.fresh_start=true` trains from step 0."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    prepared = subprocess.run([*gym_dpo(), "stage=prepare", f"data.input={negated(tmp_path)}",
+                               f"data.output_dir={tmp_path / 'negated'}", f"run_dir={tmp_path / 'prep'}"],
+                              cwd=tmp_path, env=environment(tmp_path), capture_output=True, text=True, timeout=900)
+    assert prepared.returncode == 0, prepared.stdout[-3000:]
+    argv = [*gym_dpo(), "stage=train", f"run_dir={copy}", f"data.output_dir={tmp_path / 'negated'}"]
+    refused = subprocess.run(argv, cwd=tmp_path, env=environment(tmp_path), capture_output=True, text=True,
+                             timeout=900)
+    out = refused.stdout + refused.stderr
+    assert refused.returncode == 2, out[-3000:]
+    assert "Traceback" not in out
+    assert re.search(rf"checkpoints up to step_{STEPS}, and they were trained on train sha256 \w+….*{run / 'data'}\)"
+                     rf"; this run's pairs are train sha256 \w+….*{tmp_path / 'negated'}\)", " ".join(out.split()))
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+
+    fresh = subprocess.run([*argv, "train.fresh_start=true", "dpo.max_num_steps=2"], cwd=tmp_path,
+                           env=environment(tmp_path), capture_output=True, text=True, timeout=900)
+    assert fresh.returncode == 0, (fresh.stdout + fresh.stderr)[-3000:]
+    assert "resuming from" not in fresh.stderr
+    assert [r["step"] for r in train_rows(copy)] == [1, 2]
+    assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == ["step_2"]
+    aside = [p for p in copy.iterdir() if p.name.startswith("checkpoints.replaced-")]
+    assert len(aside) == 1 and (aside[0] / f"step_{STEPS}").is_dir()
+
+
 def test_with_nemo_rls_dpo_yaml_the_run_inherits_it(tmp_path):
     """The other path: the parent is there, so the CPU runner reads the file as NeMo RL does."""
     sys.path.insert(0, str(REPO / "tests" / "unit"))

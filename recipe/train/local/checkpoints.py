@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 from transformers import TrainerCallback
 
-from recipe.run_files import step_folders
+from recipe.run_files import read_json, step_folders, sync_folder, sync_tree
 from recipe.train.local import POLICY_DCP_ENV
 
 INFO = "training_info.json"
@@ -74,9 +74,12 @@ def clear_partial(checkpoint_dir: Path) -> list[Path]:
 
 
 def finalize(trainer_folder: Path, step: int, info: dict, config: dict) -> Path:
-    """Add NeMo RL's files to a Trainer checkpoint and rename it to `step_N` (replacing one)."""
+    """Add NeMo RL's files to a Trainer checkpoint and rename it to `step_N` (replacing one),
+    every file of it on disk before the rename and the rename on disk after it: a `step_N` a
+    rerun resumes from is whole even after a power loss."""
     (trainer_folder / INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     (trainer_folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    sync_tree(trainer_folder)
     target = trainer_folder.parent / f"step_{step}"
     if target.exists():  # a rerun saving the same step: swap, as NeMo RL does
         old = trainer_folder.parent / f"old_step_{step}"
@@ -85,6 +88,7 @@ def finalize(trainer_folder: Path, step: int, info: dict, config: dict) -> Path:
         shutil.rmtree(old)
     else:
         os.rename(trainer_folder, target)
+    sync_folder(target.parent)
     return target
 
 
@@ -93,7 +97,8 @@ def retain(checkpoint_dir: Path, save_period: int, keep_top_k: int | None, metri
     """Delete the checkpoints NeMo RL's rules do not keep; returns the deleted folders."""
     history = []
     for step, path in steps(checkpoint_dir):
-        history.append((step, path, json.loads((path / INFO).read_text())))
+        history.append((step, path, read_json(path / INFO, f"remove {path} (an interrupted save) to resume "
+                                                             "from the checkpoint before it")))
     if not history or keep_top_k is None:
         return []
     protected = {max(step for step, _, _ in history)}

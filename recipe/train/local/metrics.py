@@ -58,10 +58,12 @@ class MetricsLog:
         self.rows: list[dict] = []
         if resume_step is not None and path.is_file():  # keep what the resumed checkpoint had seen
             for line in path.read_text().splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    if row.get("step", 0) <= resume_step:
-                        self.rows.append(row)
+                try:
+                    row = json.loads(line) if line.strip() else {}
+                except ValueError:  # the line being written when the run was killed: after the checkpoint
+                    continue
+                if row and row.get("step", 0) <= resume_step:
+                    self.rows.append(row)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
 
