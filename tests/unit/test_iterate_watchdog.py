@@ -46,7 +46,7 @@ class StandIn(gym.Gym):
         self.work, self.base_url, self.model_name, self.script = work, base_url, "policy-round-0", script
         self.serving = OmegaConf.create({"name": "llama_cpp"})
 
-    def collect_argv(self, tasks, out, repeats, sampling):
+    def collect_argv(self, tasks, out, repeats, sampling, agent=None):
         return ["bash", "-c", self.script, "collect", str(out)]
 
     def environment(self):
