@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
 from recipe import processes, run_lock
-from recipe.errors import RecipeError
+from recipe.errors import RecipeError, full_disk
 from recipe.train import redact
 
 log = logging.getLogger("gym-dpo")
@@ -94,6 +94,11 @@ def _hydra_main(cfg: DictConfig) -> None:
         run_stage(cfg, list(HydraConfig.get().overrides.task))
     except RecipeError as exc:
         _error(exc)
+    except OSError as exc:
+        full = full_disk(exc)
+        if full is None:
+            raise
+        _error(full)
     finally:
         processes.hold()  # the stage is over: what Hydra does on the way out is not cut short
 

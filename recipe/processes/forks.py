@@ -26,7 +26,7 @@ from multiprocessing.connection import wait as wait_any
 from multiprocessing.reduction import ForkingPickler as _ForkingPickler
 from typing import Any
 
-from recipe.errors import RecipeError
+from recipe.errors import RecipeError, full_disk
 from recipe.processes.signals import JOIN_TIMEOUT, SIGNALS, deferred, in_child, parent_death_signal
 
 PIPE_SAFE_BYTES = 16 << 10  # a task this small fits in a pipe (64 KiB on Linux) beside another
@@ -84,13 +84,15 @@ def forked() -> list[multiprocessing.Process]:
 
 def _outcome(where: str, function: Callable, *args) -> tuple[bool, Any]:
     """(True, result) or (False, the error to raise in the parent): a RecipeError as it was (bad
-    input, reported by the parent as its own), anything else as a RuntimeError with the child's
+    input, reported by the parent as its own; a full disk likewise), anything else as a RuntimeError with the child's
     traceback (a bug: the parent shows where it happened)."""
     try:
         return True, function(*args)
     except RecipeError as exc:
         return False, exc
-    except BaseException:  # noqa: BLE001
+    except BaseException as exc:  # noqa: BLE001
+        if (full := full_disk(exc)) is not None:
+            return False, full
         name = getattr(function, "__qualname__", function)
         return False, RuntimeError(f"{name} failed in a {where} ({multiprocessing.current_process().name}):\n"
                                    f"{traceback.format_exc()}")

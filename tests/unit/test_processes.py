@@ -3,6 +3,7 @@ kill -9, a closed stdout and a full disk do to the workers, commands and stops i
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import psutil
 import pytest
 
 from recipe import processes
-from recipe.errors import RecipeError
+from recipe.errors import RecipeError, full_disk
 from recipe.processes import Background, Pool, commands, forks
 from tests.conftest import REPO, children_left
 
@@ -194,3 +195,18 @@ def test_a_stop_that_leaves_a_process_says_so(monkeypatch):
         process.kill()
         process.wait()
     assert processes.stop_outcome("x") == "every process x started was stopped"
+
+
+def _write_to_a_full_disk(path: str) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+
+def test_a_worker_that_finds_the_disk_full_is_an_error_to_act_on_not_a_traceback():
+    """prepare's writers run in workers: ENOSPC there is said as what to do (free space, rerun), as
+    the CLI says it for the main process, not as a worker's traceback."""
+    with Pool(2) as pool, pytest.raises(RecipeError) as raised:
+        list(pool.map(_write_to_a_full_disk, ["/data/out/train.jsonl"]))
+    assert str(raised.value) == ("no space left on the device writing /data/out/train.jsonl: free some space (or set "
+                                 "another output folder), then rerun the same command; nothing half-written was kept")
+    assert raised.value.exit_code == 1
+    assert full_disk(OSError(errno.EACCES, "Permission denied")) is None and full_disk(ValueError()) is None
