@@ -26,17 +26,20 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from recipe import processes
 from recipe.errors import RecipeError
-from recipe.iterate import setup
 from recipe.iterate import watchdog as watch
 from recipe.iterate.serving import free_port
 from recipe.overrides import override, quote
 from recipe.scratch import Scratch
+
+if TYPE_CHECKING:  # an annotation only: gym_install -> servers -> gym would be a circle
+    from recipe.iterate.gym_install import NemoGym
 
 POLICY_CONFIG = "policy_model.yaml"
 
@@ -45,7 +48,7 @@ class Gym:
     """Commands and environment of one NeMo Gym session (ng_run + collections) in `work`."""
 
     def __init__(self, gym_cfg: DictConfig, serving_cfg: DictConfig, work: Path, base_url: str,
-                 model_name: str, tools: setup.NemoGym, head_port: int | str | None = None,
+                 model_name: str, tools: NemoGym, head_port: int | str | None = None,
                  sampler: DictConfig | None = None, others: list[DictConfig] = ()):
         self.cfg, self.serving, self.work, self.sampler = gym_cfg, serving_cfg, work, sampler
         self.others = [o for o in others if str(o.name) != str(gym_cfg.name)]  # cross-eval environments

@@ -142,24 +142,3 @@ def check_venv(python: Path, locked: Path, what: str) -> dict:
         raise RecipeError(f"{what} ({python.parent.parent}) differs from {locked}:\n  " + "\n  ".join(wrong))
     return listed
 
-
-def bundled_server_venvs(tools: NemoGym) -> list[str]:
-    """The server venvs of the bundled environments (configs/gym/), built by NeMo Gym from the lock
-    and checked (recipe.iterate.servers): a loop then starts without building any."""
-    import tempfile
-    from importlib import resources
-
-    from omegaconf import OmegaConf
-
-    from recipe.iterate import servers
-
-    serving = OmegaConf.create({"name": "setup", "nemo_gym_model": {}})  # ng_run needs a model server config
-    names = []
-    for file in sorted(resources.files("recipe.configs").joinpath("gym").iterdir(), key=lambda f: f.name):
-        if file.name.endswith(".yaml"):
-            environment = OmegaConf.create(file.read_text())
-            with tempfile.TemporaryDirectory(prefix="gym-dpo-venvs-") as work:
-                servers.ensure(tools, environment, serving, Path(work),
-                               cache.logs() / f"ng_run-venvs-{environment.name}.log")
-            names.append(str(environment.name))
-    return names

