@@ -24,7 +24,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -137,15 +137,36 @@ def server_stopped(lines: list[str]) -> str | None:
     return f"NeMo Gym's server {', '.join(dict.fromkeys(names))} stopped" if names else None
 
 
+# Ray (2.60, ray/_private/node.py) gives a new node a fixed 30 s to register, not configurable: on a
+# loaded machine ng_run's local Ray can miss it, and a second start usually makes it
+RAY_SLOW = "The current node timed out during startup"
+STARTS = 3
+
+
 @contextmanager
 def session(gym: Gym, log_path: Path, timeout: float = 900.0):
     """`ng_run` until the block ends (all its servers ready first); then everything it started
-    (servers, Ray) is stopped, and its Ray temp dir removed."""
+    (servers, Ray) is stopped, and its Ray temp dir removed. A start whose Ray node missed Ray's
+    fixed startup wait is tried again (STARTS in all), said on one line."""
+    from recipe import report
+
     gym.write_config()
     ready = lambda service: any(ALL_READY.search(line) for line in service.output)  # noqa: E731
     try:
-        with processes.Service("ng_run", gym.run_argv(), log_path, cwd=gym.work, env=gym.environment(),
-                               ready=ready, timeout=timeout, explain=server_stopped):
+        with ExitStack() as stack:
+            for start in range(1, STARTS + 1):
+                try:
+                    stack.enter_context(processes.Service("ng_run", gym.run_argv(), log_path, cwd=gym.work,
+                                                          env=gym.environment(), ready=ready, timeout=timeout,
+                                                          explain=server_stopped))
+                    break
+                except RecipeError as failed:
+                    if start == STARTS or RAY_SLOW not in str(failed):
+                        raise
+                    gym.cleanup()
+                    report.console.print(f"ng_run: its Ray node did not register within Ray's fixed 30 s (a loaded "
+                                         f"machine?); starting it again ({start + 1}/{STARTS})",
+                                         highlight=False, soft_wrap=True)
             yield gym
     finally:
         gym.cleanup()
