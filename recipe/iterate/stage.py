@@ -293,8 +293,7 @@ class Loop:
     def check_settings(self) -> None:
         """A rerun goes on only with the settings the run folder was started with (plan.json):
         refused, with each difference, when what rounds are compared on or made of differs (NeMo
-        Gym's venvs included); what
-        a rerun may change (Plan.accepted) is said, one line each."""
+        Gym's venvs included); what a rerun may change (Plan.accepted) is said, one line each."""
         fingerprint = {**self.plan.fingerprint(), "nemo_gym": self.nemo_gym_venvs()}
         changed = state.check_plan(self.plan.run_dir, fingerprint)
         if changed:
