@@ -161,11 +161,18 @@ def test_a_container_left_by_a_killed_gym_dpo_does_not_block_the_rerun(tmp_path,
     assert not engine.containers.list(all=True, filters=label)
 
 
-def test_a_container_whose_gym_dpo_still_runs_is_refused_by_name(tmp_path, engine):
+def test_a_container_whose_gym_dpo_still_runs_is_refused_by_name(tmp_path, engine, monkeypatch):
+    """A second training of a run folder is refused by the folder's lock (this host), and where the
+    lock is not seen (another host whose file system does not share it), by the container's name."""
+    import contextlib
+
     container.run(compose_config(*overrides(tmp_path)))
     process, log = launch_cli(tmp_path)
     try:
         wait_for(started(log), tmp_path=tmp_path)
+        with pytest.raises(RecipeError, match=rf"is in use by gym-dpo stage=train \(pid {process.pid} "):
+            stage.run(compose_config(*overrides(tmp_path)))
+        monkeypatch.setattr(stage.run_lock, "held", lambda *args: contextlib.nullcontext())
         with pytest.raises(RecipeError, match="is already training this run folder .*started by gym-dpo, pid "
                                               f"{process.pid}"):
             stage.run(compose_config(*overrides(tmp_path)))
