@@ -43,6 +43,9 @@ class Suite:
                 "gradable": self.reading.gradable}
 
 
+def _limit(value) -> int | None:
+    return None if value is None else int(value)
+
 
 def required(gym: DictConfig) -> str | None:
     """The format gym's reward requires: its answer_format when reward_requires_format is set."""
@@ -88,12 +91,12 @@ def build(gym: DictConfig, it: DictConfig) -> tuple[list[Suite], list[DictConfig
             raise RecipeError(f"gym={cfg.name}: {exc}") from None
 
     out = [Suite("eval", gym, existing(str(gym.eval_tasks), "gym.eval_tasks"),
-                 None if it.eval.tasks is None else int(it.eval.tasks), int(it.eval.repeats),
+                 _limit(it.eval.tasks), int(it.eval.repeats),
                  env_sampling(it.eval.sampling, gym), reading(gym, gym.get("answer_format")), required(gym), "eval")]
     probe = gym.get("probe")
     if it.get("probe", True) and probe:
         out.append(Suite("probe", gym, existing(str(probe.tasks), "gym.probe.tasks"),
-                         None if probe.get("limit") is None else int(probe.limit),
+                         _limit(probe.get("limit", it.eval.tasks)),  # row K is eval's row K in other words
                          int(probe.get("repeats") or it.eval.repeats), env_sampling(it.eval.sampling, gym),
                          reading(gym, probe.get("answer_format")),
                          str(probe.answer_format) if probe.get("reward_requires_format") else None, "probe"))

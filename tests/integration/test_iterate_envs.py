@@ -78,7 +78,7 @@ def test_a_multi_turn_environment_runs_through_the_loop(tools, tmp_path):  # noq
         if r["gym_dpo_format_followed"] < 1:
             assert r["reward"] == 0
     ev = doc["rounds"][0]["eval"]
-    assert 0 <= ev["adherence"] <= 1 and ev["n"] == 16 and set(ev["families"]) <= {
+    assert 0 <= ev["adherence"] <= 1 and ev["n"] == 4 * 2 and set(ev["families"]) <= {
         "add_then_add", "add_then_subtract", "add_then_double", "multiply_then_add"}
     assert doc["rounds"][0]["suites"]["probe"]["n"] == 4 * 2 and "adherence" not in doc["rounds"][0]["suites"]["probe"]
     manifest = json.loads((run_dir / "round_1" / "prepare" / "data" / "manifest.json").read_text())

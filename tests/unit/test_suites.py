@@ -36,6 +36,10 @@ def test_a_run_evaluates_its_environment_its_probe_and_the_other_environments(tm
     assert len(every.suites_of(1)) == 4
     # and all of them are in what a rerun must not change
     assert [s["name"] for s in p.fingerprint()["suites"]] == [s.name for s in p.suites]
+    # the probe asks the eval's rows in other words: as many of them as the eval has
+    assert by["eval"].limit is None and by["probe"].limit is None
+    few = {s.name: s for s in build_plan(f"run_dir={tmp_path / 'few'}", "iterate.eval.tasks=4").suites}
+    assert few["eval"].limit == 4 and few["probe"].limit == 4 and few["cross-reasoning_gym"].limit == 64
 
 
 def test_the_trained_environment_is_not_its_own_cross_eval_and_none_can_be_asked(tmp_path):
