@@ -20,7 +20,8 @@ TINY = ["gym=mcqa", "iterate.collect.tasks=32", "iterate.collect.repeats=6", "it
         "iterate.eval.repeats=2",
         "iterate.collect.sampling.max_output_tokens=48", "iterate.eval.sampling.max_output_tokens=48",
         "iterate.train.policy.train_global_batch_size=2", "iterate.train.policy.train_micro_batch_size=2",
-        "iterate.train.dpo.max_num_steps=1"]
+        "iterate.train.dpo.max_num_steps=1",
+        "iterate.cross_eval.environments=[]"]  # the suites have their own test (test_iterate_envs.py)
 
 
 @pytest.fixture(scope="module")

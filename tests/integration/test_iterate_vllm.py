@@ -27,7 +27,8 @@ pytestmark = pytest.mark.integration
 TINY = ["gym=mcqa", "serving=vllm_cpu", "iterate.collect.tasks=16", "iterate.collect.repeats=4", "iterate.eval.tasks=6",
         "iterate.eval.repeats=2", "iterate.collect.sampling.max_output_tokens=32",
         "iterate.eval.sampling.max_output_tokens=32", "iterate.train.policy.train_global_batch_size=2",
-        "iterate.train.dpo.max_num_steps=1", "iterate.train.dpo.max_num_epochs=1"]
+        "iterate.train.dpo.max_num_steps=1", "iterate.train.dpo.max_num_epochs=1",
+        "iterate.cross_eval.environments=[]"]  # the suites have their own test (test_iterate_envs.py)
 
 
 @pytest.fixture(scope="module")
