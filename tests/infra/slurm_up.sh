@@ -118,7 +118,8 @@ ReturnToService=2
 SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
-MinJobAge=300
+# finished jobs stay in scontrol for an hour: tests read a job's record after the loop's eval
+MinJobAge=3600
 KillWait=5
 Waittime=0
 
