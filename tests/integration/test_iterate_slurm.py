@@ -225,9 +225,10 @@ def test_one_round_of_the_loop_on_slurm_trains_as_a_job_and_exports_and_serves_i
     assert converter["NumCPUs"] == "1" and converter["MinMemoryNode"] == f"{-(-2 * weights // 2**20) + 1024}M"
     # serving: each policy in a step of its own, reached at its node's address
     for k in (0, 1):
-        [command] = [line for line in (run_dir / f"round_{k}" / "logs" / "serve.log").read_text().splitlines()
-                     if line.startswith("# ")][-1:]
-        assert command.startswith(f"# srun --job-name=gym-dpo-serve-policy-round-{k} ") and "--host 0.0.0.0" in command
+        log = (run_dir / f"round_{k}" / "logs" / "serve.log").read_text()
+        # the logged command: its bash -c '...' spans lines
+        command = log[log.rindex(f"# srun --job-name=gym-dpo-serve-policy-round-{k} "):][:3000]
+        assert "--host 0.0.0.0" in command
         step = job_record(f"gym-dpo-serve-policy-round-{k}")
         assert step["NumCPUs"] == "2" and step["MinMemoryNode"] == "4G", step  # serving.step: threads, 4G
     evals = [json.loads(line) for line in (run_dir / "round_1" / "rollouts" / "eval.jsonl").read_text().splitlines()]
