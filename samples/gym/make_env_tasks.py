@@ -25,6 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from make_tasks import write_or_check  # beside this script
+
 HERE = Path(__file__).resolve().parent
 
 # (name, reasoning-gym task, its create_dataset.py --config): the six whose base reward was highest
@@ -169,19 +171,7 @@ def main() -> int:
         files.update(sokoban_files(root, tools))
     if args.only in (None, "reasoning_gym"):
         files.update(reasoning_gym_files(root, tools))
-    stale = []
-    for name, text in files.items():
-        path = HERE / name
-        if args.check:
-            if not path.is_file() or path.read_text() != text:
-                stale.append(name)
-        else:
-            path.write_text(text)
-            print(f"wrote {path} ({text.count(chr(10))} tasks)")
-    if stale:
-        print(f"out of date: {', '.join(stale)} (run python samples/gym/make_env_tasks.py)", file=sys.stderr)
-        return 1
-    return 0
+    return write_or_check(files, args.check, "make_env_tasks.py")
 
 
 if __name__ == "__main__":

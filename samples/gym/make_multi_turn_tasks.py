@@ -22,10 +22,11 @@ import random
 import sys
 from pathlib import Path
 
+from make_tasks import BOXED, write_or_check  # beside this script
+
 HERE = Path(__file__).resolve().parent
 SEED = 20261204
 TRAIN_SHARE = 0.85
-BOXED = "Put the final answer inside \\boxed{}."
 EXAMPLE = [("What is 120 + 35?", "120 + 35 = 155, so the answer is \\boxed{155}."),
            ("Now add 5 to that.", "155 + 5 = 160, so the answer is \\boxed{160}.")]
 
@@ -94,19 +95,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if the files differ")
     args = parser.parse_args()
-    stale = []
-    for name, text in build().items():
-        path = HERE / name
-        if args.check:
-            if not path.is_file() or path.read_text() != text:
-                stale.append(name)
-        else:
-            path.write_text(text)
-            print(f"wrote {path} ({text.count(chr(10))} tasks)")
-    if stale:
-        print(f"out of date: {', '.join(stale)} (run python samples/gym/make_multi_turn_tasks.py)", file=sys.stderr)
-        return 1
-    return 0
+    return write_or_check(build(), args.check, "make_multi_turn_tasks.py")
 
 
 if __name__ == "__main__":

@@ -271,23 +271,29 @@ def build() -> dict[str, str]:
             "math_train.jsonl": math_train, "math_eval.jsonl": math_eval, "math_probe.jsonl": math_probe}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the files differ")
-    args = parser.parse_args()
+def write_or_check(files: dict[str, str], check: bool, script: str) -> int:
+    """Write each task file beside this script, or with `check` only say which differ (exit 1);
+    the task scripts of samples/gym/ share it."""
     stale = []
-    for name, text in build().items():
+    for name, text in files.items():
         path = HERE / name
-        if args.check:
+        if check:
             if not path.is_file() or path.read_text() != text:
                 stale.append(name)
         else:
             path.write_text(text)
             print(f"wrote {path} ({text.count(chr(10))} tasks)")
     if stale:
-        print(f"out of date: {', '.join(stale)} (run python samples/gym/make_tasks.py)", file=sys.stderr)
+        print(f"out of date: {', '.join(stale)} (run python samples/gym/{script})", file=sys.stderr)
         return 1
     return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if the files differ")
+    args = parser.parse_args()
+    return write_or_check(build(), args.check, "make_tasks.py")
 
 
 if __name__ == "__main__":
