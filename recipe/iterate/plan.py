@@ -228,16 +228,10 @@ def _choices() -> tuple[dict[str, str], list[str]]:
 
 def _preset_model_name(preset: str) -> str:
     """policy.model_name under `model=<preset>`, as Hydra composes it for the train stage."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import MissingConfigException
 
     try:
-        if GlobalHydra.instance().is_initialized():  # inside the gym-dpo run
-            cfg = compose("recipe", overrides=[f"model={preset}"])
-        else:
-            with initialize_config_module("recipe.configs", version_base="1.3"):
-                cfg = compose("recipe", overrides=[f"model={preset}"])
+        cfg = suites.compose_recipe([f"model={preset}"])
     except MissingConfigException:
         raise RecipeError(f"iterate.default_model={preset!r}: no model preset configs/model/{preset}.yaml") from None
     return str(cfg.policy.model_name)
@@ -325,13 +319,7 @@ BATCH = "policy.train_global_batch_size"
 
 def compose_train(argv: list[str]) -> DictConfig:
     """The config a round's `gym-dpo stage=train` composes from `argv` (its overrides)."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():  # inside gym-dpo's own Hydra run
-        return compose(config_name="recipe", overrides=argv)
-    with initialize_config_module("recipe.configs", version_base="1.3"):
-        return compose(config_name="recipe", overrides=argv)
+    return suites.compose_recipe(argv)
 
 
 def check_batches(plan: Plan, derive_micro: bool, cap: int | None = None) -> int | None:

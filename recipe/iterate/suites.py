@@ -63,18 +63,24 @@ def env_sampling(base: DictConfig, gym: DictConfig) -> DictConfig:
     return OmegaConf.merge(base, own) if own else base
 
 
-def gym_config(name: str) -> DictConfig:
-    """configs/gym/<name>.yaml as Hydra composes it (`gym=<name>`)."""
+def compose_recipe(overrides: list[str]) -> DictConfig:
+    """gym-dpo's config with `overrides`, as Hydra composes it (inside gym-dpo's own Hydra run, or
+    outside one)."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name="recipe", overrides=overrides)
+    with initialize_config_module("recipe.configs", version_base="1.3"):
+        return compose(config_name="recipe", overrides=overrides)
+
+
+def gym_config(name: str) -> DictConfig:
+    """configs/gym/<name>.yaml as Hydra composes it (`gym=<name>`)."""
     from hydra.errors import MissingConfigException
 
     try:
-        if GlobalHydra.instance().is_initialized():
-            cfg = compose("recipe", overrides=[f"gym={name}"])
-        else:
-            with initialize_config_module("recipe.configs", version_base="1.3"):
-                cfg = compose("recipe", overrides=[f"gym={name}"])
+        cfg = compose_recipe([f"gym={name}"])
     except MissingConfigException:
         raise RecipeError(f"iterate.cross_eval: {name!r} is not an environment (no configs/gym/{name}.yaml)") from None
     return cfg.gym
