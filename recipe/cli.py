@@ -8,6 +8,7 @@ install never imports what training needs.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import logging
 import os
@@ -76,6 +77,13 @@ class RunStart(Callback):
             if not given & {"run_dir", "run_name"}:
                 with read_write(config), open_dict(config):
                     config.run_name = run_lock.claim(Path(str(config.output_root)), str(config.run_name))
+            elif config.get("stage") == "train":  # a run folder trained again: not on other pairs
+                from recipe.train import resume, run_folder
+
+                task = copy.deepcopy(config)
+                with read_write(task), open_dict(task):
+                    del task["hydra"]
+                resume.refuse_early(run_folder.rebase(task, [str(o) for o in config.hydra.overrides.task], say=False))
         except RecipeError as exc:
             _error(exc)
 
@@ -120,3 +128,7 @@ def main() -> None:
             sys.exit(interrupted.exit_code)
         finally:
             processes.hold()
+            # and blocked for good: the interpreter's exit puts the default handlers back (CPython's
+            # signal finalizer), so a signal then (a second Ctrl-C) would end the process with no
+            # exit code of ours; a blocked one is dropped with the process
+            processes.block()

@@ -104,11 +104,17 @@ def _join(process: multiprocessing.Process, timeout: float = JOIN_TIMEOUT) -> No
         _FORKED.pop(process, None)
 
 
-def _died(process: multiprocessing.Process) -> RuntimeError:
+def _died(process: multiprocessing.Process) -> Exception:
+    """A child that ended without handing back its result. Killed by a signal (the kernel's
+    out-of-memory killer, a person's kill): an error to act on, one line, no traceback. Exited by
+    itself: a bug (RuntimeError)."""
     _join(process)
     code = process.exitcode
-    how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
-    return RuntimeError(f"{process.name} died ({how})")
+    if code is not None and code < 0:
+        return RecipeError(f"{process.name} died (signal {signal.Signals(-code).name}): it was killed from outside "
+                           "the run (when nobody killed it, the system ran out of memory: `dmesg` names the kill); "
+                           "rerun the same command")
+    return RuntimeError(f"{process.name} died (exit code {code})")
 
 
 def _stop(process: multiprocessing.Process) -> None:

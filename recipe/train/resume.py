@@ -55,3 +55,16 @@ def check(run_dir: Path, checkpoint_dir: Path, data: PreparedData, fresh_start: 
     os.rename(checkpoint_dir, aside)
     report.console.print(f"train.fresh_start=true: {checkpoint_dir} ({then}) moved to {aside}; training "
                          "starts from step 0", highlight=False, soft_wrap=True)
+
+
+def refuse_early(cfg) -> None:
+    """`check` without `fresh_start`'s move, before Hydra rewrites RUN/.hydra/ (the CLI's RunStart
+    callback): a refused `stage=train run_dir=RUN` leaves the folder as it was. Only when RUN holds
+    checkpoints, so only a resume reads the pairs twice (the stage reads them again)."""
+    from recipe.train import nemo_rl, prepared
+
+    if cfg.train.get("fresh_start") or not step_folders(checkpoint_dir := nemo_rl.checkpoint_dir(cfg)):
+        return
+    run_dir = Path(str(cfg.run_dir)).expanduser().absolute()
+    data = prepared.load(cfg.data.output_dir, allow_edited=bool(cfg.train.allow_edited_data))
+    check(run_dir, checkpoint_dir, data, fresh_start=False)

@@ -114,8 +114,9 @@ def _move_paths(node, old: str, new: str):
     return node
 
 
-def rebase(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """`cfg` (composed from the defaults and `overrides`) on top of RUN's own config, if any."""
+def rebase(cfg: DictConfig, overrides: list[str], say: bool = True) -> DictConfig:
+    """`cfg` (composed from the defaults and `overrides`) on top of RUN's own config, if any
+    (printing what came from where unless `say` is false)."""
     if str(cfg.get("stage")) not in STAGES:
         return cfg
     path = Path(str(cfg.run_dir)).expanduser() / FILENAME
@@ -159,8 +160,9 @@ def rebase(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     result = OmegaConf.create(merged)
     OmegaConf.set_struct(result, True)
     said = ", ".join(keys + [f"{group}=" for group in groups])
-    report.console.print(f"training the run folder again: {path} is the base"
-                         + (f"; from the command line: {said}" if said else "")
-                         + (f"; paths under {old_dir} moved to {new_dir}" if moved else ""),
-                         highlight=False, soft_wrap=True)
+    if say:
+        report.console.print(f"training the run folder again: {path} is the base"
+                             + (f"; from the command line: {said}" if said else "")
+                             + (f"; paths under {old_dir} moved to {new_dir}" if moved else ""),
+                             highlight=False, soft_wrap=True)
     return result

