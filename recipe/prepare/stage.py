@@ -190,8 +190,9 @@ def run(cfg: DictConfig) -> dict:
                 hashing = Background(manifest.sha256_of_each, settings.inputs, nice=19)
                 return _run(cfg, settings, started, hashing)
         except processes.Interrupted as exc:
-            if exc.outcome == Interrupted.outcome:  # before _run said what it left
-                exc.outcome = f"nothing was written to {settings.output_dir}"
+            if exc.outcome == Interrupted.outcome:  # before _run said what it left, or after it returned
+                exc.outcome = (f"the pairs and manifest.json are in {settings.output_dir}" if _landed(settings, started)
+                               else f"nothing was written to {settings.output_dir}")
             raise
         finally:
             if hashing is not None:
@@ -202,6 +203,16 @@ def _read_and_pair(settings: Settings, spilled: buckets.Buckets, write_reject) -
     with workers.reading(settings) as pool:
         scanned = scan_inputs(settings, pool, spilled, write_reject)
         return scanned, pair_buckets(settings, pool, scanned, write_reject)
+
+
+def _landed(settings: Settings, started: datetime) -> bool:
+    """Whether this run's manifest (its start time in it) is in the output folder: a signal that
+    comes once `_run` has returned (the run lock released, the hashing process reaped) stops a run
+    whose outputs are all there."""
+    try:
+        return manifest.read(settings.output_dir / "manifest.json")["timestamps"]["started"] == started.isoformat()
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _run(cfg: DictConfig, settings: Settings, started: datetime, hashing: Background) -> dict:

@@ -1,8 +1,10 @@
 """The prepare stage end to end in-process: grouping, pairing, split, outputs, bad input."""
 
+import contextlib
 import json
 import multiprocessing
 import os
+import signal
 
 import jsonschema
 import pytest
@@ -293,3 +295,25 @@ def test_length_penalty_counts_tokens_with_a_local_tokenizer(tmp_path, prepare, 
     manifest, _ = prepare(path, *penalty, f"data.length_tokenizer={tmp_path / 'absent'}", out="absent")
     assert manifest["pairing"]["length_unit"] == "characters"
     assert "no tokenizer.json on this machine" in capsys.readouterr().err
+
+
+def test_a_signal_once_the_outputs_landed_says_they_are_there(tmp_path, prepare, monkeypatch):
+    """A Ctrl-C as the run lock is released (after the outputs and manifest landed): the stop
+    says where they are, not 'nothing was written' (bench: 1 of 120 signalled runs, CI 2026-12-05)."""
+    from recipe import processes, run_lock
+    from recipe.prepare import stage
+
+    held = run_lock.held
+
+    @contextlib.contextmanager
+    def interrupted_on_release(*args, **kwargs):
+        with held(*args, **kwargs):
+            yield
+        raise processes.Interrupted(signal.SIGINT)
+
+    monkeypatch.setattr(stage.run_lock, "held", interrupted_on_release)
+    path = write_jsonl(tmp_path / "r.jsonl", scattered_tasks())
+    with pytest.raises(processes.Interrupted) as caught:
+        prepare(path)
+    assert caught.value.outcome == f"the pairs and manifest.json are in {tmp_path / 'out'}"
+    assert (tmp_path / "out" / "manifest.json").is_file()
